@@ -1,0 +1,91 @@
+"""Runtime settings, read once from the environment (``SIGHTWIRE_*`` and ``REDIS_URL``).
+
+Settings are a plain pydantic model so they can be passed to Ray actors and Serve
+deployments as one picklable value: every component sees the same configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ENV_PREFIX = "SIGHTWIRE_"
+
+DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+class Settings(BaseModel):
+    """Every knob of a Sightwire deployment; each field maps to ``SIGHTWIRE_<FIELD>``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "sw"
+    models: str = "tiny"
+    models_dir: Path = Path.home() / ".cache" / "sightwire" / "models"
+
+    allow_private_cidrs: tuple[IPNetwork, ...] = ()
+    max_url_length: int = 2048
+    max_body_bytes: int = 1_048_576
+    max_metadata_bytes: int = 16_384
+
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_image_side: int = 1333
+    fetch_timeout_s: float = 15.0
+    max_redirects: int = 3
+
+    processor_concurrency: int = 8
+    visibility_timeout_s: float = 300.0
+    model_timeout_s: float = 120.0
+
+    webhook_timeout_s: float = 10.0
+    retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
+    retry_jitter: float = Field(0.1, ge=0.0, le=1.0)
+    delivery_lease_s: float = 60.0
+    notifier_poll_s: float = 0.5
+
+    @field_validator("allow_private_cidrs", mode="before")
+    @classmethod
+    def _parse_cidrs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", ",").split(",") if part]
+        return tuple(ipaddress.ip_network(v, strict=False) for v in value)
+
+    @field_validator("retry_schedule_s", mode="before")
+    @classmethod
+    def _parse_floats(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.split(",") if part.strip())
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``SIGHTWIRE_*`` variables (and ``REDIS_URL``), then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        if "redis_url" not in values and env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            env[ENV_PREFIX + name.upper()] = str(value)
+        env["REDIS_URL"] = self.redis_url
+        return env

@@ -1,0 +1,39 @@
+"""The Redis store: accounts, image records, the job queue and the webhook outbox.
+
+``Store`` bundles them over one asyncio Redis connection pool. Each part owns its keys
+(``core.store.keys``); writes that must commit together share one transaction.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from core.settings import Settings
+from core.store.accounts import Accounts
+from core.store.images import ImageStore
+from core.store.jobs import Job, JobQueue
+from core.store.keys import Keys
+from core.store.outbox import Outbox
+
+
+class Store:
+    def __init__(self, redis: Redis, prefix: str = "sw") -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.accounts = Accounts(redis, self.keys)
+        self.jobs = JobQueue(redis, self.keys)
+        self.outbox = Outbox(redis, self.keys)
+        self.images = ImageStore(redis, self.keys, self.jobs, self.outbox)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(Redis.from_url(settings.redis_url, health_check_interval=10), settings.key_prefix)
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+__all__ = ["Job", "Keys", "Store"]
