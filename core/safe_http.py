@@ -17,6 +17,8 @@ import httpx
 
 from core.urlpolicy import UrlPolicy
 
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
 
 class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
     """Resolves and checks each host, then connects to the checked address (no rebinding gap)."""
@@ -29,12 +31,17 @@ class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        address = await self._policy.resolve(host, port)
-        return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+        addresses = await self._policy.resolve(host, port)
+        for address in addresses[:-1]:  # fall back across checked addresses (IPv6 down, say)
+            try:
+                return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+            except httpcore.ConnectError:
+                continue
+        return await self._inner.connect_tcp(str(addresses[-1]), port, timeout, local_address, socket_options)
 
     async def connect_unix_socket(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("unix sockets are not allowed by the URL policy")
@@ -46,7 +53,7 @@ class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
 class PolicyTransport(httpx.AsyncHTTPTransport):
     """``AsyncHTTPTransport`` over a pool that connects only through ``PolicyNetworkBackend``."""
 
-    def __init__(self, policy: UrlPolicy, limits: httpx.Limits = httpx.Limits()) -> None:
+    def __init__(self, policy: UrlPolicy, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
         super().__init__(trust_env=False, limits=limits)
         # httpx offers no public hook for the network backend; swap the pool it built for one
         # with the same settings and our backend.
@@ -65,7 +72,7 @@ def safe_client(
     timeout: float,
     follow_redirects: bool,
     max_redirects: int = 0,
-    limits: httpx.Limits = httpx.Limits(),
+    limits: httpx.Limits = DEFAULT_LIMITS,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` that can reach only what ``policy`` allows."""
     return httpx.AsyncClient(

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ENV_PREFIX = "SIGHTWIRE_"
+RAY_NAMESPACE = "sightwire"  # every named actor and Serve app of Sightwire lives here
 
 DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
@@ -30,6 +31,7 @@ class Settings(BaseModel):
     key_prefix: str = "sw"
     models: str = "tiny"
     models_dir: Path = Path.home() / ".cache" / "sightwire" / "models"
+    data_dir: Path = Path.home() / ".local" / "share" / "sightwire"
 
     allow_private_cidrs: tuple[IPNetwork, ...] = ()
     max_url_length: int = 2048
@@ -37,7 +39,8 @@ class Settings(BaseModel):
     max_metadata_bytes: int = 16_384
 
     max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    # Pillow itself refuses images over ~179 MP, so a higher limit would have no effect.
+    max_image_pixels: int = Field(40_000_000, ge=1, le=178_000_000)
     max_image_side: int = 1333
     fetch_timeout_s: float = 15.0
     max_redirects: int = 3

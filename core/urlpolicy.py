@@ -105,15 +105,17 @@ class UrlPolicy:
             self.check_address(literal, parsed.host)
         return parsed
 
-    async def resolve(self, host: str, port: int) -> IPAddress:
-        """Resolve ``host``, check every address it has, and return the one to connect to."""
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        """Resolve ``host`` and check every address it has; all must pass, in resolver order.
+
+        A lookup failure may be temporary, so it is ``fetch_failed``, not ``url_forbidden``."""
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise UrlRejected(f"cannot resolve {host}: {exc.strerror}") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+            raise Failure(ErrorCode.FETCH_FAILED, f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
         if not addresses:
-            raise UrlRejected(f"{host} has no addresses")
+            raise Failure(ErrorCode.FETCH_FAILED, f"{host} has no addresses")
         for ip in addresses:
             self.check_address(ip, host)
-        return addresses[0]
+        return addresses

@@ -5,16 +5,24 @@ from __future__ import annotations
 import io
 import ipaddress
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import numpy as np
 import pytest
+import ray
 from PIL import Image
 
-from core.settings import Settings
+from core.settings import RAY_NAMESPACE, Settings
 from core.store import Store
 from core.tokens import new_id
-from serve_app.local import RedisServer
+from deployments.tiny import ensure_tiny_profile
+from serve_app.local import RedisServer, free_port
 from tests.support.servers import ImageHost, WebhookReceiver
+
+if TYPE_CHECKING:
+    from serve_app.stack import LocalStack
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -74,3 +82,50 @@ def receiver() -> Iterator[WebhookReceiver]:
     server = WebhookReceiver().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny profile, built once per session from configs (random weights, no network)."""
+    directory = tmp_path_factory.mktemp("models")
+    ensure_tiny_profile(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session, with explicit logical CPUs (the machine has 2)."""
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=RAY_NAMESPACE)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, tiny_models_dir: Path, ray_session: None) -> Iterator[LocalStack]:
+    """The whole application on Serve, with the tiny models, on a free port."""
+    from serve_app.stack import LocalStack
+    stack_settings = settings.model_copy(
+        update={"key_prefix": "swstack", "models": "tiny", "models_dir": tiny_models_dir,
+                "data_dir": tiny_models_dir / "data"}
+    )
+    running = LocalStack(stack_settings, port=free_port()).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def api(stack: LocalStack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def stack_store(stack: LocalStack) -> AsyncIterator[Store]:
+    store = Store.from_settings(stack.settings)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def api_key(stack_store: Store, org: str) -> str:
+    return await stack_store.accounts.create_api_key(org)

@@ -122,7 +122,8 @@ class Outbox:
                 pipe.zadd(self._keys.outbox, {delivery.id: _ts(next_at)})
             pipe.hset(endpoint_key, "url", delivery.url)
             if attempt.succeeded:
-                pipe.hset(endpoint_key, mapping={"consecutive_failures": 0, "last_success_at": attempt.at.isoformat()})
+                healthy = {"consecutive_failures": 0, "last_success_at": attempt.at.isoformat()}
+                pipe.hset(endpoint_key, mapping=healthy)
             else:
                 pipe.hincrby(endpoint_key, "consecutive_failures", 1)
                 pipe.hset(endpoint_key, "last_failure_at", attempt.at.isoformat())

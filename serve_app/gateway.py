@@ -1,0 +1,49 @@
+"""The Serve ingress deployment and the application builder (``serve run serve_app:app``)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle
+
+from core.registry import Registry, load_registry
+from core.schemas import ModelInfo
+from core.settings import Settings
+from core.store import Store
+from deployments.models import bind_models
+from deployments.processor import JobProcessor
+from serve_app.api import ApiContext, create_app
+
+APP_NAME = "sightwire"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress()
+class ApiGateway:
+    """Serve's HTTP proxy routes every request here; the FastAPI app is built per replica."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        models: dict[str, DeploymentHandle],
+        processor: DeploymentHandle,
+    ) -> None:
+        self._models = models
+        self._processor = processor
+        self._ctx = ApiContext(settings, Store.from_settings(settings), registry, self._model_info)
+
+    async def _model_info(self, name: str) -> ModelInfo:
+        return await self._models[name].info.remote()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._ctx)
+
+
+def build_app(settings: Settings) -> Application:
+    """Bind every deployment: one per model, the job processor, and the API in front."""
+    registry = load_registry(settings.models, settings.models_dir)
+    models = bind_models(registry)
+    processor = JobProcessor.options(num_replicas=1).bind(settings, models)
+    return ApiGateway.bind(settings, registry, models, processor)

@@ -1,0 +1,86 @@
+"""RFC 9457 problem details: every error the API returns is ``application/problem+json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_BASE = "https://sightwire.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """Raise anywhere in a route to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        title: str,
+        detail: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.type = type_
+        self.title = title
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers
+
+    def response(self, instance: str | None = None) -> JSONResponse:
+        body: dict[str, Any] = {"type": PROBLEM_BASE + self.type, "title": self.title, "status": self.status}
+        if self.detail:
+            body["detail"] = self.detail
+        if instance:
+            body["instance"] = instance
+        if self.errors:
+            body["errors"] = self.errors
+        return JSONResponse(body, status_code=self.status, media_type=MEDIA_TYPE, headers=self.headers)
+
+
+def invalid(field: str, message: str) -> Problem:
+    """A 422 naming the offending field, as validation errors do."""
+    return Problem(422, "validation-error", "Request validation failed", message,
+                   errors=[{"field": field, "message": message}])
+
+
+def not_found(what: str) -> Problem:
+    return Problem(404, "not-found", "Not found", f"{what} does not exist")
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+STATUS_TYPES = {401: "unauthorized", 404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return exc.response(request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            problem = Problem(400, "malformed-json", "Body is not valid JSON", str(errors[0].get("msg")))
+        else:
+            problem = Problem(
+                422, "validation-error", "Request validation failed",
+                "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors),
+                errors=[{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors],
+            )
+        return problem.response(request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        problem = Problem(exc.status_code, STATUS_TYPES.get(exc.status_code, "http-error"), str(exc.detail))
+        return problem.response(request.url.path)

@@ -1,0 +1,106 @@
+"""Everything on one machine: a local Ray, Redis (given or private), and the Serve app.
+
+``LocalStack`` is what ``sightwire serve`` and ``sightwire demo`` run, and what the integration
+tests start once per session. Ray's GCS gets a free port from ``ray.init`` (never 6379).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import ray
+from ray import serve
+
+from core.settings import Settings
+from deployments.tiny import ensure_tiny_profile
+from notifier import NAMESPACE, NOTIFIER_NAME
+from serve_app.gateway import APP_NAME, build_app
+from serve_app.local import RedisServer
+
+log = logging.getLogger("sightwire.stack")
+
+RUNTIME_FILE = "serve.json"
+
+
+def runtime_file(settings: Settings) -> Path:
+    return Path(settings.data_dir).expanduser() / RUNTIME_FILE
+
+
+class LocalStack:
+    """Start with ``start()``, stop with ``stop()`` (or use it as a context manager)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        embedded_redis: bool = False,
+        num_cpus: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.num_cpus = num_cpus
+        self._redis = RedisServer(Path(settings.data_dir).expanduser() / "redis") if embedded_redis else None
+        self._owns_ray = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, ready_timeout_s: float = 300.0) -> LocalStack:
+        if self._redis is not None:
+            self._redis.start()
+            self.settings = self.settings.model_copy(update={"redis_url": self._redis.url})
+        if self.settings.models == "tiny":
+            ensure_tiny_profile(self.settings.models_dir)
+        if not ray.is_initialized():
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
+                     log_to_driver=False)
+            self._owns_ray = True
+        serve.start(http_options={"host": self.host, "port": self.port})
+        serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/", blocking=False)
+        self.wait_ready(ready_timeout_s)
+        self._write_runtime_file()
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=5)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.5)
+        raise RuntimeError(f"Sightwire was not ready after {timeout_s}s: {last}")
+
+    def _write_runtime_file(self) -> None:
+        path = runtime_file(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"redis_url": self.settings.redis_url, "url": self.url}))
+
+    def stop(self) -> None:
+        runtime_file(self.settings).unlink(missing_ok=True)
+        serve.shutdown()
+        with contextlib.suppress(ValueError):  # no notifier was started
+            ray.kill(ray.get_actor(NOTIFIER_NAME, namespace=NAMESPACE), no_restart=True)
+        if self._owns_ray:
+            ray.shutdown()
+        if self._redis is not None:
+            self._redis.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,122 @@
+"""The Redis store: atomic create, derived status, idempotent finalize, at-least-once jobs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from core.schemas import (
+    ErrorCode,
+    ErrorInfo,
+    EventType,
+    ImageCreate,
+    ImageStatus,
+    ModelResult,
+    ModelStatus,
+)
+from core.store import Store
+from core.tokens import hash_api_key
+
+DONE = ModelResult(status=ModelStatus.COMPLETE, version="m@1", result={"ok": True})
+FAILED = ModelResult(status=ModelStatus.FAILED, error=ErrorInfo(code=ErrorCode.MODEL_FAILED, message="boom"))
+
+
+def request(**extra: object) -> ImageCreate:
+    return ImageCreate(url="http://example.com/a.png", models=["a", "b"],
+                       webhook_url="http://example.com/hook", **extra)
+
+
+async def test_create_writes_record_and_job_together(store: Store, org: str) -> None:
+    await store.jobs.ensure_group()
+    record = await store.images.create(org, request(metadata={"k": 1}, external_id="ext-1"))
+    assert record.status is ImageStatus.QUEUED
+    assert record.sequence == 1
+    stored = await store.images.get(record.id, org)
+    assert stored is not None and stored.metadata == {"k": 1} and stored.external_id == "ext-1"
+    entries = await store.redis.xrange(store.keys.jobs)
+    assert any(fields[b"image"].decode() == record.id for _, fields in entries)
+
+
+async def test_other_org_cannot_read(store: Store, org: str) -> None:
+    record = await store.images.create(org, request())
+    assert await store.images.get(record.id, "org_other") is None
+    assert await store.images.get("img_missing", org) is None
+
+
+async def test_status_follows_model_results(store: Store, org: str) -> None:
+    record = await store.images.create(org, request())
+    await store.images.mark_started(record.id, 10, 20)
+    assert (await store.images.get(record.id)).status is ImageStatus.PROCESSING
+    await store.images.write_model_result(record.id, "a", DONE)
+    assert (await store.images.get(record.id)).status is ImageStatus.PROCESSING
+    await store.images.write_model_result(record.id, "b", FAILED)
+    final = await store.images.get(record.id)
+    assert final.status is ImageStatus.PARTIAL
+    assert final.sequence == 4
+    assert (final.width, final.height) == (10, 20)
+
+
+async def test_image_error_fails_the_image(store: Store, org: str) -> None:
+    record = await store.images.create(org, request())
+    await store.images.write_image_error(record.id, ErrorInfo(code=ErrorCode.NOT_AN_IMAGE, message="x"))
+    assert (await store.images.get(record.id)).status is ImageStatus.FAILED
+    _, delivery = await store.images.finalize(record.id)
+    assert delivery is not None and delivery.event_type is EventType.IMAGE_FAILED
+
+
+async def test_finalize_announces_each_state_once(store: Store, org: str) -> None:
+    record = await store.images.create(org, request())
+    assert (await store.images.finalize(record.id))[1] is None  # not finished: nothing to announce
+    for name in ("a", "b"):
+        await store.images.write_model_result(record.id, name, DONE)
+    final, delivery = await store.images.finalize(record.id)
+    assert final.status is ImageStatus.COMPLETE
+    assert delivery is not None and delivery.event_type is EventType.IMAGE_COMPLETED
+    assert delivery.sequence == final.sequence
+    assert (await store.images.finalize(record.id))[1] is None  # a re-run announces nothing new
+    assert [d.id for d in await store.outbox.for_resource(record.id)] == [delivery.id]
+
+
+async def test_concurrent_finalize_announces_once(store: Store, org: str) -> None:
+    record = await store.images.create(org, request())
+    for name in ("a", "b"):
+        await store.images.write_model_result(record.id, name, DONE)
+    results = await asyncio.gather(*(store.images.finalize(record.id) for _ in range(5)))
+    assert sum(1 for _, delivery in results if delivery is not None) == 1
+
+
+async def test_webhook_events_filter(store: Store, org: str) -> None:
+    record = await store.images.create(org, request(webhook_events=[EventType.IMAGE_FAILED]))
+    for name in ("a", "b"):
+        await store.images.write_model_result(record.id, name, DONE)
+    _, delivery = await store.images.finalize(record.id)
+    assert delivery is None
+
+
+async def test_unacked_job_is_reclaimed_after_visibility_timeout(store: Store, org: str) -> None:
+    await store.jobs.ensure_group()
+    record = await store.images.create(org, request())
+    taken = []
+    while not any(job.image_id == record.id for job in taken):
+        taken = await store.jobs.read("worker-that-dies", count=100, block_ms=100)
+    assert not [j for j in await store.jobs.claim_stale("rescuer", 60_000, 100) if j.image_id == record.id]
+    await asyncio.sleep(0.3)
+    rescued = await store.jobs.claim_stale("rescuer", 200, 1000)
+    job = next(j for j in rescued if j.image_id == record.id)
+    await store.jobs.ack(job.id)
+    assert not [j for j in await store.jobs.claim_stale("rescuer", 0, 1000) if j.image_id == record.id]
+
+
+async def test_job_group_recovers_after_flush(store: Store) -> None:
+    await store.redis.delete(store.keys.jobs)
+    assert await store.jobs.read("w", count=1, block_ms=10) == []  # recreates the group
+    assert await store.jobs.read("w", count=1, block_ms=10) == []
+
+
+async def test_api_keys_are_stored_hashed(store: Store, org: str) -> None:
+    key = await store.accounts.create_api_key(org)
+    assert await store.accounts.org_for_key(key) == org
+    assert await store.redis.get(store.keys.api_key(key)) is None
+    assert await store.redis.get(store.keys.api_key(hash_api_key(key))) == org.encode()
+    assert await store.accounts.org_for_key(key + "x") is None
+    secrets = await store.accounts.webhook_secrets(org)
+    assert secrets[0].startswith("whsec_") and secrets == await store.accounts.webhook_secrets(org)
