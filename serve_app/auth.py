@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
 
-from core.store import Store
+from fastapi import Depends, Request
+
+from serve_app.context import context
 from serve_app.problems import Problem
 
 UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="sightwire"'}
 
 
-async def authenticate(request: Request, store: Store) -> str:
+async def current_org(request: Request) -> str:
     """The caller's organisation, or a 401 problem for a missing or unknown key."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Problem(401, "unauthorized", "Missing API key", "send Authorization: Bearer <api key>",
                       headers=UNAUTHORIZED)
-    org = await store.accounts.org_for_key(key.strip())
+    org = await context(request).store.accounts.org_for_key(key.strip())
     if org is None:
         raise Problem(401, "unauthorized", "Invalid API key", headers=UNAUTHORIZED)
     return org
+
+
+Org = Annotated[str, Depends(current_org)]

@@ -13,7 +13,8 @@ from core.settings import Settings
 from core.store import Store
 from deployments.models import bind_models
 from deployments.processor import JobProcessor
-from serve_app.api import ApiContext, create_app
+from serve_app.api import create_app
+from serve_app.context import ApiContext
 
 APP_NAME = "sightwire"
 
