@@ -75,7 +75,7 @@ class Detector:
         boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).clamp(0.0, 1.0)
         return scores, labels, boxes
 
-    def detect(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
+    def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
         scores, labels, boxes = self.forward(self.tensors(square_batch(images, self.spec.input_size)))
         scores, labels, boxes = scores.cpu(), labels.cpu(), boxes.cpu()  # one sync per batch
         return [self._result(img, scores[i], labels[i], boxes[i]) for i, img in enumerate(images)]
@@ -113,5 +113,5 @@ class ObjectDetection:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
         # Inference runs in a thread so the replica keeps accepting requests for the next batch.
-        results = await asyncio.to_thread(self.detector.detect, images)
+        results = await asyncio.to_thread(self.detector.predict, images)
         return [{"version": self.detector.version, "result": r} for r in results]

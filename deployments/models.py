@@ -5,9 +5,16 @@ from __future__ import annotations
 from ray.serve.deployment import Application, Deployment
 
 from core.registry import ModelSpec, Registry, Task
-from deployments.detection import ObjectDetection
+from deployments.detection import Detector, ObjectDetection
+from deployments.runner import ModelRunner
 
 FAMILIES: dict[Task, Deployment] = {Task.OBJECT_DETECTION: ObjectDetection}
+RUNNERS: dict[Task, type[ModelRunner]] = {Task.OBJECT_DETECTION: Detector}
+
+
+def load_runner(spec: ModelSpec) -> ModelRunner:
+    """The plain (Serve-free) model for ``spec``: for Ray Data actors and bare benchmarks."""
+    return RUNNERS[spec.task](spec)
 
 
 def bind_model(spec: ModelSpec) -> Application:

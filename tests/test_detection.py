@@ -24,7 +24,7 @@ def image(seed: int, width: int, height: int) -> DecodedImage:
 
 
 def test_result_format(detector: Detector) -> None:
-    [result] = detector.detect([image(0, 120, 80)])
+    [result] = detector.predict([image(0, 120, 80)])
     assert 0 < len(result["detections"]) <= detector.spec.max_detections
     scores = [d["score"] for d in result["detections"]]
     assert scores == sorted(scores, reverse=True)
@@ -40,8 +40,8 @@ def test_result_format(detector: Detector) -> None:
 
 def test_same_answer_alone_or_in_a_batch(detector: Detector) -> None:
     images = [image(seed, 60 + 20 * seed, 90 - 10 * seed) for seed in range(5)]
-    batched = detector.detect(images)
-    alone = [detector.detect([img])[0] for img in images]
+    batched = detector.predict(images)
+    alone = [detector.predict([img])[0] for img in images]
     for one, many in zip(alone, batched, strict=True):
         assert [d["label"] for d in one["detections"]] == [d["label"] for d in many["detections"]]
         for a, b in zip(one["detections"], many["detections"], strict=True):
