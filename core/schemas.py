@@ -120,6 +120,7 @@ class ImageRecord(Wire):
     webhook_events: list[EventType] | None = None
     width: int | None = None
     height: int | None = None
+    group_id: str | None = None
     sequence: int
     created_at: datetime
     updated_at: datetime
@@ -142,6 +143,125 @@ def image_status(
     if all(s is ModelStatus.FAILED for s in states):
         return ImageStatus.FAILED
     return ImageStatus.PARTIAL
+
+
+class ModelsAdd(Wire):
+    """Body of ``POST /v1/{images,groups}/{id}/models``: only models not yet run will run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1, max_length=32)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[str]) -> list[str]:
+        return list(dict.fromkeys(models))
+
+
+class GroupImage(Wire):
+    """One image of a group request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1)
+    metadata: dict[str, Any] | None = None
+    external_id: str | None = Field(default=None, max_length=256)
+
+
+class GroupImagesAdd(Wire):
+    """Body of ``POST /v1/groups/{id}/images``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[GroupImage] = Field(min_length=1)
+
+
+class GroupCreate(GroupImagesAdd):
+    """Body of ``POST /v1/groups``: many images, one set of models, one webhook for the group."""
+
+    models: list[str] = Field(min_length=1, max_length=32)
+    webhook_url: str | None = None
+    webhook_events: list[EventType] | None = None
+    metadata: dict[str, Any] | None = None
+    external_id: str | None = Field(default=None, max_length=256)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[str]) -> list[str]:
+        return list(dict.fromkeys(models))
+
+
+class GroupCounts(Wire):
+    total: int = 0
+    complete: int = 0
+    partial: int = 0
+    failed: int = 0
+    canceled: int = 0
+    pending: int = 0
+
+
+class AggregateBucket(Wire):
+    """Scores over the images of one room type (or all): plain and confidence-weighted means."""
+
+    count: int = 0
+    condition_count: int = 0
+    condition_mean: float | None = None
+    condition_weighted_mean: float | None = None
+    quality_count: int = 0
+    quality_mean: float | None = None
+    quality_weighted_mean: float | None = None
+
+
+class GroupAggregates(Wire):
+    overall: AggregateBucket = AggregateBucket()
+    by_room: dict[str, AggregateBucket] = Field(default_factory=dict)
+    failed_excluded: int = 0
+
+
+class ImageSummary(Wire):
+    id: str
+    status: ImageStatus
+    url: str
+    external_id: str | None = None
+    room: str | None = None
+    condition: int | None = None
+    quality: int | None = None
+    error: ErrorCode | None = None
+
+
+class GroupRecord(Wire):
+    """A group's current state, as polled and as sent in group webhooks."""
+
+    id: str
+    object: str = "group"
+    status: ImageStatus
+    models: list[str]
+    counts: GroupCounts
+    aggregates: GroupAggregates
+    metadata: dict[str, Any] | None = None
+    external_id: str | None = None
+    webhook_url: str | None = None
+    webhook_events: list[EventType] | None = None
+    bulk: bool = False
+    image_ids: list[str] | None = None
+    images: list[ImageSummary] | None = None
+    sequence: int
+    created_at: datetime
+    updated_at: datetime
+
+
+def group_status(counts: GroupCounts, *, started: bool, canceled: bool) -> ImageStatus:
+    """A group's status from its counts, by the same rules as an image's from its models."""
+    if canceled:
+        return ImageStatus.CANCELED
+    if counts.pending > 0:
+        done = counts.total - counts.pending
+        return ImageStatus.PROCESSING if started or done > 0 else ImageStatus.QUEUED
+    if counts.total and counts.failed == counts.total:
+        return ImageStatus.FAILED
+    if counts.failed or counts.partial or counts.canceled:
+        return ImageStatus.PARTIAL
+    return ImageStatus.COMPLETE
 
 
 class ModelInfo(Wire):

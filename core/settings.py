@@ -45,6 +45,11 @@ class Settings(BaseModel):
     fetch_timeout_s: float = 15.0
     max_redirects: int = 3
 
+    max_group_images: int = 10_000
+    bulk_threshold: int = 500
+    group_progress_interval_s: float = 5.0
+    webhook_payload_cap_bytes: int = 256 * 1024
+
     processor_concurrency: int = 8
     visibility_timeout_s: float = 300.0
     model_timeout_s: float = 120.0

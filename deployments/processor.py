@@ -32,9 +32,16 @@ REDIS_RETRY_S = 1.0
 class Processor:
     """The processing loop itself, independent of Serve so it can be run and tested directly."""
 
-    def __init__(self, settings: Settings, models: dict[str, DeploymentHandle], notifier: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: dict[str, DeploymentHandle],
+        notifier: Any,
+        bulk: DeploymentHandle | None = None,
+    ) -> None:
         self.settings = settings
         self.models = models
+        self.bulk = bulk
         self.notifier = notifier
         self.store = Store.from_settings(settings)
         self.fetcher = ImageFetcher.from_settings(settings)
@@ -60,7 +67,7 @@ class Processor:
         while True:
             try:
                 for job in await self.store.jobs.read(consumer, count=1, block_ms=1000):
-                    await self.process(job)
+                    await self.process(job, consumer)
             except (RedisError, OSError) as exc:
                 log.warning("redis unavailable in %s: %s", consumer, exc)
                 await asyncio.sleep(REDIS_RETRY_S)
@@ -73,24 +80,49 @@ class Processor:
         idle_ms = int(self.settings.visibility_timeout_s * 1000)
         while True:
             await asyncio.sleep(max(self.settings.visibility_timeout_s / 4, 0.5))
+            consumer = f"{self.consumer}-reclaim"
             try:
-                for job in await self.store.jobs.claim_stale(f"{self.consumer}-reclaim", idle_ms, count=16):
-                    log.info("reclaimed job %s for image %s", job.id, job.image_id)
-                    await self.process(job)
+                for job in await self.store.jobs.claim_stale(consumer, idle_ms, count=16):
+                    log.info("reclaimed job %s (image %s, group %s)", job.id, job.image_id, job.group_id)
+                    await self.process(job, consumer)
             except (RedisError, OSError) as exc:
                 log.warning("redis unavailable in reclaimer: %s", exc)
 
-    async def process(self, job: Job) -> None:
-        record = await self.store.images.get(job.image_id)
-        if record is not None and record.status is not ImageStatus.CANCELED:
-            queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
-            pending = [name for name in job.models if name in queued]
-            if pending and record.error is None:
-                await self._run_models(job.image_id, record.url, pending)
-            _, delivery = await self.store.images.finalize(job.image_id)
-            if delivery is not None:
-                self.notifier.wake.remote()
+    async def process(self, job: Job, consumer: str) -> None:
+        if job.group_id:
+            await self._process_bulk(job, consumer)
+        else:
+            await self.process_image(job.image_id, job.models)
         await self.store.jobs.ack(job.id)
+
+    async def process_image(self, image_id: str, models: list[str]) -> None:
+        """Run the image's still-queued ``models`` and announce the result; idempotent."""
+        record = await self.store.images.get(image_id)
+        if record is None or record.status is ImageStatus.CANCELED:
+            return
+        queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
+        pending = [name for name in models if name in queued]
+        if pending and record.error is None:
+            await self._run_models(image_id, record.url, pending)
+        _, deliveries = await self.store.images.finalize(image_id)
+        if deliveries:
+            self.notifier.wake.remote()
+
+    async def _process_bulk(self, job: Job, consumer: str) -> None:
+        """A large group: hand it to the Ray Data pipeline, keeping the job claimed meanwhile."""
+        if self.bulk is None:  # no pipeline deployed: work through the images here
+            limit = asyncio.Semaphore(self.settings.processor_concurrency)
+
+            async def one(image_id: str) -> None:
+                async with limit:
+                    await self.process_image(image_id, job.models)
+
+            await asyncio.gather(*(one(image_id) for image_id in job.image_ids))
+            return
+        run = asyncio.ensure_future(self.bulk.run.remote(job.group_id, list(job.image_ids), job.models))
+        while not (await asyncio.wait({run}, timeout=max(self.settings.visibility_timeout_s / 3, 0.5)))[0]:
+            await self.store.jobs.touch(job.id, consumer)
+        run.result()
 
     async def _run_models(self, image_id: str, url: str, models: list[str]) -> None:
         try:
@@ -128,8 +160,10 @@ class JobProcessor:
     """Serve keeps the processing loop alive: a crashed replica is replaced, and its jobs are
     reclaimed after the visibility timeout."""
 
-    def __init__(self, settings: Settings, models: dict[str, DeploymentHandle]) -> None:
-        self.processor = Processor(settings, models, notifier_handle(settings))
+    def __init__(
+        self, settings: Settings, models: dict[str, DeploymentHandle], bulk: DeploymentHandle | None = None
+    ) -> None:
+        self.processor = Processor(settings, models, notifier_handle(settings), bulk)
         self.processor.start()
 
     async def depth(self) -> int:

@@ -59,20 +59,20 @@ async def test_image_error_fails_the_image(store: Store, org: str) -> None:
     record = await store.images.create(org, request())
     await store.images.write_image_error(record.id, ErrorInfo(code=ErrorCode.NOT_AN_IMAGE, message="x"))
     assert (await store.images.get(record.id)).status is ImageStatus.FAILED
-    _, delivery = await store.images.finalize(record.id)
-    assert delivery is not None and delivery.event_type is EventType.IMAGE_FAILED
+    _, [delivery] = await store.images.finalize(record.id)
+    assert delivery.event_type is EventType.IMAGE_FAILED
 
 
 async def test_finalize_announces_each_state_once(store: Store, org: str) -> None:
     record = await store.images.create(org, request())
-    assert (await store.images.finalize(record.id))[1] is None  # not finished: nothing to announce
+    assert (await store.images.finalize(record.id))[1] == []  # not finished: nothing to announce
     for name in ("a", "b"):
         await store.images.write_model_result(record.id, name, DONE)
-    final, delivery = await store.images.finalize(record.id)
+    final, [delivery] = await store.images.finalize(record.id)
     assert final.status is ImageStatus.COMPLETE
-    assert delivery is not None and delivery.event_type is EventType.IMAGE_COMPLETED
+    assert delivery.event_type is EventType.IMAGE_COMPLETED
     assert delivery.sequence == final.sequence
-    assert (await store.images.finalize(record.id))[1] is None  # a re-run announces nothing new
+    assert (await store.images.finalize(record.id))[1] == []  # a re-run announces nothing new
     assert [d.id for d in await store.outbox.for_resource(record.id)] == [delivery.id]
 
 
@@ -81,15 +81,14 @@ async def test_concurrent_finalize_announces_once(store: Store, org: str) -> Non
     for name in ("a", "b"):
         await store.images.write_model_result(record.id, name, DONE)
     results = await asyncio.gather(*(store.images.finalize(record.id) for _ in range(5)))
-    assert sum(1 for _, delivery in results if delivery is not None) == 1
+    assert sum(len(deliveries) for _, deliveries in results) == 1
 
 
 async def test_webhook_events_filter(store: Store, org: str) -> None:
     record = await store.images.create(org, request(webhook_events=[EventType.IMAGE_FAILED]))
     for name in ("a", "b"):
         await store.images.write_model_result(record.id, name, DONE)
-    _, delivery = await store.images.finalize(record.id)
-    assert delivery is None
+    assert (await store.images.finalize(record.id))[1] == []
 
 
 async def test_unacked_job_is_reclaimed_after_visibility_timeout(store: Store, org: str) -> None:

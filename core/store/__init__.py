@@ -10,24 +10,28 @@ from redis.asyncio import Redis
 
 from core.settings import Settings
 from core.store.accounts import Accounts
+from core.store.groups import GroupStore
 from core.store.images import ImageStore
 from core.store.jobs import Job, JobQueue
 from core.store.keys import Keys
+from core.store.ledger import GroupLedger
 from core.store.outbox import Outbox
 
 
 class Store:
-    def __init__(self, redis: Redis, prefix: str = "sw") -> None:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
-        self.keys = Keys(prefix)
+        self.keys = Keys(settings.key_prefix)
         self.accounts = Accounts(redis, self.keys)
         self.jobs = JobQueue(redis, self.keys)
-        self.outbox = Outbox(redis, self.keys)
-        self.images = ImageStore(redis, self.keys, self.jobs, self.outbox)
+        self.outbox = Outbox(redis, self.keys, settings.webhook_payload_cap_bytes)
+        ledger = GroupLedger(redis, self.keys, self.outbox, settings.group_progress_interval_s)
+        self.images = ImageStore(redis, self.keys, self.jobs, self.outbox, ledger)
+        self.groups = GroupStore(redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        return cls(Redis.from_url(settings.redis_url, health_check_interval=10), settings.key_prefix)
+        return cls(Redis.from_url(settings.redis_url, health_check_interval=10), settings)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

@@ -14,56 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from core.schemas import (
-    Delivery,
-    ErrorInfo,
-    EventType,
-    ImageCreate,
-    ImageRecord,
-    ImageStatus,
-    ModelResult,
-    image_status,
-    utcnow,
-)
+from core.schemas import Delivery, ErrorInfo, EventType, ImageCreate, ImageRecord, ImageStatus, ModelResult, utcnow
 from core.store.jobs import JobQueue
 from core.store.keys import Keys
+from core.store.ledger import GroupLedger
 from core.store.outbox import Outbox
-from core.tokens import new_id
-
-MODEL_FIELD = "m:"
-
-
-def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def _record(image_id: str, fields: dict[str, str]) -> ImageRecord:
-    models = {
-        name: ModelResult.model_validate_json(fields[MODEL_FIELD + name])
-        for name in json.loads(fields["models"])
-    }
-    error = ErrorInfo.model_validate_json(fields["error"]) if fields.get("error") else None
-    status = image_status(
-        models, error, started=fields.get("started") == "1", canceled=fields.get("canceled") == "1"
-    )
-    return ImageRecord(
-        id=image_id,
-        status=status,
-        url=fields["url"],
-        models=models,
-        error=error,
-        metadata=json.loads(fields.get("metadata", "null")),
-        external_id=fields.get("external_id") or None,
-        webhook_url=fields.get("webhook_url") or None,
-        webhook_events=json.loads(fields.get("webhook_events", "null")),
-        width=int(fields["width"]) if fields.get("width") else None,
-        height=int(fields["height"]) if fields.get("height") else None,
-        sequence=int(fields["seq"]),
-        created_at=datetime.fromisoformat(fields["created_at"]),
-        updated_at=datetime.fromisoformat(fields["updated_at"]),
-    )
+from core.store.records import MODEL_FIELD, decode, image_record, new_image_fields
 
 
 def completion_event(record: ImageRecord, announced_before: bool) -> EventType:
@@ -75,42 +34,94 @@ def completion_event(record: ImageRecord, announced_before: bool) -> EventType:
 
 
 class ImageStore:
-    def __init__(self, redis: Redis, keys: Keys, jobs: JobQueue, outbox: Outbox) -> None:
+    def __init__(self, redis: Redis, keys: Keys, jobs: JobQueue, outbox: Outbox, ledger: GroupLedger) -> None:
         self._redis = redis
         self._keys = keys
         self._jobs = jobs
         self._outbox = outbox
+        self._ledger = ledger
+
+    def index(self, pipe: Pipeline, org: str, image_id: str, fields: dict[str, Any]) -> None:
+        """Write a new image and its place in the org's listing (inside the caller's pipeline)."""
+        pipe.hset(self._keys.image(image_id), mapping=fields)
+        score = datetime.fromisoformat(fields["created_at"]).timestamp()
+        pipe.zadd(self._keys.org_images(org), {image_id: score})
 
     async def create(self, org: str, request: ImageCreate) -> ImageRecord:
         """Write the record and its job in one transaction: durable before the caller answers."""
-        image_id = new_id("img")
-        now = utcnow().isoformat()
-        fields: dict[str, Any] = {
-            "org": org,
-            "url": request.url,
-            "models": json.dumps(request.models),
-            "metadata": json.dumps(request.metadata),
-            "external_id": request.external_id or "",
-            "webhook_url": request.webhook_url or "",
-            "webhook_events": json.dumps(request.webhook_events),
-            "seq": 1,
-            "notified_seq": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
-        fields.update({MODEL_FIELD + name: ModelResult().to_json() for name in request.models})
+        image_id, fields = new_image_fields(
+            org, request.url, request.models, metadata=request.metadata, external_id=request.external_id,
+            webhook_url=request.webhook_url, webhook_events=request.webhook_events,
+        )
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.image(image_id), mapping=fields)
+            self.index(pipe, org, image_id, fields)
             self._jobs.add(pipe, image_id, request.models)
             await pipe.execute()
-        return _record(image_id, {k: str(v) for k, v in fields.items()})
+        return image_record(image_id, {k: str(v) for k, v in fields.items()})
 
     async def get(self, image_id: str, org: str | None = None) -> ImageRecord | None:
         """The record, or ``None`` when it does not exist or belongs to another org."""
-        fields = _decode(await self._redis.hgetall(self._keys.image(image_id)))
+        fields = decode(await self._redis.hgetall(self._keys.image(image_id)))
         if not fields or (org is not None and fields["org"] != org):
             return None
-        return _record(image_id, fields)
+        return image_record(image_id, fields)
+
+    async def get_many(self, image_ids: list[str]) -> list[ImageRecord]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for image_id in image_ids:
+                pipe.hgetall(self._keys.image(image_id))
+            raws = await pipe.execute()
+        return [image_record(i, decode(raw)) for i, raw in zip(image_ids, raws, strict=True) if raw]
+
+    async def page(self, org: str, after: float | None, limit: int) -> list[tuple[str, float]]:
+        """The org's image ids, newest first, strictly older than ``after`` (a cursor)."""
+        upper = f"({after}" if after is not None else "+inf"
+        rows = await self._redis.zrevrangebyscore(
+            self._keys.org_images(org), upper, "-inf", start=0, num=limit, withscores=True
+        )
+        return [(member.decode(), score) for member, score in rows]
+
+    async def add_models(self, image_id: str, org: str, models: list[str]) -> tuple[ImageRecord, list[str]] | None:
+        """Queue the models an image does not have yet, with their job, in one transaction.
+
+        Returns the updated record and the models added (possibly none), or ``None`` when the
+        image does not exist for ``org``."""
+        key = self._keys.image(image_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    fields = decode(await pipe.hgetall(key))
+                    if not fields or fields["org"] != org:
+                        await pipe.reset()
+                        return None
+                    pipe.multi()
+                    added = self.queue_models(pipe, image_id, fields, models)
+                    if not added:
+                        await pipe.reset()
+                        return image_record(image_id, fields), []
+                    self._jobs.add(pipe, image_id, added)
+                    await pipe.execute()
+                    return await self.get(image_id), added  # type: ignore[return-value]
+                except WatchError:
+                    continue
+
+    def queue_models(self, pipe: Pipeline, image_id: str, fields: dict[str, str], models: list[str]) -> list[str]:
+        """Queue the ``models`` the image lacks (in the caller's transaction); returns them.
+
+        A counted group image goes back to pending until the new models finish."""
+        current = json.loads(fields["models"])
+        added = [m for m in models if m not in current]
+        if not added:
+            return []
+        key = self._keys.image(image_id)
+        mapping = {MODEL_FIELD + m: ModelResult().to_json() for m in added}
+        mapping.update(models=json.dumps([*current, *added]), updated_at=utcnow().isoformat())
+        pipe.hset(key, mapping=mapping)
+        pipe.hincrby(key, "seq", 1)
+        if fields.get("group"):
+            self._ledger.uncount(pipe, fields["group"], image_id, fields)
+        return added
 
     async def _update(self, image_id: str, mapping: dict[str, Any]) -> None:
         key = self._keys.image(image_id)
@@ -128,37 +139,46 @@ class ImageStore:
     async def write_image_error(self, image_id: str, error: ErrorInfo) -> None:
         await self._update(image_id, {"started": "1", "error": error.to_json()})
 
-    async def finalize(self, image_id: str) -> tuple[ImageRecord, Delivery | None]:
-        """Announce a finished image once per state: record it as notified and, in the same
-        transaction, put its webhook in the outbox. Does nothing for an unfinished image or a
-        state already announced."""
+    async def finalize(self, image_id: str) -> tuple[ImageRecord, list[Delivery]]:
+        """Announce a finished image once per state.
+
+        In one transaction: mark the state notified, put the image's webhook in the outbox and,
+        for a group image, move it into its count and aggregates. Then settle the group, which
+        announces the group's own events. Safe to repeat: an announced state adds nothing."""
         key = self._keys.image(image_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
-                    fields = _decode(await pipe.hgetall(key))
-                    record = _record(image_id, fields)
+                    fields = decode(await pipe.hgetall(key))
+                    record = image_record(image_id, fields)
                     notified_seq = int(fields["notified_seq"])
                     if not record.status.is_terminal or record.sequence == notified_seq:
                         await pipe.reset()
-                        return record, None
-                    event = completion_event(record, announced_before=notified_seq > 0)
+                        deliveries: list[Delivery] = []
+                        break
                     pipe.multi()
                     pipe.hset(key, "notified_seq", record.sequence)
-                    delivery = None
-                    wanted = record.webhook_events is None or event in record.webhook_events
-                    if record.webhook_url and wanted:
-                        delivery = self._outbox.add(
-                            pipe,
-                            org=fields["org"],
-                            url=record.webhook_url,
-                            event=event,
-                            resource_id=image_id,
-                            sequence=record.sequence,
-                            data=record.model_dump(mode="json", by_alias=True),
-                        )
+                    deliveries = self._announce(pipe, fields, record, announced_before=notified_seq > 0)
+                    if record.group_id:
+                        self._ledger.count(pipe, record.group_id, record, fields)
                     await pipe.execute()
-                    return record, delivery
+                    break
                 except WatchError:
                     continue
+        if record.group_id and record.status.is_terminal:
+            deliveries += await self._ledger.settle(record.group_id)
+        return record, deliveries
+
+    def _announce(
+        self, pipe: Pipeline, fields: dict[str, str], record: ImageRecord, announced_before: bool
+    ) -> list[Delivery]:
+        event = completion_event(record, announced_before)
+        if not record.webhook_url or (record.webhook_events is not None and event not in record.webhook_events):
+            return []
+        return [
+            self._outbox.add(
+                pipe, org=fields["org"], url=record.webhook_url, event=event, resource_id=record.id,
+                sequence=record.sequence, data=record.model_dump(mode="json", by_alias=True),
+            )
+        ]

@@ -20,16 +20,22 @@ GROUP = "processors"
 
 @dataclass(frozen=True)
 class Job:
+    """One image's models to run, or (``group_id`` set) a bulk run over a group's images."""
+
     id: str
-    image_id: str
     models: list[str]
+    image_id: str = ""
+    group_id: str = ""
+    image_ids: tuple[str, ...] = ()
 
 
 def _parse(entry_id: bytes, fields: dict[bytes, bytes]) -> Job:
     return Job(
         id=entry_id.decode(),
-        image_id=fields[b"image"].decode(),
         models=json.loads(fields[b"models"]),
+        image_id=fields.get(b"image", b"").decode(),
+        group_id=fields.get(b"group", b"").decode(),
+        image_ids=tuple(json.loads(fields.get(b"images", b"[]"))),
     )
 
 
@@ -41,6 +47,14 @@ class JobQueue:
     def add(self, pipe: Pipeline, image_id: str, models: list[str]) -> None:
         """Queue a job inside the caller's transaction, so it commits with the record."""
         pipe.xadd(self._keys.jobs, {"image": image_id, "models": json.dumps(models)})
+
+    def add_bulk(self, pipe: Pipeline, group_id: str, image_ids: list[str], models: list[str]) -> None:
+        """Queue one bulk job for many images of a group (run as a Ray Data pipeline)."""
+        pipe.xadd(self._keys.jobs, {"group": group_id, "images": json.dumps(image_ids), "models": json.dumps(models)})
+
+    async def touch(self, job_id: str, consumer: str) -> None:
+        """Reset a long job's idle time so it is not reclaimed while its worker is alive."""
+        await self._redis.xclaim(self._keys.jobs, GROUP, consumer, min_idle_time=0, message_ids=[job_id], justid=True)
 
     async def ensure_group(self) -> None:
         try:

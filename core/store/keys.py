@@ -18,6 +18,18 @@ class Keys:
     def image(self, image_id: str) -> str:
         return f"{self.prefix}:img:{image_id}"
 
+    def org_images(self, org: str) -> str:
+        return f"{self.prefix}:org:{org}:images"
+
+    def group(self, group_id: str) -> str:
+        return f"{self.prefix}:grp:{group_id}"
+
+    def group_images(self, group_id: str) -> str:
+        return f"{self.prefix}:grp:{group_id}:images"
+
+    def group_sums(self, group_id: str) -> str:
+        return f"{self.prefix}:grp:{group_id}:sums"
+
     def resource_deliveries(self, resource_id: str) -> str:
         return f"{self.prefix}:res:{resource_id}:deliveries"
 

@@ -34,14 +34,22 @@ return ids
 """
 
 
+def thin(data: dict[str, Any]) -> dict[str, Any]:
+    """A payload too big for the cap goes out as ids, sequence and where to fetch the rest, so a
+    receiver's 413 never loses the update."""
+    kept = {key: data[key] for key in ("id", "object", "status", "sequence", "counts") if key in data}
+    return {**kept, "thin": True, "href": f"/v1/{data.get('object', 'image')}s/{data.get('id')}"}
+
+
 def _ts(moment: datetime) -> float:
     return moment.timestamp()
 
 
 class Outbox:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, payload_cap_bytes: int = 256 * 1024) -> None:
         self._redis = redis
         self._keys = keys
+        self._payload_cap_bytes = payload_cap_bytes
         self._claim = redis.register_script(CLAIM_DUE)
 
     def add(
@@ -58,6 +66,8 @@ class Outbox:
         """Queue a delivery inside the caller's transaction; it is due at once."""
         now = utcnow()
         payload = WebhookPayload(type=event, timestamp=now, data=data)
+        if len(payload.to_json()) > self._payload_cap_bytes:
+            payload = WebhookPayload(type=event, timestamp=now, data=thin(data))
         delivery = Delivery(
             id=new_id("dlv"),
             webhook_id=new_id("msg"),

@@ -1,0 +1,136 @@
+"""A group's ledger: its counts and aggregate sums, moved as each image finishes, and the
+group events that follow from them.
+
+``count`` runs inside an image's finalize transaction and only increments (HINCRBY and
+HINCRBYFLOAT commute), so thousands of images can finish at once without locking the group.
+``settle`` then decides, under a WATCH of the group, whether there is something to announce:
+``group.completed`` the first time every image is done, ``group.updated`` for later changes, and
+``group.progress`` at most once per ``group_progress_interval_s`` in between.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from core import aggregates
+from core.schemas import Delivery, EventType, GroupRecord, ImageRecord, ImageSummary, utcnow
+from core.store.keys import Keys
+from core.store.outbox import Outbox
+from core.store.records import decode, group_record, image_record
+
+SUMMARY_LIMIT = 2_000  # beyond this many images a group payload goes out thin anyway
+
+
+def summary(record: ImageRecord) -> ImageSummary:
+    condition, quality = aggregates.score_of(record, "condition"), aggregates.score_of(record, "quality")
+    room = aggregates.room_of(record)
+    return ImageSummary(
+        id=record.id,
+        status=record.status,
+        url=record.url,
+        external_id=record.external_id,
+        room=None if room == aggregates.UNKNOWN_ROOM else room,
+        condition=condition[0] if condition else None,
+        quality=quality[0] if quality else None,
+        error=record.error.code if record.error else None,
+    )
+
+
+class GroupLedger:
+    def __init__(self, redis: Redis, keys: Keys, outbox: Outbox, progress_interval_s: float) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._outbox = outbox
+        self._progress_interval_s = progress_interval_s
+
+    def count(self, pipe: Pipeline, group_id: str, record: ImageRecord, fields: dict[str, str]) -> None:
+        """Move a finished image into its count and replace its aggregate contribution."""
+        group_key = self._keys.group(group_id)
+        previous, current = fields.get("counted", ""), record.status.value
+        if previous != current:
+            if previous:
+                pipe.hincrby(group_key, f"n_{previous}", -1)
+            pipe.hincrby(group_key, f"n_{current}", 1)
+        contribution = aggregates.contribution(record)
+        for key, amount in aggregates.delta(json.loads(fields.get("contrib", "{}")), contribution).items():
+            pipe.hincrbyfloat(self._keys.group_sums(group_id), key, amount)
+        pipe.hset(self._keys.image(record.id), mapping={"counted": current, "contrib": json.dumps(contribution)})
+        self._touch(pipe, group_key)
+
+    def uncount(self, pipe: Pipeline, group_id: str, image_id: str, fields: dict[str, str]) -> None:
+        """An image gets new work: back to pending (its contribution is replaced when it finishes)."""
+        counted = fields.get("counted")
+        if counted:
+            group_key = self._keys.group(group_id)
+            pipe.hincrby(group_key, f"n_{counted}", -1)
+            pipe.hdel(self._keys.image(image_id), "counted")
+            self._touch(pipe, group_key)
+
+    @staticmethod
+    def _touch(pipe: Pipeline, group_key: str) -> None:
+        pipe.hincrby(group_key, "seq", 1)
+        pipe.hset(group_key, "updated_at", utcnow().isoformat())
+
+    async def get(self, group_id: str, org: str | None = None) -> GroupRecord | None:
+        fields = decode(await self._redis.hgetall(self._keys.group(group_id)))
+        if not fields or (org is not None and fields["org"] != org):
+            return None
+        sums = decode(await self._redis.hgetall(self._keys.group_sums(group_id)))
+        return group_record(group_id, fields, sums)
+
+    async def image_ids(self, group_id: str) -> list[str]:
+        return [i.decode() for i in await self._redis.lrange(self._keys.group_images(group_id), 0, -1)]
+
+    async def summaries(self, group_id: str) -> list[ImageSummary]:
+        ids = await self.image_ids(group_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for image_id in ids:
+                pipe.hgetall(self._keys.image(image_id))
+            raws = await pipe.execute()
+        return [summary(image_record(i, decode(raw))) for i, raw in zip(ids, raws, strict=True) if raw]
+
+    async def settle(self, group_id: str) -> list[Delivery]:
+        """Announce what changed in the group since its last announcement, if anything."""
+        key = self._keys.group(group_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    fields = decode(await pipe.hgetall(key))
+                    sums = decode(await pipe.hgetall(self._keys.group_sums(group_id)))
+                    record = group_record(group_id, fields, sums)
+                    event, updates = self._due_event(record, fields)
+                    if event is None:
+                        await pipe.reset()
+                        return []
+                    if event is not EventType.GROUP_PROGRESS and record.counts.total <= SUMMARY_LIMIT:
+                        record.images = await self.summaries(group_id)
+                    pipe.multi()
+                    pipe.hset(key, mapping=updates)
+                    deliveries = []
+                    wanted = record.webhook_events is None or event in record.webhook_events
+                    if record.webhook_url and wanted:
+                        deliveries.append(self._outbox.add(
+                            pipe, org=fields["org"], url=record.webhook_url, event=event, resource_id=group_id,
+                            sequence=record.sequence, data=record.model_dump(mode="json", by_alias=True),
+                        ))
+                    await pipe.execute()
+                    return deliveries
+                except WatchError:
+                    continue
+
+    def _due_event(self, record: GroupRecord, fields: dict[str, str]) -> tuple[EventType | None, dict]:
+        if record.sequence == int(fields["notified_seq"]):
+            return None, {}
+        if record.status.is_terminal:
+            event = EventType.GROUP_UPDATED if fields.get("announced") == "1" else EventType.GROUP_COMPLETED
+            return event, {"notified_seq": record.sequence, "announced": 1}
+        now = time.time()
+        if now - float(fields.get("progress_at", 0)) < self._progress_interval_s:
+            return None, {}
+        return EventType.GROUP_PROGRESS, {"notified_seq": record.sequence, "progress_at": now}

@@ -1,0 +1,141 @@
+"""How image records are laid out in their Redis hash, and read back."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from core import aggregates
+from core.schemas import (
+    ErrorInfo,
+    EventType,
+    GroupCounts,
+    GroupRecord,
+    ImageRecord,
+    ModelResult,
+    group_status,
+    image_status,
+    utcnow,
+)
+from core.tokens import new_id
+
+MODEL_FIELD = "m:"
+
+
+def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def image_record(image_id: str, fields: dict[str, str]) -> ImageRecord:
+    models = {
+        name: ModelResult.model_validate_json(fields[MODEL_FIELD + name])
+        for name in json.loads(fields["models"])
+    }
+    error = ErrorInfo.model_validate_json(fields["error"]) if fields.get("error") else None
+    status = image_status(
+        models, error, started=fields.get("started") == "1", canceled=fields.get("canceled") == "1"
+    )
+    return ImageRecord(
+        id=image_id,
+        status=status,
+        url=fields["url"],
+        models=models,
+        error=error,
+        metadata=json.loads(fields.get("metadata", "null")),
+        external_id=fields.get("external_id") or None,
+        webhook_url=fields.get("webhook_url") or None,
+        webhook_events=json.loads(fields.get("webhook_events", "null")),
+        width=int(fields["width"]) if fields.get("width") else None,
+        height=int(fields["height"]) if fields.get("height") else None,
+        group_id=fields.get("group") or None,
+        sequence=int(fields["seq"]),
+        created_at=datetime.fromisoformat(fields["created_at"]),
+        updated_at=datetime.fromisoformat(fields["updated_at"]),
+    )
+
+
+def new_image_fields(
+    org: str,
+    url: str,
+    models: list[str],
+    *,
+    metadata: dict[str, Any] | None = None,
+    external_id: str | None = None,
+    webhook_url: str | None = None,
+    webhook_events: list[EventType] | None = None,
+    group_id: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A new image's id and hash fields, every model queued."""
+    now = utcnow().isoformat()
+    fields: dict[str, Any] = {
+        "org": org,
+        "url": url,
+        "models": json.dumps(models),
+        "metadata": json.dumps(metadata),
+        "external_id": external_id or "",
+        "webhook_url": webhook_url or "",
+        "webhook_events": json.dumps(webhook_events),
+        "group": group_id or "",
+        "seq": 1,
+        "notified_seq": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    fields.update({MODEL_FIELD + name: ModelResult().to_json() for name in models})
+    return new_id("img"), fields
+
+
+COUNT_FIELDS = ("complete", "partial", "failed", "canceled")
+
+
+def new_group_fields(
+    org: str,
+    models: list[str],
+    total: int,
+    *,
+    bulk: bool,
+    metadata: dict[str, Any] | None,
+    external_id: str | None,
+    webhook_url: str | None,
+    webhook_events: list[EventType] | None,
+) -> tuple[str, dict[str, Any]]:
+    now = utcnow().isoformat()
+    fields: dict[str, Any] = {
+        "org": org,
+        "models": json.dumps(models),
+        "metadata": json.dumps(metadata),
+        "external_id": external_id or "",
+        "webhook_url": webhook_url or "",
+        "webhook_events": json.dumps(webhook_events),
+        "bulk": int(bulk),
+        "total": total,
+        **{f"n_{name}": 0 for name in COUNT_FIELDS},
+        "seq": 1,
+        "notified_seq": 0,
+        "announced": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return new_id("grp"), fields
+
+
+def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) -> GroupRecord:
+    done = {name: int(fields.get(f"n_{name}", 0)) for name in COUNT_FIELDS}
+    total = int(fields["total"])
+    counts = GroupCounts(total=total, pending=total - sum(done.values()), **done)
+    return GroupRecord(
+        id=group_id,
+        status=group_status(counts, started=False, canceled=fields.get("canceled") == "1"),
+        models=json.loads(fields["models"]),
+        counts=counts,
+        aggregates=aggregates.aggregates({k: float(v) for k, v in sums.items()}, failed=counts.failed),
+        metadata=json.loads(fields.get("metadata", "null")),
+        external_id=fields.get("external_id") or None,
+        webhook_url=fields.get("webhook_url") or None,
+        webhook_events=json.loads(fields.get("webhook_events", "null")),
+        bulk=fields.get("bulk") == "1",
+        sequence=int(fields["seq"]),
+        created_at=datetime.fromisoformat(fields["created_at"]),
+        updated_at=datetime.fromisoformat(fields["updated_at"]),
+    )
