@@ -60,6 +60,7 @@ class GroupLedger:
         for key, amount in aggregates.delta(json.loads(fields.get("contrib", "{}")), contribution).items():
             pipe.hincrbyfloat(self._keys.group_sums(group_id), key, amount)
         pipe.hset(self._keys.image(record.id), mapping={"counted": current, "contrib": json.dumps(contribution)})
+        pipe.hset(group_key, "started", 1)
         self._touch(pipe, group_key)
 
     def uncount(self, pipe: Pipeline, group_id: str, image_id: str, fields: dict[str, str]) -> None:
@@ -83,8 +84,9 @@ class GroupLedger:
         sums = decode(await self._redis.hgetall(self._keys.group_sums(group_id)))
         return group_record(group_id, fields, sums)
 
-    async def image_ids(self, group_id: str) -> list[str]:
-        return [i.decode() for i in await self._redis.lrange(self._keys.group_images(group_id), 0, -1)]
+    async def image_ids(self, group_id: str, start: int = 0, stop: int = -1) -> list[str]:
+        """The group's image ids in the order they were added (``stop`` inclusive)."""
+        return [i.decode() for i in await self._redis.lrange(self._keys.group_images(group_id), start, stop)]
 
     async def summaries(self, group_id: str) -> list[ImageSummary]:
         ids = await self.image_ids(group_id)

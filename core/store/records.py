@@ -126,7 +126,7 @@ def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) ->
     counts = GroupCounts(total=total, pending=total - sum(done.values()), **done)
     return GroupRecord(
         id=group_id,
-        status=group_status(counts, started=False, canceled=fields.get("canceled") == "1"),
+        status=group_status(counts, started=fields.get("started") == "1", canceled=fields.get("canceled") == "1"),
         models=json.loads(fields["models"]),
         counts=counts,
         aggregates=aggregates.aggregates({k: float(v) for k, v in sums.items()}, failed=counts.failed),

@@ -1,42 +1,39 @@
-"""``/v1/images``: submit an image, read its record."""
+"""``/v1/images``: submit an image, read it, list images."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from core.schemas import ImageCreate, ImageRecord
-from core.urlpolicy import UrlRejected
+from core.schemas import ImageCreate, ImageRecord, ImageStatus, Wire
 from serve_app.auth import Org
 from serve_app.context import ApiContext, context
 from serve_app.problems import invalid, not_found
+from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
 
-def check_models(ctx: ApiContext, models: list[str]) -> None:
-    unknown = [m for m in models if m not in ctx.registry]
-    if unknown:
-        raise invalid("models", f"unknown model(s) {unknown}; available: {ctx.registry.names()}")
+class ImagePage(Wire):
+    data: list[ImageRecord]
+    next_cursor: str | None = None
 
 
-def check_urls(ctx: ApiContext, **urls: str | None) -> None:
-    """Each URL against the policy; a rejection names its field (422)."""
-    for name, url in urls.items():
-        if url is None:
-            continue
-        try:
-            ctx.policy.check_url(url)
-        except UrlRejected as exc:
-            raise invalid(name, exc.message) from None
+def encode_cursor(position: dict[str, float]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
 
 
-def check_metadata(ctx: ApiContext, metadata: dict | None, field: str = "metadata") -> None:
-    if metadata is not None and len(json.dumps(metadata)) > ctx.settings.max_metadata_bytes:
-        raise invalid(field, f"metadata is larger than {ctx.settings.max_metadata_bytes} bytes")
+def decode_cursor(cursor: str | None) -> dict[str, float]:
+    if not cursor:
+        return {}
+    try:
+        return dict(json.loads(base64.urlsafe_b64decode(cursor.encode())))
+    except (ValueError, TypeError):
+        raise invalid("cursor", "not a cursor returned by this API") from None
 
 
 @router.post("", status_code=202, response_model=ImageRecord)
@@ -48,6 +45,33 @@ async def create_image(body: ImageCreate, org: Org, ctx: Ctx, response: Response
     record = await ctx.store.images.create(org, body)
     response.headers["Location"] = f"/v1/images/{record.id}"
     return record
+
+
+@router.get("", response_model=ImagePage)
+async def list_images(
+    org: Org,
+    ctx: Ctx,
+    group_id: Annotated[str | None, Query(alias="groupId")] = None,
+    status: ImageStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> ImagePage:
+    """Newest first (or a group's images in order); follow ``nextCursor`` for the next page."""
+    position = decode_cursor(cursor)
+    if group_id is not None:
+        if await ctx.store.groups.ledger.get(group_id, org) is None:
+            raise not_found(f"group {group_id}")
+        start = int(position.get("offset", 0))
+        ids = await ctx.store.groups.ledger.image_ids(group_id, start, start + limit - 1)
+        following = {"offset": start + limit} if len(ids) == limit else None
+    else:
+        rows = await ctx.store.images.page(org, position.get("before"), limit)
+        ids = [image_id for image_id, _ in rows]
+        following = {"before": rows[-1][1]} if len(rows) == limit else None
+    records = await ctx.store.images.get_many(ids)
+    if status is not None:
+        records = [r for r in records if r.status is status]
+    return ImagePage(data=records, next_cursor=encode_cursor(following) if following else None)
 
 
 @router.get("/{image_id}", response_model=ImageRecord)

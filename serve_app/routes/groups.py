@@ -1,0 +1,69 @@
+"""``/v1/groups``: many images, one set of models, one webhook with the group's state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+
+from core.schemas import GroupCreate, GroupImage, GroupImagesAdd, GroupRecord, ModelsAdd
+from serve_app.auth import Org
+from serve_app.context import ApiContext, context
+from serve_app.problems import invalid, not_found
+from serve_app.routes.validation import check_metadata, check_models, check_urls
+
+router = APIRouter(prefix="/v1/groups", tags=["groups"])
+Ctx = Annotated[ApiContext, Depends(context)]
+
+
+def check_images(ctx: ApiContext, images: list[GroupImage], already: int = 0) -> None:
+    """The size limit first (so a huge request fails fast), then every image's URL and metadata."""
+    limit = ctx.settings.max_group_images
+    if already + len(images) > limit:
+        raise invalid("images", f"a group holds at most {limit} images; this would make {already + len(images)}")
+    for i, image in enumerate(images):
+        check_urls(ctx, **{f"images.{i}.url": image.url})
+        check_metadata(ctx, image.metadata, f"images.{i}.metadata")
+
+
+@router.post("", status_code=202, response_model=GroupRecord)
+async def create_group(body: GroupCreate, org: Org, ctx: Ctx, response: Response) -> GroupRecord:
+    """Queue every image of the group; large groups run as one bulk pipeline."""
+    check_images(ctx, body.images)
+    check_models(ctx, body.models)
+    check_urls(ctx, webhookUrl=body.webhook_url)
+    check_metadata(ctx, body.metadata)
+    record = await ctx.store.groups.create(org, body)
+    response.headers["Location"] = f"/v1/groups/{record.id}"
+    return record
+
+
+@router.get("/{group_id}", response_model=GroupRecord)
+async def get_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
+    record = await ctx.store.groups.get(group_id, org)
+    if record is None:
+        raise not_found(f"group {group_id}")
+    return record
+
+
+@router.post("/{group_id}/images", status_code=202, response_model=GroupRecord)
+async def add_images(group_id: str, body: GroupImagesAdd, org: Org, ctx: Ctx) -> GroupRecord:
+    """Grow the group; only the new images run, then the group's webhook fires again."""
+    current = await ctx.store.groups.ledger.get(group_id, org)
+    if current is None:
+        raise not_found(f"group {group_id}")
+    check_images(ctx, body.images, already=current.counts.total)
+    record = await ctx.store.groups.add_images(group_id, org, body.images)
+    if record is None:
+        raise not_found(f"group {group_id}")
+    return record
+
+
+@router.post("/{group_id}/models", status_code=202, response_model=GroupRecord)
+async def add_models(group_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> GroupRecord:
+    """Run more models on every image; models already run are not run again."""
+    check_models(ctx, body.models)
+    outcome = await ctx.store.groups.add_models(group_id, org, body.models)
+    if outcome is None:
+        raise not_found(f"group {group_id}")
+    return outcome[0]

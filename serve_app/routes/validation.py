@@ -1,0 +1,32 @@
+"""Request checks that need settings or the registry; each failure is a 422 naming its field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.urlpolicy import UrlRejected
+from serve_app.context import ApiContext
+from serve_app.problems import invalid
+
+
+def check_models(ctx: ApiContext, models: list[str]) -> None:
+    unknown = [m for m in models if m not in ctx.registry]
+    if unknown:
+        raise invalid("models", f"unknown model(s) {unknown}; available: {ctx.registry.names()}")
+
+
+def check_urls(ctx: ApiContext, **urls: str | None) -> None:
+    """Each URL against the policy; keyword names are the fields reported."""
+    for name, url in urls.items():
+        if url is None:
+            continue
+        try:
+            ctx.policy.check_url(url)
+        except UrlRejected as exc:
+            raise invalid(name, exc.message) from None
+
+
+def check_metadata(ctx: ApiContext, metadata: dict[str, Any] | None, field: str = "metadata") -> None:
+    if metadata is not None and len(json.dumps(metadata)) > ctx.settings.max_metadata_bytes:
+        raise invalid(field, f"metadata is larger than {ctx.settings.max_metadata_bytes} bytes")
