@@ -1,0 +1,149 @@
+"""How fast ``POST /v1/groups`` accepts 10,000 images, and whether the API replica's memory
+stays flat with group size (SPEC §8: accepted in <= 2 s, memory flat).
+
+Starts the whole stack (tiny models, private Redis), then posts groups of 1,000 and 10,000
+images while sampling the API replica's resident memory every few milliseconds. The images point
+at a loopback server that answers 404, so the processing that follows is cheap and does not
+compete with acceptance. Last line: one JSON object with ``accept_s`` (10,000 images).
+
+    .venv/bin/python benchmarks/bench_group_accept.py
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import ray
+
+from core.settings import Settings
+from serve_app.local import free_port
+from serve_app.stack import LocalStack
+
+TARGET_S = 2.0
+SIZES = (1_000, 10_000)
+REPEATS = 3
+
+
+class NotFound(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def api_replica_pid() -> int:
+    """The API replica's process, found by the title Ray gives it (``ray::ServeReplica:…``)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ServeReplica" in title and "ApiGateway" in title:
+            return int(proc.name)
+    raise RuntimeError("API replica process not found")
+
+
+def post_group(client: httpx.Client, key: str, size: int, image_base: str, pid: int) -> tuple[float, float]:
+    """Seconds to accept a group of ``size``, and the replica's peak RSS growth meanwhile (MB)."""
+    body = {"images": [{"url": f"{image_base}/{i}.jpg"} for i in range(size)], "models": ["object_detection"]}
+    before = rss_mb(pid)
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.003)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    response = client.post("/v1/groups", json=body, headers={"Authorization": f"Bearer {key}"})
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    response.raise_for_status()
+    assert response.json()["counts"]["total"] == size
+    return elapsed, peak - before
+
+
+def main() -> None:
+    images = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=images.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings.from_env(
+            models="tiny", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
+            max_body_bytes=8 * 1024 * 1024,
+        )
+        stack = LocalStack(settings, port=free_port(), embedded_redis=True, num_cpus=2).start()
+        try:
+            import asyncio
+
+            from core.store import Store
+
+            async def make_key() -> str:
+                store = Store.from_settings(stack.settings)
+                try:
+                    return await store.accounts.create_api_key("bench")
+                finally:
+                    await store.close()
+
+            key = asyncio.run(make_key())
+            pid = api_replica_pid()
+            base = f"http://127.0.0.1:{images.server_address[1]}"
+            results = {}
+            with httpx.Client(base_url=stack.url, timeout=60) as client:
+                post_group(client, key, 100, base, pid)  # warm-up
+                for size in SIZES:
+                    runs = [post_group(client, key, size, base, pid) for _ in range(REPEATS)]
+                    best = min(r[0] for r in runs)
+                    growth = max(r[1] for r in runs)
+                    results[size] = (best, growth)
+                    print(f"{size:>6} images: accepted in {best:.3f} s (best of {REPEATS}); "
+                          f"API replica peak RSS growth {growth:.1f} MB")
+        finally:
+            stack.stop()
+            images.shutdown()
+    accept_s = results[SIZES[-1]][0]
+    summary = {
+        "benchmark": "group_accept",
+        "accept_s": round(accept_s, 3),
+        "target_s": TARGET_S,
+        "ratio": round(TARGET_S / accept_s, 2),
+        "target": 1.0,
+        "rss_growth_mb_1k": round(results[SIZES[0]][1], 1),
+        "rss_growth_mb_10k": round(results[SIZES[1]][1], 1),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+    }
+    print(f"ratio (target / measured) = {summary['ratio']} (>= 1.0 meets the {TARGET_S} s target)")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="sightwire")
+    try:
+        main()
+    finally:
+        ray.shutdown()
