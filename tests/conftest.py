@@ -95,7 +95,8 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole session, with explicit logical CPUs (the machine has 2)."""
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=RAY_NAMESPACE)
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=RAY_NAMESPACE)
     yield
     ray.shutdown()
 
