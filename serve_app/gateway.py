@@ -32,7 +32,7 @@ class ApiGateway:
         processor: DeploymentHandle,
     ) -> None:
         self._models = models
-        self._processor = processor
+        self._processor = processor  # bound here so Serve deploys the processor with the app
         self._ctx = ApiContext(settings, Store.from_settings(settings), registry, self._model_info)
 
     async def _model_info(self, name: str) -> ModelInfo:
