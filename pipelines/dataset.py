@@ -1,0 +1,346 @@
+"""The streaming bulk pipeline on Ray Data: fetch → decode → batched inference per model → rows.
+
+    source rows (url, id, your columns)
+      │  map_batches(load_batch)            tasks: async SSRF-safe fetch, decode in threads
+      ▼
+    rows + pixels (or an error code)
+      │  map_batches(ModelStage) per model  actor pool per model, sized from the registry
+      ▼
+    rows + one ModelResult per model        the last model drops the pixels
+      │  map_batches(finish)                status, error columns; internal columns dropped
+      ▼
+    url, id, status, width, height, error_code, error_message, <model>...
+
+Every stage works on one batch at a time and Ray Data streams batches through all stages with
+backpressure, so memory stays flat however many images there are: no stage materialises the
+dataset, and decoded pixels live only between the loader and the last model. A failed image is
+a row with an error code (``url_forbidden``, ``http_error``, ``not_an_image``, ...), never an
+exception: the pipeline goes on. A model failing on a batch is retried image by image so a
+single bad image fails only itself (``model_failed``).
+
+Model results are JSON strings of ``core.schemas.ModelResult`` (``{"status", "version",
+"result" | "error", "completedAt"}``): the same shape the API stores, and a column type that
+stays stable whatever the model returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy, Dataset, TaskPoolStrategy
+
+from core.failures import Failure
+from core.registry import ModelSpec
+from core.schemas import ErrorCode, ErrorInfo, ModelResult, ModelStatus, image_status, utcnow
+from core.settings import Settings
+
+# Internal columns: present between stages only.
+OK = "_ok"
+PIXELS = "_pixels"
+PIXEL_HEIGHT = "_ph"
+PIXEL_WIDTH = "_pw"
+ROW = "_row"  # input position, when the source has one (lists, frames, manifests): restores order
+WANTED = "_models"  # optional JSON list per row: run only these models on it (store-backed runs)
+INTERNAL = (OK, PIXELS, PIXEL_HEIGHT, PIXEL_WIDTH, WANTED)
+
+# Public columns every output row has, besides one column per model.
+URL, ID = "url", "id"
+STATUS, WIDTH, HEIGHT, ERROR_CODE, ERROR_MESSAGE = "status", "width", "height", "error_code", "error_message"
+OUTPUT_COLUMNS = (URL, ID, STATUS, WIDTH, HEIGHT, ERROR_CODE, ERROR_MESSAGE)
+RESERVED = frozenset({*OUTPUT_COLUMNS, OK, PIXELS, PIXEL_HEIGHT, PIXEL_WIDTH}) - {URL, ID}
+NODE_PREFIX = "node:"  # with trace_nodes: the Ray node that ran each model on each row
+
+MAX_MESSAGE_CHARS = 500
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Knobs of the pipeline; the defaults suit one machine and scale out on a cluster.
+
+    ``loaders`` caps concurrent fetch/decode tasks (``None``: what the cluster's CPUs allow
+    after the model actors); each task fetches ``fetch_concurrency`` URLs of its batch at once
+    and decodes them on ``decode_threads`` threads. ``trace_nodes`` adds a ``node:<model>``
+    column: the Ray node that ran the model on each row."""
+
+    fetch_batch_size: int = 32
+    fetch_concurrency: int = 16
+    decode_threads: int = 2
+    loader_cpus: float = 1.0
+    loaders: int | None = None
+    trace_nodes: bool = False
+    # > 0: each model's pool waits (up to this long) for its minimum actors before any batch is
+    # dispatched, so work spreads over all of them from the first batch (default: start at once).
+    wait_for_min_actors_s: float = -1
+
+
+# --- fetch and decode ---------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
+
+
+async def _load_all(settings: Settings, urls: list[Any], concurrency: int, pool: ThreadPoolExecutor) -> list[Any]:
+    """Fetch (async, bounded) and decode (threads) every URL; a failure is returned, not raised."""
+    from deployments.images import ImageFetcher, decode_image
+
+    fetcher = ImageFetcher.from_settings(settings)
+    limit = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+
+    async def one(url: Any) -> Any:
+        if not isinstance(url, str) or not url:
+            return Failure(ErrorCode.FETCH_FAILED, f"no image URL in this row ({url!r})")
+        try:
+            async with limit:
+                data = await fetcher.fetch(url)
+            return await loop.run_in_executor(
+                pool, decode_image, data, settings.max_image_pixels, settings.max_image_side
+            )
+        except Failure as failure:
+            return failure
+        except Exception as exc:  # whatever else goes wrong fails this image only
+            return Failure(ErrorCode.FETCH_FAILED, _reason(exc))
+
+    try:
+        return await asyncio.gather(*(one(url) for url in urls))
+    finally:
+        await fetcher.aclose()
+
+
+def load_batch(batch: pa.Table, settings: Settings, options: PipelineOptions, emit_rows: int) -> Iterator[pa.Table]:
+    """Ray Data UDF: append pixels (or an error) to each row of ``batch``.
+
+    Yields blocks of ``emit_rows`` (the smallest model batch) so the model actors share them."""
+    clash = RESERVED.intersection(batch.column_names)
+    if clash:
+        raise ValueError(f"source columns {sorted(clash)} are reserved for the pipeline's output; rename them")
+    if URL not in batch.column_names:
+        raise ValueError(f"the source has no {URL!r} column (columns: {batch.column_names})")
+    with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode") as pool:
+        loaded = asyncio.run(_load_all(settings, batch[URL].to_pylist(), options.fetch_concurrency, pool))
+    ok, pixels, ph, pw, width, height, codes, messages = [], [], [], [], [], [], [], []
+    for item in loaded:
+        good = not isinstance(item, Failure)
+        ok.append(good)
+        pixels.append(item.pixels.tobytes() if good else b"")
+        ph.append(item.pixels.shape[0] if good else 0)
+        pw.append(item.pixels.shape[1] if good else 0)
+        width.append(item.width if good else None)
+        height.append(item.height if good else None)
+        codes.append(None if good else str(item.code))
+        messages.append(None if good else item.message[:MAX_MESSAGE_CHARS])
+    columns = {
+        OK: pa.array(ok, pa.bool_()),
+        PIXELS: pa.array(pixels, pa.binary()),
+        PIXEL_HEIGHT: pa.array(ph, pa.int32()),
+        PIXEL_WIDTH: pa.array(pw, pa.int32()),
+        WIDTH: pa.array(width, pa.int64()),
+        HEIGHT: pa.array(height, pa.int64()),
+        ERROR_CODE: pa.array(codes, pa.string()),
+        ERROR_MESSAGE: pa.array(messages, pa.string()),
+    }
+    for name, column in columns.items():
+        batch = batch.append_column(name, column)
+    for start in range(0, batch.num_rows, emit_rows):
+        yield batch.slice(start, emit_rows)
+
+
+# --- inference ----------------------------------------------------------------------------------
+
+
+def _failed(code: ErrorCode, message: str) -> str:
+    error = ErrorInfo(code=code, message=message[:MAX_MESSAGE_CHARS])
+    return ModelResult(status=ModelStatus.FAILED, error=error, completed_at=utcnow()).to_json()
+
+
+class ModelStage:
+    """Ray Data callable class: one registry model, loaded once per actor with ``load_runner``.
+
+    Runs the model on the rows of a batch that have pixels (and want this model), adds the
+    column ``<model name>`` with a ``ModelResult`` JSON per row (null where the model did not
+    run), and, as the last model, drops the pixels."""
+
+    def __init__(self, spec: ModelSpec, last: bool, trace_nodes: bool = False) -> None:
+        from deployments.models import load_runner
+
+        self.spec = spec
+        self.last = last
+        self.trace_nodes = trace_nodes
+        self.runner = load_runner(spec)
+        self.version = self.runner.version
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from deployments.images import DecodedImage
+
+        name = self.spec.name
+        n = batch.num_rows
+        ok = batch[OK].to_pylist()
+        wanted = batch[WANTED].to_pylist() if WANTED in batch.column_names else [None] * n
+        rows = [i for i in range(n) if ok[i] and (wanted[i] is None or name in json.loads(wanted[i]))]
+        outputs: list[str | None] = [None] * n
+        if rows:
+            pixels, ph, pw = batch[PIXELS], batch[PIXEL_HEIGHT], batch[PIXEL_WIDTH]
+            width, height = batch[WIDTH], batch[HEIGHT]
+            images = [
+                DecodedImage(
+                    pixels=np.frombuffer(pixels[i].as_py(), np.uint8).reshape(ph[i].as_py(), pw[i].as_py(), 3),
+                    width=width[i].as_py(),
+                    height=height[i].as_py(),
+                )
+                for i in rows
+            ]
+            for i, result in zip(rows, self._predict(images), strict=True):
+                outputs[i] = result
+        batch = batch.append_column(name, pa.array(outputs, pa.string()))
+        if self.trace_nodes:
+            batch = batch.append_column(NODE_PREFIX + name, pa.array([self.node_id] * n, pa.string()))
+        if self.last:
+            batch = batch.drop_columns([PIXELS, PIXEL_HEIGHT, PIXEL_WIDTH])
+        return batch
+
+    def _predict(self, images: list[Any]) -> list[str]:
+        """The batch at once; if it fails, image by image, so one bad image fails only itself."""
+        try:
+            return self._complete(self.runner.predict(images), len(images))
+        except Exception:
+            if len(images) == 1:
+                raise
+        results = []
+        for image in images:
+            try:
+                results.extend(self._complete(self.runner.predict([image]), 1))
+            except Exception as exc:
+                results.append(_failed(ErrorCode.MODEL_FAILED, f"{self.spec.name}: {_reason(exc)}"))
+        return results
+
+    def _complete(self, answers: list[dict[str, Any]], expected: int) -> list[str]:
+        if len(answers) != expected:
+            raise RuntimeError(f"{self.spec.name} returned {len(answers)} results for {expected} images")
+        now = utcnow()
+        return [
+            ModelResult(status=ModelStatus.COMPLETE, version=self.version, result=answer, completed_at=now).to_json()
+            for answer in answers
+        ]
+
+
+# --- finishing ----------------------------------------------------------------------------------
+
+
+def row_status(results: dict[str, str | None], error_code: str | None) -> str:
+    """An output row's status by the API's own rule (``core.schemas.image_status``)."""
+    if error_code:
+        error = ErrorInfo(code=ErrorCode(error_code), message="")
+        return image_status({}, error, started=True, canceled=False).value
+    models = {name: ModelResult.model_validate_json(value) for name, value in results.items() if value}
+    if not models:  # nothing ran on this row (a store-backed run with nothing left to do)
+        return image_status({}, None, started=True, canceled=False).value
+    return image_status(models, None, started=True, canceled=False).value
+
+
+def finish_batch(batch: pa.Table, models: Sequence[str]) -> pa.Table:
+    """Ray Data UDF: the status column, and the internal columns dropped."""
+    columns = {name: batch[name].to_pylist() for name in models}
+    codes = batch[ERROR_CODE].to_pylist()
+    statuses = [
+        row_status({name: columns[name][i] for name in models}, codes[i]) for i in range(batch.num_rows)
+    ]
+    batch = batch.drop_columns([c for c in INTERNAL if c in batch.column_names])
+    return batch.append_column(STATUS, pa.array(statuses, pa.string()))
+
+
+# --- assembly -----------------------------------------------------------------------------------
+
+
+# A model actor is worth starting only with this many batches for it to run.
+BATCHES_PER_ACTOR = 4
+
+
+def actor_pool(spec: ModelSpec, rows: int | None = None) -> ActorPoolStrategy:
+    """The model's actor pool, sized like its Serve deployment: min..max replicas (min ≥ 1).
+
+    With a known, small number of ``rows``, no more actors than there is work for: loading a
+    model costs seconds, and a run of a few dozen images is over before a second one is up."""
+    low = max(1, spec.autoscaling.min_replicas)
+    high = max(low, spec.autoscaling.max_replicas)
+    if rows is not None:
+        useful = math.ceil(rows / (spec.batching.max_batch_size * BATCHES_PER_ACTOR))
+        high = max(1, min(high, useful))
+        low = min(low, high)
+    return ActorPoolStrategy(min_size=low, max_size=high)
+
+
+def loader_tasks(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
+    """How many fetch/decode tasks may run at once: the CPUs the model actors leave free.
+
+    Capped so the loaders can never take the CPUs the model actors (and any reads) need."""
+    if options.loaders is not None:
+        return max(1, options.loaders)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    reserved = sum(s.resources.num_cpus * max(1, s.autoscaling.max_replicas) for s in specs)
+    free = cpus - reserved
+    per_task = max(options.loader_cpus, 0.01)
+    return int(max(1, min(8, math.floor(free / per_task))))
+
+
+def source_block_rows(rows: int | None, specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
+    """Rows per source block (= per loader task): a full fetch batch, or fewer when that spreads
+    a small input over every loader."""
+    if rows is None:
+        return options.fetch_batch_size
+    return max(1, min(options.fetch_batch_size, math.ceil(rows / loader_tasks(specs, options))))
+
+
+def build_pipeline(
+    source: Dataset,
+    specs: Sequence[ModelSpec],
+    settings: Settings,
+    options: PipelineOptions | None = None,
+    rows: int | None = None,
+) -> Dataset:
+    """The lazy dataset of result rows for ``source`` (rows with a ``url`` column; ``rows`` of
+    them, when known, in blocks of ``source_block_rows``).
+
+    Nothing runs until the caller iterates or writes it; then it streams."""
+    if not specs:
+        raise ValueError("no models to run")
+    options = options or PipelineOptions()
+    ds = source.map_batches(
+        load_batch,
+        fn_kwargs={
+            "settings": settings, "options": options,
+            "emit_rows": min(s.batching.max_batch_size for s in specs),
+        },
+        batch_size=source_block_rows(rows, specs, options),
+        batch_format="pyarrow",
+        compute=TaskPoolStrategy(size=loader_tasks(specs, options)),
+        num_cpus=options.loader_cpus,
+    )
+    for position, spec in enumerate(specs):
+        ds = ds.map_batches(
+            ModelStage,
+            fn_constructor_kwargs={
+                "spec": spec, "last": position == len(specs) - 1, "trace_nodes": options.trace_nodes
+            },
+            batch_size=spec.batching.max_batch_size,
+            batch_format="pyarrow",
+            compute=actor_pool(spec, rows),
+            num_cpus=spec.resources.num_cpus,
+            num_gpus=spec.resources.num_gpus,
+        )
+    ds = ds.map_batches(
+        finish_batch, fn_kwargs={"models": [s.name for s in specs]}, batch_format="pyarrow", num_cpus=0
+    )
+    ds.context.wait_for_min_actors_s = options.wait_for_min_actors_s
+    return ds

@@ -1,0 +1,212 @@
+"""The bulk pipeline on the session Ray: real loopback image host, real tiny models (random
+weights, so only the shape of results is checked), real Redis for store-backed group runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from core.schemas import (
+    EventType,
+    GroupCreate,
+    GroupImage,
+    ImageStatus,
+    ModelResult,
+    ModelStatus,
+)
+from core.settings import Settings
+from core.store import Store
+from core.tokens import new_id
+from notifier import NAMESPACE, notifier_handle
+from pipelines import bulk
+from pipelines.dataset import row_status
+from pipelines.group_run import process_group
+from pipelines.sources import blocks, read_manifest, to_table
+from tests.conftest import png_bytes
+from tests.support.servers import ImageHost, WebhookReceiver
+
+MODEL = "object_detection"
+
+
+@pytest.fixture(scope="module")
+def bulk_settings(settings: Settings, tiny_models_dir: Path) -> Settings:
+    return settings.model_copy(update={"models": "tiny", "models_dir": tiny_models_dir})
+
+
+@pytest.fixture(scope="module")
+def image_urls(image_host: ImageHost) -> list[str]:
+    """18 images of different sizes, then a 404 and a file that is not an image."""
+    prefix = new_id("bulk")
+    urls = [image_host.put(f"/{prefix}/{i}.png", png_bytes(40 + i, 30 + i, seed=i)) for i in range(18)]
+    urls.append(image_host.url(f"/{prefix}/missing.png"))
+    urls.append(image_host.put(f"/{prefix}/notes.png", b"this is not an image", content_type="image/png"))
+    return urls
+
+
+def check_detections(value: dict) -> None:
+    assert value["status"] == "complete"
+    assert value["version"].startswith(f"{MODEL}@")
+    assert isinstance(value["result"]["detections"], list)
+
+
+def test_run_over_urls_reports_each_image(
+    ray_session: None, bulk_settings: Settings, image_urls: list[str]
+) -> None:
+    frame = bulk.run(image_urls, [MODEL], settings=bulk_settings, progress=False)
+
+    assert len(frame) == 20
+    assert frame["url"].tolist() == image_urls  # input order, whatever order batches finished in
+    assert frame["id"].tolist() == list(range(20))
+    good, missing, junk = frame.iloc[:18], frame.iloc[18], frame.iloc[19]
+    assert (good["status"] == "complete").all() and good["error_code"].isna().all()
+    assert good["width"].tolist() == [40 + i for i in range(18)]
+    assert good["height"].tolist() == [30 + i for i in range(18)]
+    for value in good[MODEL]:
+        check_detections(value)
+        json.dumps(value)  # JSON-able as it is
+    assert (missing["status"], missing["error_code"]) == ("failed", "http_error")
+    assert "404" in missing["error_message"]
+    assert (junk["status"], junk["error_code"]) == ("failed", "not_an_image")
+    assert missing[MODEL] is None and junk[MODEL] is None
+    assert frame.attrs["images"] == 20
+
+
+def test_run_over_a_csv_manifest_writes_parquet(
+    ray_session: None, bulk_settings: Settings, image_urls: list[str], tmp_path: Path
+) -> None:
+    manifest = tmp_path / "photos.csv"
+    listings = ["L1", "L1", "L2", "L2", "L3", "L3"]
+    pd.DataFrame({"id": [f"photo-{i}" for i in range(6)], "url": image_urls[14:], "listing": listings}).to_csv(
+        manifest, index=False
+    )
+    output = tmp_path / "out" / "results.parquet"
+
+    summary = bulk.run(str(manifest), MODEL, settings=bulk_settings, output=output, progress=False)
+
+    counts = {(row.status, row.error_code if isinstance(row.error_code, str) else None): row.images
+              for row in summary.itertuples()}
+    assert counts == {("complete", None): 4, ("failed", "http_error"): 1, ("failed", "not_an_image"): 1}
+    assert summary.attrs["output"] == str(output) and summary.attrs["images"] == 6
+    written = pd.read_parquet(output).sort_values("id").reset_index(drop=True)
+    assert written["id"].tolist() == [f"photo-{i}" for i in range(6)]  # the manifest's ids and columns
+    assert written["url"].tolist() == image_urls[14:] and written["listing"].tolist() == listings
+    assert written["status"].tolist() == ["complete"] * 4 + ["failed"] * 2
+    assert written["error_code"].tolist()[4:] == ["http_error", "not_an_image"]
+    assert written["width"].tolist()[:4] == [54, 55, 56, 57]
+    for value in written[MODEL].iloc[:4]:
+        check_detections(json.loads(value))  # JSON strings in Parquet
+    assert written[MODEL].iloc[4:].isna().all()
+
+
+def test_sources_read_manifests_in_order(ray_session: None, bulk_settings: Settings, tmp_path: Path) -> None:
+    parquet = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": ["http://a/1.png", "http://a/2.png"], "room": ["kitchen", "bath"]}), parquet)
+    assert to_table(parquet).to_pylist() == [  # positions, ids from positions, columns kept
+        {"url": "http://a/1.png", "room": "kitchen", "id": 0, "_row": 0},
+        {"url": "http://a/2.png", "room": "bath", "id": 1, "_row": 1},
+    ]
+    tsv = tmp_path / "m.tsv"
+    tsv.write_text("url\tid\nhttp://a/1.png\tx\n")
+    assert read_manifest(tsv).to_pylist() == [{"url": "http://a/1.png", "id": "x"}]
+    with pytest.raises(ValueError, match="manifest must be"):
+        read_manifest(tmp_path / "m.json")
+    dataset = blocks(to_table([{"url": f"http://a/{i}.png", "room": "kitchen"} for i in range(70)]), 32)
+    assert dataset.num_blocks() == 3
+    rows = dataset.take_all()
+    assert [row["_row"] for row in rows] == list(range(70)) and rows[5]["id"] == 5
+    with pytest.raises(ValueError, match="no 'url' column"):
+        to_table(pd.DataFrame({"link": ["http://a/1.png"]}))
+    with pytest.raises(ValueError, match="unknown models"):
+        bulk.run(["http://a/1.png"], ["no_such_model"], settings=bulk_settings, progress=False)
+
+
+def test_row_status_follows_the_api_rule() -> None:
+    done = ModelResult(status=ModelStatus.COMPLETE, version="m@1", result={}).to_json()
+    failed = ModelResult(status=ModelStatus.FAILED).to_json()
+    assert row_status({"a": done, "b": done}, None) == "complete"
+    assert row_status({"a": done, "b": failed}, None) == "partial"
+    assert row_status({"a": failed}, None) == "failed"
+    assert row_status({"a": None}, "http_error") == "failed"
+
+
+# --- store-backed group runs -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def group_settings(bulk_settings: Settings) -> Settings:
+    return bulk_settings.model_copy(update={"key_prefix": new_id("bulk"), "group_progress_interval_s": 60.0})
+
+
+@pytest.fixture
+def notifier_name(group_settings: Settings) -> Iterator[str]:
+    """A notifier of this test's own (its settings, its key prefix), killed afterwards."""
+    name = new_id("notifier")
+    yield name
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+
+
+async def test_group_run_skips_finished_images_and_resumes(
+    ray_session: None,
+    group_settings: Settings,
+    image_urls: list[str],
+    receiver: WebhookReceiver,
+    notifier_name: str,
+    org: str,
+) -> None:
+    store = Store.from_settings(group_settings)
+    try:
+        images = [GroupImage(url=url, external_id=f"p{i}") for i, url in enumerate(image_urls[8:])]
+        group = await store.groups.create(
+            org, GroupCreate(images=images, models=[MODEL], webhook_url=receiver.url("/hook"))
+        )
+        ids = await store.groups.ledger.image_ids(group.id)
+        assert len(ids) == 12
+        # A run that stopped half way: four images already done by an earlier run.
+        earlier = ModelResult(status=ModelStatus.COMPLETE, version=f"{MODEL}@earlier", result={"detections": []})
+        for image_id in ids[:4]:
+            await store.images.mark_started(image_id, 1, 1)
+            await store.images.write_model_result(image_id, MODEL, earlier)
+            await store.images.finalize(image_id)
+        notifier_handle(group_settings, name=notifier_name)
+
+        processed = await asyncio.to_thread(
+            process_group, group_settings, group.id, ids, notifier_name=notifier_name
+        )
+
+        assert processed == 8
+        records = {r.id: r for r in await store.images.get_many(ids)}
+        for image_id in ids[:4]:  # skipped: the earlier results stand
+            assert records[image_id].models[MODEL].version == f"{MODEL}@earlier"
+        for image_id in ids[4:10]:
+            record = records[image_id]
+            assert record.status is ImageStatus.COMPLETE and record.width and record.height
+            version = record.models[MODEL].version
+            assert version.startswith(f"{MODEL}@") and version != earlier.version
+        assert [records[i].error.code for i in ids[10:]] == ["http_error", "not_an_image"]
+        assert all(records[i].status is ImageStatus.FAILED for i in ids[10:])
+        final = await store.groups.get(group.id, org)
+        assert (final.counts.complete, final.counts.failed, final.counts.pending) == (10, 2, 0)
+        assert final.status is ImageStatus.PARTIAL
+
+        # The group's completion reaches its webhook: the run woke this test's notifier.
+        arrived = receiver.wait_for(
+            lambda got: any(json.loads(r.body)["type"] == EventType.GROUP_COMPLETED for r in got), timeout_s=30
+        )
+        completed = next(json.loads(r.body) for r in arrived if json.loads(r.body)["type"] == EventType.GROUP_COMPLETED)
+        assert completed["data"]["id"] == group.id
+        assert completed["data"]["counts"]["complete"] == 10 and completed["data"]["counts"]["failed"] == 2
+
+        # Run again (a retried task, a reclaimed job): nothing is left to do.
+        assert await asyncio.to_thread(process_group, group_settings, group.id, ids) == 0
+    finally:
+        await store.close()
