@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from core.settings import Settings
 from core.store.accounts import Accounts
@@ -31,7 +33,11 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        return cls(Redis.from_url(settings.redis_url, health_check_interval=10), settings)
+        # Retry on connection errors: after a Redis restart every pooled connection is stale, and
+        # ``from_url`` alone retries nothing (redis-py 8), so each would fail one command first.
+        # The bound (~1.5 s) also bounds how long the API takes to answer 503 while Redis is down.
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 6)
+        return cls(Redis.from_url(settings.redis_url, health_check_interval=10, retry=retry), settings)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
