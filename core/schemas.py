@@ -284,6 +284,7 @@ class DeliveryStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    SUPERSEDED = "superseded"  # a newer state of the same resource replaced it before it was sent
 
 
 class Delivery(Wire):
@@ -304,6 +305,8 @@ class Delivery(Wire):
     delivered_at: datetime | None = None
     last_status_code: int | None = None
     last_error: str | None = None
+    endpoint_id: str | None = None
+    superseded_by: str | None = None
 
 
 class Attempt(Wire):
@@ -314,6 +317,16 @@ class Attempt(Wire):
     latency_ms: float
     error: str | None = None
     succeeded: bool
+    retry_after_s: float | None = None  # the endpoint's Retry-After, as sent (before clamping)
+
+
+class EndpointState(StrEnum):
+    """An endpoint's circuit breaker: ``open`` and ``disabled`` hold its deliveries."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    DISABLED = "disabled"
 
 
 class EndpointHealth(Wire):
@@ -321,3 +334,38 @@ class EndpointHealth(Wire):
     consecutive_failures: int = 0
     last_success_at: datetime | None = None
     last_failure_at: datetime | None = None
+    id: str | None = None
+    org_id: str | None = None
+    state: EndpointState = EndpointState.CLOSED
+    failing_since: datetime | None = None
+    open_until: datetime | None = None
+    slowed_until: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+    held: int = 0  # pending deliveries not attempted because the breaker is open or disabled
+    pending: int = 0
+    delivered: int = 0
+    failed: int = 0
+
+
+class DeliveryLog(Wire):
+    """A delivery as the delivery log shows it: its state and every attempt, without the body."""
+
+    id: str
+    webhook_id: str
+    endpoint_id: str | None = None
+    url: str
+    event_type: EventType
+    resource_id: str
+    sequence: int
+    status: DeliveryStatus
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    superseded_by: str | None = None
+    attempt_log: list[Attempt] = Field(default_factory=list)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -59,6 +59,32 @@ class Settings(BaseModel):
     retry_jitter: float = Field(0.1, ge=0.0, le=1.0)
     delivery_lease_s: float = 60.0
     notifier_poll_s: float = 0.5
+    # Webhook delivery: isolation, circuit breaker, slow-down, retention, secret rotation.
+    notifier_max_in_flight: int = Field(256, ge=1)  # sends at once, all endpoints together
+    endpoint_concurrency: int = Field(8, ge=1)  # sends at once to one endpoint
+    breaker_failure_threshold: int = Field(5, ge=1)  # consecutive failures that open the breaker
+    breaker_cooldown_s: float = Field(30.0, gt=0)  # open → half-open probe; doubles per failed probe
+    breaker_max_cooldown_s: float = Field(600.0, gt=0)
+    endpoint_disable_after_s: float = Field(5 * 24 * 3600.0, gt=0)  # failing continuously this long
+    slowdown_s: float = Field(5.0, ge=0)  # pause after 429/502/503/504 without Retry-After
+    retry_after_min_s: float = Field(1.0, ge=0)  # Retry-After is clamped to this range
+    retry_after_max_s: float = Field(3600.0, ge=0)
+    webhook_response_read_bytes: int = Field(65_536, ge=0)  # read (and drop) this much of a reply
+    delivery_retention_s: float = Field(30 * 24 * 3600.0, ge=0)  # finished deliveries; 0 keeps them
+    webhook_secret_grace_s: float = Field(24 * 3600.0, ge=0)  # old secret still signs after rotation
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.delivery_lease_s <= self.webhook_timeout_s:
+            raise ValueError(
+                f"delivery_lease_s ({self.delivery_lease_s}) must exceed webhook_timeout_s "
+                f"({self.webhook_timeout_s}), or a slow send is claimed twice"
+            )
+        if self.retry_after_min_s > self.retry_after_max_s:
+            raise ValueError("retry_after_min_s cannot exceed retry_after_max_s")
+        if self.breaker_cooldown_s > self.breaker_max_cooldown_s:
+            raise ValueError("breaker_cooldown_s cannot exceed breaker_max_cooldown_s")
+        return self
 
     @field_validator("allow_private_cidrs", mode="before")
     @classmethod

@@ -1,7 +1,9 @@
 """The notifier as one named, detached Ray actor that Ray restarts whenever it dies.
 
-One instance per cluster keeps per-endpoint state in one place. It needs no state of its own
-to survive a restart: the outbox is in Redis and claims are leases (``notifier.loop``).
+One instance per cluster sends every webhook. It needs no state of its own to survive a
+restart: the outbox, the leases and every endpoint's circuit breaker are in Redis
+(``notifier.loop``, ``core.store.outbox``). Its metrics are exported through Ray's metrics agent
+(``notifier.metrics``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,13 @@ class Notifier:
         return True
 
     async def endpoint_health(self) -> list[dict[str, Any]]:
-        """Per-endpoint consecutive failures as this instance has seen them (for diagnostics)."""
-        return [h.model_dump(mode="json") for h in self._loop.endpoints.values()]
+        """Health (breaker state, failures, held deliveries) of every endpoint this instance has
+        sent to, read fresh from Redis."""
+        return [h.model_dump(mode="json") for h in await self._loop.endpoint_health()]
+
+    async def stats(self) -> dict[str, Any]:
+        """Attempt outcomes counted by this instance, and sends in flight (for diagnostics)."""
+        return {"outcomes": dict(self._loop.metrics.counts), "in_flight": self._loop.in_flight}
 
 
 def notifier_handle(settings: Settings, name: str = NOTIFIER_NAME) -> ActorHandle:

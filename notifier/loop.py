@@ -1,36 +1,58 @@
 """The delivery loop: claim due deliveries from the Redis outbox, send them, record the outcome.
 
-All durable state is in Redis. A claim is a lease (the entry's due time moves forward by
-``delivery_lease_s``), so a loop that dies mid-send loses nothing: the entry becomes due again
-when the lease ends. The loop holds only what it is sending now and a cache of endpoint health.
+All durable state is in Redis (``core.store.outbox``, ``core.store.endpoints``): the queues, the
+leases, every endpoint's circuit breaker. The loop holds only what it is sending now, a
+per-endpoint concurrency cap it adapts, and a short-lived cache of signing secrets, so a
+restarted notifier carries on exactly where the last one stopped.
 
-Sends run as their own tasks, at most ``max_in_flight`` at once, and the loop claims only as
-many deliveries as it has free slots, so a slow endpoint occupies one slot and never delays the
-others, and nothing is leased that cannot be sent at once.
+Isolation: at most ``endpoint_concurrency`` sends to one endpoint at once (halved while the
+endpoint asks us to slow down, grown back by one per success), at most ``max_in_flight`` in
+all, and the claim takes from each endpoint only what it may send now. A hanging endpoint so
+holds a few slots until its timeouts open its breaker, and never the ones other endpoints use.
+
+Ordering: per resource and endpoint one send at a time. A newer update claimed while an older
+one is being sent waits here (parked) and goes when the older one ends; updates waiting in the
+outbox are coalesced when queued (``Outbox.add`` supersedes the older one), so a receiver sees
+rising ``sequence`` numbers and the newest state last.
+
+Wake-ups: every write that makes work due pushes a token on a Redis list that the loop waits on
+(``BLPOP``), so a delivery is picked up within a millisecond of its transaction whoever wrote
+it; ``wake()`` (the actor method) does the same in-process, and the loop also looks every
+``notifier_poll_s`` on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from datetime import datetime, timedelta
+from typing import Any
 
+import httpx
 from redis.exceptions import RedisError
 
 from core.safe_http import safe_client
-from core.schemas import Attempt, Delivery, EndpointHealth, utcnow
+from core.schemas import Attempt, Delivery, EndpointHealth, EndpointState, utcnow
 from core.settings import Settings
 from core.store import Store
+from core.store.endpoints import STATE_VALUE, endpoint_id
+from core.store.outbox import BreakerPolicy, Recorded
 from core.urlpolicy import UrlPolicy
+from notifier.metrics import NotifierMetrics
 from notifier.retry import next_attempt_delay
 from notifier.sender import send_attempt
 
 log = logging.getLogger("sightwire.notifier")
 
-MAX_IN_FLIGHT = 64
 MIN_SLEEP_S = 0.005  # a floor so an entry due "now" but not claimable cannot spin the loop
+SECRETS_TTL_S = 1.0  # how stale a signing secret may be (rotation keeps the old one valid anyway)
+SLOWDOWN_STATUSES = frozenset({429, 502, 503, 504})
+METRICS_REFRESH_S = 5.0
+WAKE_WAIT_S = 1.0
 
 
 class DeliveryLoop:
@@ -41,51 +63,78 @@ class DeliveryLoop:
         settings: Settings,
         *,
         store: Store | None = None,
-        max_in_flight: int = MAX_IN_FLIGHT,
+        max_in_flight: int | None = None,
+        endpoint_concurrency: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        if settings.delivery_lease_s <= settings.webhook_timeout_s:  # settings copied unvalidated
+            raise ValueError(
+                f"delivery_lease_s ({settings.delivery_lease_s}) must exceed webhook_timeout_s "
+                f"({settings.webhook_timeout_s}), or a slow send is claimed twice"
+            )
         self.settings = settings
         self.store = store or Store.from_settings(settings)
+        self.store.outbox.retention_s = settings.delivery_retention_s
+        self.max_in_flight = max_in_flight or settings.notifier_max_in_flight
+        self.endpoint_concurrency = endpoint_concurrency or settings.endpoint_concurrency
+        limits = httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight)
         self.client = safe_client(
-            UrlPolicy.from_settings(settings), timeout=settings.webhook_timeout_s, follow_redirects=False
+            UrlPolicy.from_settings(settings), timeout=settings.webhook_timeout_s, follow_redirects=False,
+            limits=limits,
         )
-        self.max_in_flight = max_in_flight
+        self.breaker = BreakerPolicy(
+            failure_threshold=settings.breaker_failure_threshold,
+            cooldown_s=settings.breaker_cooldown_s,
+            max_cooldown_s=settings.breaker_max_cooldown_s,
+            disable_after_s=settings.endpoint_disable_after_s,
+        )
         self.rng = rng or random.Random()
-        self.endpoints: dict[str, EndpointHealth] = {}
+        self.metrics = NotifierMetrics()
+        self.endpoints: dict[str, tuple[EndpointState | None, int]] = {}  # last seen state, pending
         self._wake = asyncio.Event()
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._task: asyncio.Task[None] | None = None
-        if settings.delivery_lease_s <= settings.webhook_timeout_s:
-            log.warning(
-                "delivery_lease_s (%s) <= webhook_timeout_s (%s): a slow send may be claimed twice",
-                settings.delivery_lease_s, settings.webhook_timeout_s,
-            )
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        self._claimed: set[str] = set()  # sending or parked: ours until it ends
+        self._active: Counter[str] = Counter()  # sends in flight per endpoint
+        self._caps: dict[str, int] = {}  # endpoints whose cap is lowered (slow-down)
+        self._busy: set[tuple[str, str]] = set()  # (endpoint, resource) with a send in flight
+        self._parked: dict[tuple[str, str], Delivery] = {}
+        self._secrets: dict[str, tuple[float, list[str]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_at = 0.0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="notifier-loop")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name="notifier-loop"),
+            loop.create_task(self._waker(), name="notifier-waker"),
+        ]
 
     def wake(self) -> None:
         self._wake.set()
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return len(self._sending)
 
     async def stop(self) -> None:
         """Cancel the loop and its sends (their leases expire, so they are retried later)."""
-        tasks = [t for t in (self._task, *self._in_flight.values()) if t is not None]
+        tasks = [*self._tasks, *self._sending.values(), *self._background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
         await self.store.close()
 
+    # -- the loop ---------------------------------------------------------------------------
+
     async def _run(self) -> None:
         log.info("notifier loop started (prefix %s)", self.settings.key_prefix)
         while True:
             try:
-                await self._claim()
-                timeout = await self._idle_time()
+                timeout = await self._claim()
+                if time.monotonic() - self._metrics_at > METRICS_REFRESH_S:
+                    await self._refresh_endpoints()
             except (RedisError, OSError) as exc:
                 log.warning("outbox unavailable: %s", exc)
                 timeout = self.settings.notifier_poll_s
@@ -99,71 +148,215 @@ class DeliveryLoop:
                 pass
             self._wake.clear()
 
-    async def _claim(self) -> None:
-        free = self.max_in_flight - len(self._in_flight)
-        if free <= 0:
-            return
-        due = await self.store.outbox.claim_due(utcnow(), self.settings.delivery_lease_s, free)
-        loop = asyncio.get_running_loop()
-        for delivery in due:
-            if delivery.id in self._in_flight:  # still sending past its lease: let that finish
-                continue
-            task = loop.create_task(self._deliver(delivery), name=f"deliver-{delivery.id}")
-            self._in_flight[delivery.id] = task
-            task.add_done_callback(lambda _, delivery_id=delivery.id: self._finished(delivery_id))
+    async def _waker(self) -> None:
+        """Turn the outbox's wake tokens (pushed by every enqueue) into an immediate claim."""
+        key = self.store.outbox.ep_keys.wake
+        while True:
+            try:
+                async with asyncio.timeout(WAKE_WAIT_S + 5):
+                    if await self.store.redis.blpop([key], timeout=WAKE_WAIT_S):
+                        self._wake.set()
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("wake list unavailable: %s", exc)
+                await asyncio.sleep(self.settings.notifier_poll_s)
 
-    def _finished(self, delivery_id: str) -> None:
-        self._in_flight.pop(delivery_id, None)
+    async def _claim(self) -> float:
+        """Claim what may be sent now and start it; returns how long to wait at most."""
+        poll = self.settings.notifier_poll_s
+        budget = self.max_in_flight - len(self._sending)
+        if budget <= 0:
+            return poll  # a finishing send wakes the loop
+        busy = {eid: self._cap(eid) - n for eid, n in self._active.items() if n > 0}
+        for eid, cap in self._caps.items():
+            busy.setdefault(eid, cap)
+        claim = await self.store.outbox.claim(
+            utcnow(), self.settings.delivery_lease_s, budget, self.endpoint_concurrency, busy
+        )
+        self.metrics.outcome("superseded", len(claim.superseded))
+        if claim.missing:
+            log.warning("dropped %d outbox entries whose delivery record is gone", claim.missing)
+        fresh = [d for d in claim.deliveries if d.id not in self._claimed]
+        await self._prefetch_secrets({d.org_id for d in fresh})
+        for delivery in fresh:
+            self._dispatch(delivery)
+        if claim.next_due is None:
+            return poll
+        return min(poll, max(MIN_SLEEP_S, (claim.next_due - utcnow()).total_seconds()))
+
+    def _cap(self, eid: str) -> int:
+        return self._caps.get(eid, self.endpoint_concurrency)
+
+    def _dispatch(self, delivery: Delivery) -> None:
+        key = (self._eid(delivery), delivery.resource_id)
+        if key not in self._busy:
+            self._start(delivery)
+            return
+        older = self._parked.get(key)
+        if older is not None and older.sequence > delivery.sequence:
+            older, delivery = delivery, older  # keep the newer one parked
+        self._parked[key] = delivery
+        self._claimed.add(delivery.id)
+        if older is not None:
+            self._claimed.discard(older.id)
+            self._spawn(self._supersede(older))
+
+    def _start(self, delivery: Delivery, recheck: bool = False) -> None:
+        eid = self._eid(delivery)
+        self._claimed.add(delivery.id)
+        self._busy.add((eid, delivery.resource_id))
+        self._active[eid] += 1
+        task = asyncio.get_running_loop().create_task(self._deliver(delivery, recheck), name=f"deliver-{delivery.id}")
+        self._sending[delivery.id] = task
+        task.add_done_callback(lambda _, d=delivery: self._finished(d))
+        self.metrics.in_flight(len(self._sending))
+
+    def _finished(self, delivery: Delivery) -> None:
+        eid = self._eid(delivery)
+        key = (eid, delivery.resource_id)
+        self._sending.pop(delivery.id, None)
+        self._claimed.discard(delivery.id)
+        self._busy.discard(key)
+        self._active[eid] -= 1
+        if self._active[eid] <= 0:
+            del self._active[eid]
+        parked = self._parked.pop(key, None)
+        if parked is not None:
+            self._start(parked, recheck=True)
+        self.metrics.in_flight(len(self._sending))
         self._wake.set()  # a slot is free, and an immediate retry may be due
 
-    async def _idle_time(self) -> float:
-        """Sleep until the next due entry, never longer than the poll interval: a writer that
-        forgot to wake us is noticed within ``notifier_poll_s``."""
-        poll = self.settings.notifier_poll_s
-        if len(self._in_flight) >= self.max_in_flight:
-            return poll  # a finishing send wakes the loop
-        next_due = await self.store.outbox.next_due_at()
-        if next_due is None:
-            return poll
-        return min(poll, max(MIN_SLEEP_S, next_due - time.time()))
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    @staticmethod
+    def _eid(delivery: Delivery) -> str:
+        return delivery.endpoint_id or endpoint_id(delivery.org_id, delivery.url)
+
+    # -- one delivery -------------------------------------------------------------------------
+
+    async def _deliver(self, delivery: Delivery, recheck: bool) -> None:
         try:
-            secrets = await self.store.accounts.webhook_secrets(delivery.org_id)
-            attempt = await send_attempt(self.client, delivery, secrets, self.settings.webhook_timeout_s)
-            next_at = None if attempt.succeeded else self._retry_at(delivery.attempts + 1)
-            await self.store.outbox.record_attempt(delivery, attempt, next_at)
-            await self._note_health(delivery.url, attempt)
-        except (RedisError, OSError) as exc:
-            log.warning("delivery %s not recorded, retried after its lease: %s", delivery.id, exc)
-            return
+            if recheck and await self.store.outbox.superseded_by(delivery.id):
+                await self._supersede(delivery)
+                return
+            secrets = await self._secrets_for(delivery.org_id)
+            attempt = await send_attempt(
+                self.client, delivery, secrets, self.settings.webhook_timeout_s,
+                self.settings.webhook_response_read_bytes,
+            )
+            self.metrics.latency(attempt.latency_ms)
+            slowdown = self._slowdown(attempt)
+            next_at = None if attempt.succeeded else self._retry_at(delivery.attempts + 1, slowdown)
+            recorded = await self._record(delivery, attempt, next_at, slowdown)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("delivery %s not recorded, retried after its lease", delivery.id)
             return
-        if attempt.succeeded:
-            log.info("delivered %s to %s (attempt %d)", delivery.id, delivery.url, delivery.attempts)
-        elif next_at is None:
-            log.warning("gave up on %s to %s after %d attempts: %s",
-                        delivery.id, delivery.url, delivery.attempts, attempt.error)
+        if recorded is None:
+            return
+        self._adapt(self._eid(delivery), attempt, slowdown)
+        self._note(delivery, recorded)
+        if recorded.outcome == "delivered":
+            log.debug("delivered %s to %s (attempt %d)", delivery.id, delivery.url, delivery.attempts + 1)
         else:
-            log.info("attempt %d of %s to %s failed (%s); next at %s",
-                     delivery.attempts, delivery.id, delivery.url, attempt.error, next_at.isoformat())
+            log.info("attempt %d of %s to %s: %s (%s); endpoint %s",
+                     delivery.attempts + 1, delivery.id, delivery.url, recorded.outcome, attempt.error,
+                     recorded.state.value if recorded.state else "?")
 
-    def _retry_at(self, attempts_made: int) -> datetime | None:
+    async def _record(
+        self, delivery: Delivery, attempt: Attempt, next_at: datetime | None, slowdown: float
+    ) -> Recorded | None:
+        """Record the attempt, retrying through a short Redis outage (a restart): giving up
+        means the lease expires and the receiver gets the same message again."""
+        deadline = time.monotonic() + self.settings.delivery_lease_s / 2
+        pause = 0.1
+        while True:
+            try:
+                return await self.store.outbox.record_attempt(
+                    delivery, attempt, next_at, slowdown_s=slowdown, gone=attempt.status_code == 410,
+                    breaker=self.breaker,
+                )
+            except (RedisError, OSError) as exc:
+                if time.monotonic() + pause > deadline:
+                    log.warning("delivery %s not recorded, retried after its lease: %s", delivery.id, exc)
+                    return None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def _supersede(self, delivery: Delivery) -> None:
+        with contextlib.suppress(RedisError, OSError):  # else its lease ends and the claim does it
+            if await self.store.outbox.supersede(delivery, utcnow()):
+                self.metrics.outcome("superseded")
+
+    def _slowdown(self, attempt: Attempt) -> float:
+        """Seconds the endpoint asked us to pause: its ``Retry-After`` (clamped), or the default
+        pause for 429/502/503/504 without one; 0 for anything else."""
+        status = attempt.status_code
+        if attempt.succeeded or status is None:
+            return 0.0
+        if attempt.retry_after_s is not None and (status in SLOWDOWN_STATUSES or status >= 500):
+            return min(max(attempt.retry_after_s, self.settings.retry_after_min_s), self.settings.retry_after_max_s)
+        if status in SLOWDOWN_STATUSES:
+            return self.settings.slowdown_s
+        return 0.0
+
+    def _adapt(self, eid: str, attempt: Attempt, slowdown: float) -> None:
+        """Halve the endpoint's concurrency when it asks us to slow down; grow it back by one
+        per success."""
+        if slowdown > 0:
+            self._caps[eid] = max(1, self._cap(eid) // 2)
+        elif attempt.succeeded and eid in self._caps:
+            grown = self._caps[eid] + 1
+            if grown >= self.endpoint_concurrency:
+                del self._caps[eid]
+            else:
+                self._caps[eid] = grown
+
+    def _note(self, delivery: Delivery, recorded: Recorded) -> None:
+        self.metrics.outcome(recorded.outcome)
+        if recorded.state is not None:
+            eid = self._eid(delivery)
+            self.endpoints[eid] = (recorded.state, recorded.pending)
+            held = recorded.pending if recorded.state is not EndpointState.CLOSED else 0
+            self.metrics.endpoint(eid, STATE_VALUE[recorded.state], held)
+
+    def _retry_at(self, attempts_made: int, slowdown: float) -> datetime | None:
         delay = next_attempt_delay(
             attempts_made, self.settings.retry_schedule_s, self.settings.retry_jitter, self.rng
         )
-        return None if delay is None else utcnow() + timedelta(seconds=delay)
+        return None if delay is None else utcnow() + timedelta(seconds=max(delay, slowdown))
 
-    async def _note_health(self, url: str, attempt: Attempt) -> None:
-        """Keep the endpoint's consecutive failures in memory; Redis holds the same numbers
-        (``record_attempt``), and an endpoint seen first after a restart is loaded from there."""
-        health = self.endpoints.get(url)
-        if health is None:
-            self.endpoints[url] = await self.store.outbox.endpoint_health(url)
-        elif attempt.succeeded:
-            health.consecutive_failures = 0
-            health.last_success_at = attempt.at
-        else:
-            health.consecutive_failures += 1
-            health.last_failure_at = attempt.at
+    # -- secrets and health ---------------------------------------------------------------------
+
+    async def _prefetch_secrets(self, orgs: set[str]) -> None:
+        now = time.monotonic()
+        stale = [org for org in orgs if self._secrets.get(org, (0.0, []))[0] <= now]
+        if stale:
+            for org, secrets in (await self.store.accounts.signing_secrets(stale)).items():
+                self._secrets[org] = (now + SECRETS_TTL_S, secrets)
+
+    async def _secrets_for(self, org: str) -> list[str]:
+        expires, secrets = self._secrets.get(org, (0.0, []))
+        if expires <= time.monotonic():
+            secrets = await self.store.accounts.webhook_secrets(org)
+            self._secrets[org] = (time.monotonic() + SECRETS_TTL_S, secrets)
+        return secrets
+
+    async def _refresh_endpoints(self) -> None:
+        """Held counts and breaker states for the metrics, also of endpoints not attempted now."""
+        self._metrics_at = time.monotonic()
+        for eid in list(self.endpoints):
+            health = await self.store.outbox.endpoints.get(eid)
+            if health is None:
+                self.endpoints.pop(eid, None)
+                continue
+            self.endpoints[eid] = (health.state, health.pending)
+            self.metrics.endpoint(eid, STATE_VALUE[health.state], health.held)
+
+    async def endpoint_health(self) -> list[EndpointHealth]:
+        """Fresh health of every endpoint this loop has sent to."""
+        found = [await self.store.outbox.endpoints.get(eid) for eid in list(self.endpoints)]
+        return [h for h in found if h is not None]

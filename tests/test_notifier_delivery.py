@@ -143,7 +143,7 @@ async def test_retries_server_errors_with_stable_id(
     assert [a.succeeded for a in attempts] == [False, False, True]
     assert attempts[0].error == "HTTP 500"
     assert final.status is DeliveryStatus.DELIVERED and final.attempts == 3
-    health = await iso_store.outbox.endpoint_health(receiver.url("/hook"))
+    health = await iso_store.outbox.endpoint_health(org, receiver.url("/hook"))
     assert health.consecutive_failures == 0 and health.last_success_at is not None
 
 
@@ -210,7 +210,8 @@ async def test_refused_endpoint_retries_then_fails(
     iso_settings: Settings, iso_store: Store, org: str, start_notifier: StartNotifier
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/hook"
-    handle = await start_notifier(iso_settings)
+    # a breaker that never opens here: the schedule alone decides (an open breaker would hold it)
+    handle = await start_notifier(iso_settings.model_copy(update={"breaker_failure_threshold": 100}))
     delivery = await queue(iso_store, org, url)
     await handle.wake.remote()
     final = await ended(iso_store, delivery.id)
@@ -222,7 +223,7 @@ async def test_refused_endpoint_retries_then_fails(
     assert final.status is DeliveryStatus.FAILED
     assert final.next_attempt_at is None and final.last_error == "connection refused"
     assert await iso_store.outbox.next_due_at() is None
-    assert (await iso_store.outbox.endpoint_health(url)).consecutive_failures == len(schedule)
+    assert (await iso_store.outbox.endpoint_health(org, url)).consecutive_failures == len(schedule)
     (seen,) = await handle.endpoint_health.remote()
     assert seen["url"] == url and seen["consecutiveFailures"] == len(schedule)
 

@@ -1,13 +1,38 @@
-"""Organisations' API keys (stored only as SHA-256 hashes) and webhook signing secrets."""
+"""Organisations' API keys (stored only as SHA-256 hashes) and webhook signing secrets.
+
+An org's secrets are one JSON list, newest first. The newest signs every message; after a
+rotation the previous one keeps signing too (a second signature) until its grace period ends,
+so a receiver can switch secrets without rejecting anything in between.
+"""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
+from core.schemas import utcnow
 from core.store.keys import Keys
 from core.tokens import hash_api_key, new_api_key, new_webhook_secret
+
+
+def _entries(raw: bytes | None) -> list[dict[str, Any]]:
+    """Stored secrets as ``{secret, createdAt, expiresAt}`` (a plain string is a secret kept
+    forever: the format before rotation existed)."""
+    if raw is None:
+        return []
+    return [{"secret": item} if isinstance(item, str) else item for item in json.loads(raw)]
+
+
+def _expiry(entry: dict[str, Any]) -> datetime | None:
+    return datetime.fromisoformat(entry["expiresAt"]) if entry.get("expiresAt") else None
+
+
+def _live(entries: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    return [e for e in entries if (_expiry(e) or now + timedelta(days=1)) > now]
 
 
 class Accounts:
@@ -27,10 +52,52 @@ class Accounts:
         return org.decode() if org is not None else None
 
     async def webhook_secrets(self, org: str) -> list[str]:
-        """The org's signing secrets, newest first; created on first use."""
+        """The org's signing secrets still valid, newest first; created on first use."""
+        return [e["secret"] for e in await self.secret_entries(org)]
+
+    async def secret_entries(self, org: str) -> list[dict[str, Any]]:
+        """Valid secrets with their dates (``createdAt``, ``expiresAt``), newest first."""
         key = self._keys.org_secrets(org)
         raw = await self._redis.get(key)
         if raw is None:
-            await self._redis.set(key, json.dumps([new_webhook_secret()]), nx=True)
+            first = {"secret": new_webhook_secret(), "createdAt": utcnow().isoformat()}
+            await self._redis.set(key, json.dumps([first]), nx=True)
             raw = await self._redis.get(key)
-        return list(json.loads(raw))
+        return _live(_entries(raw), utcnow())
+
+    async def signing_secrets(self, orgs: list[str]) -> dict[str, list[str]]:
+        """Every org's valid secrets in one round trip (the notifier signs a batch with them)."""
+        if not orgs:
+            return {}
+        now = utcnow()
+        raws = await self._redis.mget([self._keys.org_secrets(org) for org in orgs])
+        found = {org: [e["secret"] for e in _live(_entries(raw), now)] for org, raw in zip(orgs, raws, strict=True)}
+        for org, secrets in found.items():
+            if not secrets:
+                found[org] = await self.webhook_secrets(org)
+        return found
+
+    async def rotate_webhook_secret(self, org: str, grace_s: float) -> list[dict[str, Any]]:
+        """A new secret signs from now on; the current one also signs for ``grace_s`` more
+        seconds (at once gone if 0). Expired secrets are dropped. Returns the valid entries."""
+        key = self._keys.org_secrets(org)
+        await self.webhook_secrets(org)  # the org has a current secret to rotate
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    now = utcnow()
+                    entries = _live(_entries(await pipe.get(key)), now)
+                    until = now + timedelta(seconds=grace_s)
+                    kept = [
+                        {**e, "expiresAt": min(_expiry(e) or until, until).isoformat()}
+                        for e in entries
+                        if grace_s > 0
+                    ]
+                    fresh = {"secret": new_webhook_secret(), "createdAt": now.isoformat()}
+                    pipe.multi()
+                    pipe.set(key, json.dumps([fresh, *kept]))
+                    await pipe.execute()
+                    return [fresh, *kept]
+                except WatchError:
+                    continue

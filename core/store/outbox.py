@@ -1,14 +1,26 @@
-"""The webhook outbox: every delivery is a Redis record plus an entry in a due-time sorted set.
+"""The webhook outbox: every delivery is a Redis record in its endpoint's queue.
 
 A delivery is written in the same transaction as the state change it announces, so nothing
-accepted can be lost between "result stored" and "webhook queued". The notifier claims due
-entries by pushing their due time forward by a lease; if it dies mid-send, the entry becomes
-due again when the lease ends and is retried (at-least-once, deduplicated by ``webhook-id``).
+accepted can be lost between "result stored" and "webhook queued". Each endpoint (an org's URL)
+has its own queue and circuit breaker (``core.store.endpoints``); the notifier claims due
+deliveries endpoint by endpoint, at most as many per endpoint as it may send to it at once, and
+takes a lease on each (its due time moves to the end of the lease). If the notifier dies
+mid-send, the lease ends and the delivery is sent again with the same ``webhook-id``.
+
+Every decision that changes durable state runs as one Lua script, so it is atomic and survives
+a notifier restart: queueing (which also supersedes an older waiting update of the same
+resource), claiming (which applies the breaker), recording an attempt (which moves the breaker
+and schedules the retry, only if the delivery is still in the state the sender claimed it in),
+manual retry, and re-enabling an endpoint.
+
+A delivery record is a hash (mutable fields can change without rewriting the body); times in
+it are Unix seconds.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -17,21 +29,291 @@ from redis.asyncio.client import Pipeline
 from core.schemas import (
     Attempt,
     Delivery,
-    DeliveryStatus,
+    DeliveryLog,
     EndpointHealth,
+    EndpointState,
     EventType,
     WebhookPayload,
     utcnow,
 )
+from core.store.endpoints import LUA_COMMON, EndpointKeys, Endpoints, endpoint_id
 from core.store.keys import Keys
-from core.tokens import new_id, short_hash
+from core.tokens import new_id
 
-# Take up to ARGV[3] entries due by ARGV[1] and push each one's due time to ARGV[2] (the lease).
-CLAIM_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
+DEFAULT_RETENTION_S = 30 * 24 * 3600.0
+ATTEMPT_LOG_LIMIT = 100  # the newest attempts the delivery log shows per delivery
+
+# Queue a delivery (inside the caller's MULTI; runs atomically at EXEC). A waiting delivery of
+# the same resource to the same endpoint is superseded now; one being sent is marked, and is
+# superseded (not retried) when its attempt ends.
+ENQUEUE = LUA_COMMON + """
+-- ARGV: prefix, id, eid, resource, now, org, url, retention, then the record's field/value pairs
+local P, id, eid, res, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local retention = tonumber(ARGV[8])
+local dkey = P .. ':dlv:' .. id
+local ek = P .. ':ep:' .. eid
+local fields = {}
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', dkey, unpack(fields))
+redis.call('RPUSH', P .. ':res:' .. res .. ':deliveries', id)
+if redis.call('HSETNX', ek, 'state', 'closed') == 1 then
+  redis.call('HSET', ek, 'org', ARGV[6], 'url', ARGV[7], 'created_at', now)
+  redis.call('SADD', P .. ':org:' .. ARGV[6] .. ':endpoints', eid)
+end
+local old = redis.call('HGET', ek .. ':latest', res)
+if old and old ~= id then
+  local okey = P .. ':dlv:' .. old
+  local o = redis.call('HMGET', okey, 'status', 'lease_until')
+  if o[1] == 'pending' then
+    if num(o[2]) > now then
+      redis.call('HSET', okey, 'superseded_by', id)
+    else
+      redis.call('HSET', okey, 'status', 'superseded', 'superseded_by', id, 'next_attempt_at', '')
+      redis.call('ZREM', ek .. ':due', old)
+      if retention > 0 then
+        redis.call('EXPIRE', okey, retention)
+        redis.call('EXPIRE', okey .. ':attempts', retention)
+      end
+    end
+  end
+end
+redis.call('HSET', ek .. ':latest', res, id)
+redis.call('ZADD', ek .. ':due', now, id)
+reindex(P, P .. ':outbox', eid, now)
+wake(P)
+return 1
 """
+
+# Claim due deliveries, endpoint by endpoint, applying each endpoint's breaker.
+CLAIM = LUA_COMMON + """
+-- ARGV: prefix, now, lease_until, budget, default per-endpoint room, retention,
+--       then (eid, room) pairs for endpoints with sends in flight
+local P, now, lease = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local budget, dflt, retention = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local index = P .. ':outbox'
+local room = {}
+for i = 7, #ARGV, 2 do room[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local claimed, superseded, missing = {}, {}, 0
+for pass = 1, 4 do
+  if budget <= 0 then break end
+  local nfull = 0
+  for _, r in pairs(room) do if r <= 0 then nfull = nfull + 1 end end
+  local eids = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, nfull + budget + 64)
+  local worked = false
+  for _, eid in ipairs(eids) do
+    if budget <= 0 then break end
+    local f = room[eid] or dflt
+    if f > 0 then
+      worked = true
+      local ek = P .. ':ep:' .. eid
+      local dk = ek .. ':due'
+      local e = redis.call('HMGET', ek, 'state', 'open_until', 'slow_until', 'probe_until')
+      local state = e[1]
+      local blocked = (not state) or state == 'disabled'
+        or (state == 'open' and num(e[2]) > now)
+        or (state == 'half_open' and num(e[4]) > now)
+        or num(e[3]) > now
+      local n = 0
+      if not blocked then
+        local probing = state == 'open' or state == 'half_open'
+        local take = math.min(f, budget)
+        local ids
+        if probing then
+          take = 1
+          ids = redis.call('ZRANGE', dk, 0, 15)
+        else
+          ids = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, take + 16)
+        end
+        for _, id in ipairs(ids) do
+          if n >= take then break end
+          local dkey = P .. ':dlv:' .. id
+          local d = redis.call('HMGET', dkey, 'status', 'superseded_by', 'lease_until')
+          if not d[1] then
+            redis.call('ZREM', dk, id)
+            missing = missing + 1
+          elseif d[1] ~= 'pending' or (d[2] and d[2] ~= '') then
+            if d[1] == 'pending' then
+              redis.call('HSET', dkey, 'status', 'superseded', 'next_attempt_at', '')
+              if retention > 0 then
+                redis.call('EXPIRE', dkey, retention)
+                redis.call('EXPIRE', dkey .. ':attempts', retention)
+              end
+              superseded[#superseded + 1] = id
+            end
+            redis.call('ZREM', dk, id)
+          elseif num(d[3]) <= now then
+            redis.call('ZADD', dk, lease, id)
+            redis.call('HSET', dkey, 'lease_until', lease)
+            claimed[#claimed + 1] = eid
+            claimed[#claimed + 1] = id
+            n = n + 1
+          end
+        end
+        if probing then
+          if n > 0 then
+            redis.call('HSET', ek, 'state', 'half_open', 'probe', claimed[#claimed], 'probe_until', lease)
+          end
+          room[eid] = 0
+        else
+          room[eid] = f - n
+        end
+        budget = budget - n
+      end
+      reindex(P, index, eid, now)
+    end
+  end
+  if not worked then break end
+end
+local nfull = 0
+for _, r in pairs(room) do if r <= 0 then nfull = nfull + 1 end end
+local nxt = ''
+local head = redis.call('ZRANGE', index, 0, nfull, 'WITHSCORES')
+for i = 1, #head, 2 do
+  if (room[head[i]] or dflt) > 0 then nxt = head[i + 1] break end
+end
+return {claimed, superseded, nxt, missing}
+"""
+
+# Record one attempt: the log, the delivery's new state, the breaker. Applied only while the
+# delivery is pending with the attempt count the sender claimed it with; otherwise the attempt
+# is logged and nothing else changes (another sender, or a manual change, came first).
+RECORD = LUA_COMMON + """
+-- ARGV: 1 prefix, 2 id, 3 eid, 4 expected attempts, 5 attempt json, 6 now, 7 succeeded (1/0),
+--       8 status code, 9 error, 10 retry at ('' = schedule exhausted), 11 slow-down seconds,
+--       12 gone (1/0), 13 threshold, 14 cooldown, 15 max cooldown, 16 disable after, 17 retention
+local P, id, eid, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
+local retention = tonumber(ARGV[17])
+local dkey = P .. ':dlv:' .. id
+local ek = P .. ':ep:' .. eid
+local dk = ek .. ':due'
+local index = P .. ':outbox'
+local d = redis.call('HMGET', dkey, 'status', 'attempts', 'superseded_by', 'resource_id')
+if not d[1] then
+  redis.call('ZREM', dk, id)
+  return {'missing', '', 0}
+end
+redis.call('RPUSH', dkey .. ':attempts', ARGV[5])
+if d[1] ~= 'pending' or tonumber(d[2]) ~= tonumber(ARGV[4]) then
+  return {'stale', redis.call('HGET', ek, 'state') or 'closed', redis.call('ZCARD', dk)}
+end
+redis.call('HSET', dkey, 'attempts', tonumber(d[2]) + 1, 'lease_until', '',
+  'last_status_code', ARGV[8], 'last_error', ARGV[9])
+local e = redis.call('HMGET', ek, 'state', 'failing_since', 'trips', 'probe', 'slow_until')
+local state = e[1] or 'closed'
+local was_probe = e[4] == id
+if was_probe then redis.call('HSET', ek, 'probe', '', 'probe_until', '') end
+local outcome
+if ARGV[7] == '1' then
+  redis.call('HSET', ek, 'consecutive_failures', 0, 'failing_since', '', 'last_success_at', now)
+  redis.call('HINCRBY', ek, 'delivered', 1)
+  if state == 'open' or state == 'half_open' then
+    redis.call('HSET', ek, 'state', 'closed', 'open_until', '', 'trips', 0)
+    state = 'closed'
+    release(P, eid, now)
+  end
+  redis.call('HSET', dkey, 'status', 'delivered', 'delivered_at', now, 'next_attempt_at', '')
+  redis.call('ZREM', dk, id)
+  outcome = 'delivered'
+else
+  local fails = redis.call('HINCRBY', ek, 'consecutive_failures', 1)
+  local since = num(e[2])
+  if since == 0 then
+    since = now
+    redis.call('HSET', ek, 'failing_since', now)
+  end
+  redis.call('HSET', ek, 'last_failure_at', now, 'last_status_code', ARGV[8], 'last_error', ARGV[9])
+  if state ~= 'disabled' then
+    local reason = ''
+    if ARGV[12] == '1' then reason = 'gone'
+    elseif now - since >= tonumber(ARGV[16]) then reason = 'failing' end
+    if reason ~= '' then
+      redis.call('HSET', ek, 'state', 'disabled', 'disabled_at', now, 'disabled_reason', reason, 'open_until', '')
+      state = 'disabled'
+    elseif (state == 'half_open' and was_probe) or (state == 'closed' and fails >= tonumber(ARGV[13])) then
+      local trips = num(e[3]) + 1
+      local cool = math.min(tonumber(ARGV[14]) * 2 ^ (trips - 1), tonumber(ARGV[15]))
+      redis.call('HSET', ek, 'state', 'open', 'trips', trips, 'open_until', now + cool)
+      if state == 'closed' then redis.call('HSET', ek, 'opened_at', now) end
+      state = 'open'
+    end
+  end
+  local slow = tonumber(ARGV[11])
+  if slow > 0 and now + slow > num(e[5]) then redis.call('HSET', ek, 'slow_until', now + slow) end
+  local slow_until = math.max(num(e[5]), slow > 0 and now + slow or 0)
+  if d[3] and d[3] ~= '' then
+    redis.call('HSET', dkey, 'status', 'superseded', 'next_attempt_at', '')
+    redis.call('ZREM', dk, id)
+    outcome = 'superseded'
+  elseif state ~= 'closed' then
+    local at = math.max(now, slow_until)
+    redis.call('ZADD', dk, at, id)
+    redis.call('HSET', dkey, 'next_attempt_at', at)
+    outcome = 'held'
+  elseif ARGV[10] ~= '' then
+    local at = math.max(tonumber(ARGV[10]), slow_until)
+    redis.call('ZADD', dk, at, id)
+    redis.call('HSET', dkey, 'next_attempt_at', at)
+    outcome = 'retrying'
+  else
+    redis.call('HSET', dkey, 'status', 'failed', 'next_attempt_at', '')
+    redis.call('HINCRBY', ek, 'failed', 1)
+    redis.call('ZREM', dk, id)
+    outcome = 'failed'
+  end
+end
+if outcome ~= 'retrying' and outcome ~= 'held' then
+  if redis.call('HGET', ek .. ':latest', d[4]) == id then redis.call('HDEL', ek .. ':latest', d[4]) end
+  if retention > 0 then
+    redis.call('EXPIRE', dkey, retention)
+    redis.call('EXPIRE', dkey .. ':attempts', retention)
+  end
+end
+reindex(P, index, eid, now)
+return {outcome, state, redis.call('ZCARD', dk)}
+"""
+
+# Redeliver now (the API's retry). Refused for a superseded delivery, one being sent, and an
+# endpoint that is disabled; an open breaker is asked to probe with this delivery at once.
+RETRY = LUA_COMMON + """
+-- ARGV: prefix, id, eid, now
+local P, id, eid, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local dkey = P .. ':dlv:' .. id
+local ek = P .. ':ep:' .. eid
+local d = redis.call('HMGET', dkey, 'status', 'lease_until', 'resource_id', 'superseded_by')
+if not d[1] then return 'missing' end
+if d[1] == 'superseded' or (d[4] and d[4] ~= '') then return 'superseded' end
+if d[1] == 'pending' and num(d[2]) > now then return 'in_flight' end
+local state = redis.call('HGET', ek, 'state') or 'closed'
+if state == 'disabled' then return 'disabled' end
+redis.call('HSET', dkey, 'status', 'pending', 'next_attempt_at', now)
+redis.call('PERSIST', dkey)
+redis.call('PERSIST', dkey .. ':attempts')
+redis.call('HSET', ek .. ':latest', d[3], id)
+redis.call('ZADD', ek .. ':due', now, id)
+if state == 'open' then redis.call('HSET', ek, 'open_until', now) end
+redis.call('HSET', ek, 'slow_until', '')
+reindex(P, P .. ':outbox', eid, now)
+wake(P)
+return 'ok'
+"""
+
+# Supersede a claimed delivery the notifier will not send (a newer one of its resource came).
+SUPERSEDE = LUA_COMMON + """
+-- ARGV: prefix, id, eid, now, retention
+local P, id, eid, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local dkey = P .. ':dlv:' .. id
+if redis.call('HGET', dkey, 'status') ~= 'pending' then return 0 end
+redis.call('HSET', dkey, 'status', 'superseded', 'next_attempt_at', '', 'lease_until', '')
+redis.call('ZREM', P .. ':ep:' .. eid .. ':due', id)
+if retention > 0 then
+  redis.call('EXPIRE', dkey, retention)
+  redis.call('EXPIRE', dkey .. ':attempts', retention)
+end
+reindex(P, P .. ':outbox', eid, now)
+return 1
+"""
+
+_TIME_FIELDS = ("created_at", "next_attempt_at", "delivered_at")
 
 
 def thin(data: dict[str, Any]) -> dict[str, Any]:
@@ -45,12 +327,87 @@ def _ts(moment: datetime) -> float:
     return moment.timestamp()
 
 
+def _record_fields(delivery: Delivery) -> list[str]:
+    """The delivery as flat hash field/value pairs (times as Unix seconds, ``None`` left out)."""
+    values: dict[str, Any] = {
+        "id": delivery.id,
+        "webhook_id": delivery.webhook_id,
+        "org_id": delivery.org_id,
+        "url": delivery.url,
+        "event_type": delivery.event_type.value,
+        "resource_id": delivery.resource_id,
+        "sequence": delivery.sequence,
+        "body": delivery.body,
+        "status": delivery.status.value,
+        "attempts": delivery.attempts,
+        "created_at": _ts(delivery.created_at),
+        "next_attempt_at": _ts(delivery.next_attempt_at) if delivery.next_attempt_at else "",
+        "endpoint_id": delivery.endpoint_id or "",
+    }
+    flat: list[str] = []
+    for key, value in values.items():
+        flat += [key, str(value)]
+    return flat
+
+
+def delivery_from_hash(raw: dict[bytes, bytes]) -> Delivery | None:
+    if not raw:
+        return None
+    fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+    for key in _TIME_FIELDS:
+        value = fields.get(key)
+        fields[key] = datetime.fromtimestamp(float(value), UTC) if value else None
+    for key in ("last_status_code", "last_error", "superseded_by", "endpoint_id"):
+        if not fields.get(key):
+            fields[key] = None
+    return Delivery.model_validate(fields)
+
+
+@dataclass
+class Claim:
+    """What one claim took: deliveries by endpoint, deliveries found superseded, and when the
+    next endpoint with room to send becomes due (``None``: nothing is scheduled)."""
+
+    deliveries: list[Delivery]
+    superseded: list[str]
+    next_due: datetime | None
+    missing: int
+
+
+@dataclass
+class Recorded:
+    """The outcome of recording an attempt: ``delivered``, ``retrying``, ``held``, ``failed``,
+    ``superseded``, ``stale`` (not applied) or ``missing``; the endpoint's breaker state after
+    it and how many deliveries the endpoint has pending."""
+
+    outcome: str
+    state: EndpointState | None
+    pending: int
+
+
 class Outbox:
-    def __init__(self, redis: Redis, keys: Keys, payload_cap_bytes: int = 256 * 1024) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        payload_cap_bytes: int = 256 * 1024,
+        retention_s: float = DEFAULT_RETENTION_S,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._payload_cap_bytes = payload_cap_bytes
-        self._claim = redis.register_script(CLAIM_DUE)
+        self.retention_s = retention_s
+        self.endpoints = Endpoints(redis, keys)
+        self.ep_keys: EndpointKeys = self.endpoints.keys
+        self._enqueue = redis.register_script(ENQUEUE)
+        self._claim = redis.register_script(CLAIM)
+        self._record = redis.register_script(RECORD)
+        self._retry = redis.register_script(RETRY)
+        self._supersede = redis.register_script(SUPERSEDE)
+
+    @property
+    def prefix(self) -> str:
+        return self._keys.prefix
 
     def add(
         self,
@@ -63,11 +420,17 @@ class Outbox:
         sequence: int,
         data: dict[str, Any],
     ) -> Delivery:
-        """Queue a delivery inside the caller's transaction; it is due at once."""
+        """Queue a delivery inside the caller's transaction; it is due at once.
+
+        ``sequence`` must rise with each delivery of one resource (the callers add them under a
+        WATCH of the resource): an older update of the resource still waiting for this endpoint
+        is superseded by this one."""
         now = utcnow()
         payload = WebhookPayload(type=event, timestamp=now, data=data)
-        if len(payload.to_json()) > self._payload_cap_bytes:
-            payload = WebhookPayload(type=event, timestamp=now, data=thin(data))
+        body = payload.to_json()
+        if len(body) > self._payload_cap_bytes:
+            body = WebhookPayload(type=event, timestamp=now, data=thin(data)).to_json()
+        eid = endpoint_id(org, url)
         delivery = Delivery(
             id=new_id("dlv"),
             webhook_id=new_id("msg"),
@@ -76,76 +439,140 @@ class Outbox:
             event_type=event,
             resource_id=resource_id,
             sequence=sequence,
-            body=payload.to_json(),
+            body=body,
             created_at=now,
             next_attempt_at=now,
+            endpoint_id=eid,
         )
-        pipe.set(self._keys.delivery(delivery.id), delivery.to_json())
-        pipe.zadd(self._keys.outbox, {delivery.id: _ts(now)})
-        pipe.rpush(self._keys.resource_deliveries(resource_id), delivery.id)
+        # Queued in the caller's pipeline (the pipeline loads the script before its EXEC).
+        pipe.scripts.add(self._enqueue)
+        pipe.evalsha(
+            self._enqueue.sha, 0, self.prefix, delivery.id, eid, resource_id, _ts(now), org, url,
+            self.retention_s, *_record_fields(delivery),
+        )
         return delivery
 
-    async def claim_due(self, now: datetime, lease_s: float, limit: int) -> list[Delivery]:
-        ids = await self._claim(keys=[self._keys.outbox], args=[_ts(now), _ts(now) + lease_s, limit])
-        if not ids:
-            return []
-        raws = await self._redis.mget([self._keys.delivery(i.decode()) for i in ids])
-        return [Delivery.model_validate_json(raw) for raw in raws if raw is not None]
+    async def claim(
+        self, now: datetime, lease_s: float, budget: int, endpoint_room: int, busy: dict[str, int]
+    ) -> Claim:
+        """Lease up to ``budget`` due deliveries, at most ``endpoint_room`` per endpoint (``busy``
+        gives the room left to endpoints with sends in flight). Entries whose record is gone are
+        dropped from the queue; waiting deliveries marked superseded are finished as such."""
+        if budget <= 0:
+            return Claim([], [], await self.next_due_at(), 0)
+        pairs: list[Any] = []
+        for eid, room in busy.items():
+            pairs += [eid, room]
+        claimed, superseded, nxt, missing = await self._claim(
+            args=[self.prefix, _ts(now), _ts(now) + lease_s, budget, endpoint_room, self.retention_s, *pairs]
+        )
+        ids = [claimed[i + 1].decode() for i in range(0, len(claimed), 2)]
+        deliveries = await self.get_many(ids)
+        next_due = datetime.fromtimestamp(float(nxt), UTC) if nxt else None
+        return Claim([d for d in deliveries if d is not None], [s.decode() for s in superseded], next_due,
+                     int(missing))
 
-    async def next_due_at(self) -> float | None:
-        first = await self._redis.zrange(self._keys.outbox, 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
+    async def next_due_at(self) -> datetime | None:
+        """When the first endpoint has something due (its breaker and slow-down applied)."""
+        first = await self._redis.zrange(self.ep_keys.index, 0, 0, withscores=True)
+        return datetime.fromtimestamp(float(first[0][1]), UTC) if first else None
 
     async def get(self, delivery_id: str) -> Delivery | None:
-        raw = await self._redis.get(self._keys.delivery(delivery_id))
-        return Delivery.model_validate_json(raw) if raw is not None else None
+        return delivery_from_hash(await self._redis.hgetall(self._keys.delivery(delivery_id)))
+
+    async def get_many(self, delivery_ids: list[str]) -> list[Delivery | None]:
+        if not delivery_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                pipe.hgetall(self._keys.delivery(delivery_id))
+            raws = await pipe.execute()
+        return [delivery_from_hash(raw) for raw in raws]
+
+    async def superseded_by(self, delivery_id: str) -> str | None:
+        value = await self._redis.hget(self._keys.delivery(delivery_id), "superseded_by")
+        return value.decode() if value else None
 
     async def for_resource(self, resource_id: str) -> list[Delivery]:
         ids = await self._redis.lrange(self._keys.resource_deliveries(resource_id), 0, -1)
-        raws = await self._redis.mget([self._keys.delivery(i.decode()) for i in ids]) if ids else []
-        return [Delivery.model_validate_json(raw) for raw in raws if raw is not None]
+        found = await self.get_many([i.decode() for i in ids])
+        return [d for d in found if d is not None]
 
     async def attempts(self, delivery_id: str) -> list[Attempt]:
         raws = await self._redis.lrange(self._keys.delivery_attempts(delivery_id), 0, -1)
         return [Attempt.model_validate_json(raw) for raw in raws]
 
-    async def record_attempt(self, delivery: Delivery, attempt: Attempt, next_at: datetime | None) -> None:
-        """Store the attempt, the delivery's new state and the endpoint's health in one step.
+    async def log(self, deliveries: list[Delivery]) -> list[DeliveryLog]:
+        """The delivery log entries of ``deliveries``: state and (newest) attempts, no body."""
+        if not deliveries:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for d in deliveries:
+                pipe.lrange(self._keys.delivery_attempts(d.id), -ATTEMPT_LOG_LIMIT, -1)
+            raws = await pipe.execute()
+        return [
+            DeliveryLog(
+                **d.model_dump(exclude={"body", "org_id"}),
+                attempt_log=[Attempt.model_validate_json(a) for a in attempts],
+            )
+            for d, attempts in zip(deliveries, raws, strict=True)
+        ]
 
-        ``next_at`` schedules a retry; ``None`` ends the delivery (delivered or given up)."""
-        delivery.attempts += 1
-        delivery.last_status_code = attempt.status_code
-        delivery.last_error = attempt.error
-        delivery.next_attempt_at = next_at
-        if attempt.succeeded:
-            delivery.status = DeliveryStatus.DELIVERED
-            delivery.delivered_at = attempt.at
-        elif next_at is None:
-            delivery.status = DeliveryStatus.FAILED
-        endpoint_key = self._keys.endpoint(short_hash(delivery.url))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._keys.delivery(delivery.id), delivery.to_json())
-            pipe.rpush(self._keys.delivery_attempts(delivery.id), attempt.to_json())
-            if next_at is None:
-                pipe.zrem(self._keys.outbox, delivery.id)
-            else:
-                pipe.zadd(self._keys.outbox, {delivery.id: _ts(next_at)})
-            pipe.hset(endpoint_key, "url", delivery.url)
-            if attempt.succeeded:
-                healthy = {"consecutive_failures": 0, "last_success_at": attempt.at.isoformat()}
-                pipe.hset(endpoint_key, mapping=healthy)
-            else:
-                pipe.hincrby(endpoint_key, "consecutive_failures", 1)
-                pipe.hset(endpoint_key, "last_failure_at", attempt.at.isoformat())
-            await pipe.execute()
+    async def record_attempt(
+        self,
+        delivery: Delivery,
+        attempt: Attempt,
+        next_at: datetime | None,
+        *,
+        slowdown_s: float = 0.0,
+        gone: bool = False,
+        breaker: BreakerPolicy | None = None,
+    ) -> Recorded:
+        """Log the attempt and apply it: the delivery's new state, its retry (``next_at``;
+        ``None`` when the schedule is exhausted) and the endpoint's breaker, in one atomic step.
 
-    async def endpoint_health(self, url: str) -> EndpointHealth:
-        raw = await self._redis.hgetall(self._keys.endpoint(short_hash(url)))
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        return EndpointHealth(
-            url=url,
-            consecutive_failures=int(fields.get("consecutive_failures", 0)),
-            last_success_at=fields.get("last_success_at"),
-            last_failure_at=fields.get("last_failure_at"),
+        Applied only if the delivery is still pending with ``delivery.attempts`` attempts;
+        ``delivery`` itself is not modified."""
+        policy = breaker or BreakerPolicy()
+        eid = delivery.endpoint_id or endpoint_id(delivery.org_id, delivery.url)
+        outcome, state, pending = await self._record(
+            args=[
+                self.prefix, delivery.id, eid, delivery.attempts, attempt.to_json(), _ts(attempt.at),
+                1 if attempt.succeeded else 0,
+                attempt.status_code if attempt.status_code is not None else "",
+                attempt.error or "",
+                _ts(next_at) if next_at is not None else "",
+                slowdown_s, 1 if gone else 0,
+                policy.failure_threshold, policy.cooldown_s, policy.max_cooldown_s, policy.disable_after_s,
+                self.retention_s,
+            ]
         )
+        return Recorded(outcome.decode(), EndpointState(state.decode()) if state else None, int(pending))
 
+    async def retry(self, delivery: Delivery, now: datetime) -> str:
+        """Make ``delivery`` due now: ``ok``, or why not (``superseded``, ``in_flight``,
+        ``disabled``, ``missing``)."""
+        eid = delivery.endpoint_id or endpoint_id(delivery.org_id, delivery.url)
+        result = await self._retry(args=[self.prefix, delivery.id, eid, _ts(now)])
+        return result.decode()
+
+    async def supersede(self, delivery: Delivery, now: datetime) -> bool:
+        eid = delivery.endpoint_id or endpoint_id(delivery.org_id, delivery.url)
+        return bool(await self._supersede(args=[self.prefix, delivery.id, eid, _ts(now), self.retention_s]))
+
+    async def endpoint_health(self, org: str, url: str) -> EndpointHealth:
+        """The endpoint's health (a fresh record when nothing was ever sent to it)."""
+        found = await self.endpoints.health(org, url)
+        return found or EndpointHealth(url=url, id=endpoint_id(org, url), org_id=org)
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """The breaker's numbers (from ``Settings``): consecutive failures that open it, the
+    cool-down before a half-open probe (doubling per failed probe, up to a maximum), and how
+    long an endpoint may fail continuously before it is disabled."""
+
+    failure_threshold: int = 5
+    cooldown_s: float = 30.0
+    max_cooldown_s: float = 600.0
+    disable_after_s: float = 5 * 24 * 3600.0
