@@ -4,6 +4,10 @@ Each replica runs ``processor_concurrency`` workers reading the stream through o
 group, plus a reclaimer that takes over jobs a dead worker left pending past the visibility
 timeout. Work is idempotent: models that already have a result are not run again, and
 ``finalize`` announces each state once, so processing a job twice is harmless.
+
+A model call that fails because its replica died or is unavailable (Serve is replacing it) is
+retried a bounded number of times: inference is pure, so a retry is safe, and the image does not
+lose a model to a replica crash. Each model has its own deadline (registry ``timeout_s``).
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.remote_function import RemoteFunction
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from core.failures import Failure
+from core.registry import load_registry
 from core.schemas import ErrorCode, ErrorInfo, ImageStatus, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.store import Job, Store
@@ -27,6 +36,19 @@ from notifier import notifier_handle
 log = logging.getLogger("sightwire.processor")
 
 REDIS_RETRY_S = 1.0
+# A model call that died with its replica is tried this many times in all, backing off between.
+MODEL_ATTEMPTS = 4
+MODEL_RETRY_BACKOFF_S = 0.25
+RETRYABLE_MODEL_ERRORS = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+
+
+def model_timeouts(settings: Settings) -> dict[str, float]:
+    """Each registry model's deadline: its ``timeout_s``, else ``settings.model_timeout_s``."""
+    try:
+        registry = load_registry(settings.models, settings.models_dir)
+    except FileNotFoundError:
+        return {}
+    return {name: spec.timeout_s or settings.model_timeout_s for name, spec in registry.models.items()}
 
 
 class Processor:
@@ -38,10 +60,13 @@ class Processor:
         models: dict[str, DeploymentHandle],
         notifier: Any,
         bulk: DeploymentHandle | None = None,
+        timeouts: dict[str, float] | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
         self.bulk = bulk
+        self.timeouts = model_timeouts(settings) if timeouts is None else timeouts
+        self.model_retries: Counter[str] = Counter()  # calls retried after a replica died, per model
         self.notifier = notifier
         self.store = Store.from_settings(settings)
         self.fetcher = ImageFetcher.from_settings(settings)
@@ -119,7 +144,8 @@ class Processor:
 
             await asyncio.gather(*(one(image_id) for image_id in job.image_ids))
             return
-        run = asyncio.ensure_future(self.bulk.run.remote(job.group_id, list(job.image_ids), job.models))
+        ref = self.bulk.remote(self.settings, job.group_id, list(job.image_ids), models=job.models)
+        run = asyncio.wrap_future(ref.future())
         while not (await asyncio.wait({run}, timeout=max(self.settings.visibility_timeout_s / 3, 0.5)))[0]:
             await self.store.jobs.touch(job.id, consumer)
         run.result()
@@ -135,19 +161,38 @@ class Processor:
 
     async def _run_model(self, image_id: str, name: str, image: DecodedImage) -> None:
         """Run one model and write its result the moment it is ready; a failure stays local."""
+        timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
         try:
-            async with asyncio.timeout(self.settings.model_timeout_s):
-                answer = await self.models[name].predict.remote(image)
+            async with asyncio.timeout(timeout_s):
+                answer = await self._call_model(name, image)
             result = ModelResult(
                 status=ModelStatus.COMPLETE, version=answer["version"], result=answer["result"],
                 completed_at=utcnow(),
             )
         except TimeoutError:
-            result = self._failed(ErrorCode.MODEL_TIMEOUT, f"{name} took over {self.settings.model_timeout_s}s")
+            result = self._failed(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
         except Exception as exc:  # any model error fails this model only
             log.exception("model %s failed on %s", name, image_id)
             result = self._failed(ErrorCode.MODEL_FAILED, f"{name}: {type(exc).__name__}: {exc}"[:500])
         await self.store.images.write_model_result(image_id, name, result)
+
+    async def _call_model(self, name: str, image: DecodedImage) -> dict[str, Any]:
+        """One model call, retried while its replica is dead or unavailable (bounded).
+
+        A replica killed mid-batch fails its in-flight requests with ``RayActorError``; Serve
+        routes the retry to a live replica, or holds it until the replacement is up. Errors the
+        model itself raises are not retried: they would fail again."""
+        for attempt in range(1, MODEL_ATTEMPTS + 1):
+            try:
+                return await self.models[name].predict.remote(image)
+            except RETRYABLE_MODEL_ERRORS as exc:
+                if attempt == MODEL_ATTEMPTS:
+                    raise
+                self.model_retries[name] += 1
+                log.warning("model %s call failed (%s), retry %d/%d", name, type(exc).__name__,
+                            attempt, MODEL_ATTEMPTS - 1)
+                await asyncio.sleep(MODEL_RETRY_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _failed(code: ErrorCode, message: str) -> ModelResult:
@@ -161,13 +206,17 @@ class JobProcessor:
     reclaimed after the visibility timeout."""
 
     def __init__(
-        self, settings: Settings, models: dict[str, DeploymentHandle], bulk: DeploymentHandle | None = None
+        self, settings: Settings, models: dict[str, DeploymentHandle], bulk: RemoteFunction | None = None
     ) -> None:
         self.processor = Processor(settings, models, notifier_handle(settings), bulk)
         self.processor.start()
 
     async def depth(self) -> int:
         return await self.processor.store.jobs.depth()
+
+    async def model_retries(self) -> dict[str, int]:
+        """Model calls retried after a replica died, per model (since this replica started)."""
+        return dict(self.processor.model_retries)
 
     async def __del__(self) -> None:
         await self.processor.stop()

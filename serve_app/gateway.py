@@ -11,7 +11,6 @@ from core.registry import Registry, load_registry
 from core.schemas import ModelInfo
 from core.settings import Settings
 from core.store import Store
-from deployments.models import bind_models
 from deployments.processor import JobProcessor
 from serve_app.api import create_app
 from serve_app.context import ApiContext
@@ -44,7 +43,13 @@ class ApiGateway:
 
 def build_app(settings: Settings) -> Application:
     """Bind every deployment: one per model, the job processor, and the API in front."""
+    # Imported here: the model families pull in torch and transformers, which the API and
+    # processor replicas (which import this module to unpickle ApiGateway) never need.
+    from deployments.models import bind_models
+    from pipelines.group_run import process_group_remote
+
     registry = load_registry(settings.models, settings.models_dir)
     models = bind_models(registry)
-    processor = JobProcessor.options(num_replicas=1).bind(settings, models)
+    # Large groups run as Ray Data pipelines: the processor launches this task for bulk jobs.
+    processor = JobProcessor.options(num_replicas=1).bind(settings, models, process_group_remote)
     return ApiGateway.bind(settings, registry, models, processor)

@@ -96,7 +96,10 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole session, with explicit logical CPUs (the machine has 2)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=RAY_NAMESPACE)
+        # address="local": always a private Ray, never one another session on this machine
+        # started (ray.init would otherwise join the cluster of /tmp/ray/ray_current_cluster).
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 namespace=RAY_NAMESPACE)
     yield
     ray.shutdown()
 
@@ -106,7 +109,7 @@ def stack(settings: Settings, tiny_models_dir: Path, ray_session: None) -> Itera
     """The whole application on Serve, with the tiny models, on a free port."""
     from serve_app.stack import LocalStack
     stack_settings = settings.model_copy(
-        update={"key_prefix": "swstack", "models": "tiny", "models_dir": tiny_models_dir,
+        update={"key_prefix": "swstack", "models": "tiny", "models_dir": tiny_models_dir, "bulk_threshold": 8,
                 "data_dir": tiny_models_dir / "data"}
     )
     running = LocalStack(stack_settings, port=free_port()).start()

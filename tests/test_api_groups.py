@@ -73,6 +73,28 @@ async def test_group_lifecycle(
     assert updated["data"]["sequence"] > data["sequence"]
 
 
+async def test_large_group_runs_as_a_bulk_pipeline(
+    api: httpx.AsyncClient, api_key: str, image_host: ImageHost, receiver: WebhookReceiver, stack
+) -> None:
+    """At or above the bulk threshold (8 in the test stack) a group is one Ray Data run."""
+    size = stack.settings.bulk_threshold + 2
+    urls = [image_host.put(f"/bulk/{i}.png", png_bytes(80, 60, seed=50 + i)) for i in range(size - 1)]
+    urls.append(image_host.put("/bulk/broken.png", b"not an image"))
+    body = {"images": [{"url": url} for url in urls], "models": ["object_detection"],
+            "webhookUrl": receiver.url("/bulk"), "webhookEvents": ["group.completed"]}
+    response = await api.post("/v1/groups", json=body, headers=auth(api_key))
+    assert response.status_code == 202 and response.json()["bulk"] is True
+
+    receiver.wait_for(lambda got: len(got) >= 1, timeout_s=180)
+    [completed] = events(receiver, "group.completed")
+    assert completed["data"]["counts"]["complete"] == size - 1 and completed["data"]["counts"]["failed"] == 1
+    assert [s["error"] for s in completed["data"]["images"] if s["status"] == "failed"] == ["not_an_image"]
+    assert [json.loads(r.body)["type"] for r in receiver.received] == ["group.completed"]  # filter honoured
+    first_id = completed["data"]["images"][0]["id"]
+    first = (await api.get(f"/v1/images/{first_id}", headers=auth(api_key))).json()
+    assert first["models"]["object_detection"]["status"] == "complete"
+
+
 async def test_group_size_limit_creates_nothing(api: httpx.AsyncClient, api_key: str) -> None:
     images = [{"url": f"http://example.com/{i}.jpg"} for i in range(10_001)]
     response = await api.post("/v1/groups", json={"images": images, "models": ["object_detection"]},
