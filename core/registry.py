@@ -4,6 +4,8 @@ Ray's own Serve config silently ignores misspelt keys; this schema forbids unkno
 typo in ``max_batch_size`` fails at start-up instead of quietly running unbatched.
 Built-in profiles live in ``core/profiles/<name>.yaml``; ``${models_dir}`` in a checkpoint is
 replaced by ``Settings.models_dir`` (where ``sightwire models make-tiny`` builds the tiny models).
+Zero-shot models carry their prompt sets here (``classes``), so the labels a client sees and the
+text they are matched against are reviewed together, in one file. See ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
-BUILTIN_PROFILES = ("tiny", "pretrained")
+BUILTIN_PROFILES = ("tiny", "pretrained", "bench")
+# Profiles whose checkpoints are built on this machine (random weights) rather than downloaded.
+LOCAL_PROFILES = ("tiny", "bench")
+# The Uniform Appraisal Dataset scales (condition C1-C6, quality Q1-Q6): a score is 1..SCORE_LEVELS.
+SCORE_LEVELS = 6
 
 
 class Task(StrEnum):
@@ -52,6 +58,19 @@ class Resources(Strict):
     num_gpus: float = Field(0.0, ge=0)
 
 
+class PromptClass(Strict):
+    """One class of a zero-shot model: the label clients see and the prompts that describe it.
+
+    The class's text embedding is the normalised mean of its prompts' embeddings (prompt
+    ensembling), computed once when the model loads."""
+
+    label: str = Field(min_length=1, max_length=64)
+    prompts: tuple[str, ...] = Field(min_length=1)
+
+
+ZERO_SHOT_TASKS = frozenset({Task.ZERO_SHOT_IMAGE_CLASSIFICATION, Task.SCORING})
+
+
 class ModelSpec(Strict):
     """One model: what it does, where its weights are, and how it is batched and scaled."""
 
@@ -67,6 +86,33 @@ class ModelSpec(Strict):
     batching: Batching = Batching()
     autoscaling: Autoscaling = Autoscaling()
     resources: Resources = Resources()
+    # Zero-shot classification and scoring: the classes, in order. For ``scoring`` there are
+    # exactly SCORE_LEVELS of them and class i is score i + 1 (C1/Q1 first).
+    classes: tuple[PromptClass, ...] = ()
+    top_k: int = Field(3, ge=1)
+    # scoring: ``argmax`` reports the most probable level; ``expected`` the probability-weighted
+    # mean rounded to a level (the float itself is always in the result as ``expected``).
+    score: Literal["argmax", "expected"] = "argmax"
+    # The processor's deadline for one call of this model (default: Settings.model_timeout_s).
+    timeout_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _classes_fit_task(self) -> ModelSpec:
+        if self.task in ZERO_SHOT_TASKS:
+            if not self.classes:
+                raise ValueError(f"task {self.task} needs `classes` (labels with their prompts)")
+            labels = [c.label for c in self.classes]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"class labels must be unique: {labels}")
+            if self.task is Task.SCORING and len(self.classes) != SCORE_LEVELS:
+                raise ValueError(f"task scoring needs exactly {SCORE_LEVELS} classes (levels 1..{SCORE_LEVELS})")
+        elif self.classes:
+            raise ValueError(f"`classes` apply to zero-shot tasks only, not {self.task}")
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        return [c.label for c in self.classes]
 
     @property
     def is_local(self) -> bool:

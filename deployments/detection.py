@@ -1,13 +1,13 @@
 """The ``object-detection`` model family: a DETR-style detector behind a batched Serve deployment.
 
-Each image is resized to the registry's square ``input_size`` and normalised as one stacked
-tensor, so an image gets the same answer alone or in any batch (no padding effects), and the
-batch moves to the device once. Boxes come back normalised and in pixels of the original image.
+Each image is resized to the registry's square ``input_size`` (``prepare``, CPU, per request)
+and the batch is normalised as one stacked tensor (``run``), so an image gets the same answer
+alone or in any batch (no padding effects), and the batch moves to the device once, as uint8.
+Boxes come back normalised and in pixels of the original image.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,8 @@ from core.registry import ModelSpec
 from core.schemas import ModelInfo
 from deployments.images import DecodedImage
 from deployments.loading import checkpoint_source, model_version, pick_device, pick_dtype
+from deployments.runner import Prepared
+from deployments.serving import BatchedModel
 
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -28,12 +30,14 @@ def as_box(values: torch.Tensor, ndigits: int) -> dict[str, float]:
     return {key: round(v, ndigits) for key, v in zip(BOX_KEYS, values.tolist(), strict=True)}
 
 
+def square(image: DecodedImage, size: int) -> np.ndarray:
+    """The image resized to a ``size`` square (bilinear): uint8 HWC."""
+    return np.asarray(Image.fromarray(image.pixels).resize((size, size), Image.Resampling.BILINEAR))
+
+
 def square_batch(images: list[DecodedImage], size: int) -> np.ndarray:
     """Resize each image to a ``size`` square (bilinear) and stack: uint8, NHWC."""
-    return np.stack(
-        [np.asarray(Image.fromarray(img.pixels).resize((size, size), Image.Resampling.BILINEAR))
-         for img in images]
-    )
+    return np.stack([square(img, size) for img in images])
 
 
 class Detector:
@@ -75,13 +79,19 @@ class Detector:
         boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).clamp(0.0, 1.0)
         return scores, labels, boxes
 
-    def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
-        scores, labels, boxes = self.forward(self.tensors(square_batch(images, self.spec.input_size)))
+    def prepare(self, image: DecodedImage) -> Prepared:
+        return Prepared(square(image, self.spec.input_size), image.width, image.height)
+
+    def run(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+        scores, labels, boxes = self.forward(self.tensors(np.stack([p.pixels for p in batch])))
         scores, labels, boxes = scores.cpu(), labels.cpu(), boxes.cpu()  # one sync per batch
-        return [self._result(img, scores[i], labels[i], boxes[i]) for i, img in enumerate(images)]
+        return [self._result(p, scores[i], labels[i], boxes[i]) for i, p in enumerate(batch)]
+
+    def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
+        return self.run([self.prepare(img) for img in images])
 
     def _result(
-        self, image: DecodedImage, scores: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor
+        self, image: Prepared, scores: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor
     ) -> dict[str, Any]:
         keep = (scores >= self.spec.threshold).nonzero().flatten()
         keep = keep[scores[keep].argsort(descending=True)][: self.spec.max_detections]
@@ -99,19 +109,8 @@ class Detector:
 
 
 @serve.deployment(max_ongoing_requests=64)
-class ObjectDetection:
+class ObjectDetection(BatchedModel):
     """Serve deployment: requests for single images are gathered into batches by ``@serve.batch``."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        self.detector = Detector(spec)
-        self.predict.set_max_batch_size(spec.batching.max_batch_size)
-        self.predict.set_batch_wait_timeout_s(spec.batching.batch_wait_timeout_s)
-
-    def info(self) -> ModelInfo:
-        return self.detector.info()
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
-        # Inference runs in a thread so the replica keeps accepting requests for the next batch.
-        results = await asyncio.to_thread(self.detector.predict, images)
-        return [{"version": self.detector.version, "result": r} for r in results]
+        self._serve(Detector(spec), spec)

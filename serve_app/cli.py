@@ -87,10 +87,10 @@ def cmd_secret_show(args: argparse.Namespace) -> int:
 
 
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
-    from deployments.tiny import build_tiny_profile
+    from deployments.tiny import build_local_profile
 
-    root = build_tiny_profile(Path(args.dir))
-    print(f"tiny models (random weights) built in {root}")
+    root = build_local_profile(Path(args.dir), args.profile)
+    print(f"{args.profile} models (random weights) built in {root}")
     return 0
 
 
@@ -125,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="model profiles").add_subparsers(dest="action", required=True)
     tiny = models.add_parser("make-tiny", help="build the tiny profile (random weights) into DIR")
     tiny.add_argument("dir")
+    tiny.add_argument("--profile", choices=("tiny", "bench"), default="tiny",
+                      help="tiny (tests, demo) or bench (mid-size shapes for benchmarks)")
     tiny.set_defaults(func=cmd_models_make_tiny)
 
     demo = commands.add_parser("demo", help="end-to-end demo with tiny models, offline")

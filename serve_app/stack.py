@@ -16,8 +16,9 @@ import httpx
 import ray
 from ray import serve
 
+from core.registry import LOCAL_PROFILES
 from core.settings import Settings
-from deployments.tiny import ensure_tiny_profile
+from deployments.tiny import ensure_local_profile
 from notifier import NAMESPACE, NOTIFIER_NAME
 from serve_app.gateway import APP_NAME, build_app
 from serve_app.local import RedisServer
@@ -58,8 +59,8 @@ class LocalStack:
         if self._redis is not None:
             self._redis.start()
             self.settings = self.settings.model_copy(update={"redis_url": self._redis.url})
-        if self.settings.models == "tiny":
-            ensure_tiny_profile(self.settings.models_dir)
+        if self.settings.models in LOCAL_PROFILES:  # tiny, bench: built here, random weights
+            ensure_local_profile(self.settings.models_dir, self.settings.models)
         if not ray.is_initialized():
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
                      log_to_driver=False)

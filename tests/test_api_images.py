@@ -162,13 +162,20 @@ async def test_bad_images_fail_alone(
 
 async def test_models_listing_and_operations(api: httpx.AsyncClient, api_key: str) -> None:
     models = (await api.get("/v1/models", headers=auth(api_key))).json()["data"]
-    assert [m["name"] for m in models] == ["object_detection"]
-    assert models[0]["task"] == "object-detection" and models[0]["labels"]
+    by_name = {m["name"]: m for m in models}
+    assert list(by_name) == ["object_detection", "room_classification", "condition_score", "quality_score"]
+    assert by_name["object_detection"]["task"] == "object-detection" and by_name["object_detection"]["labels"]
+    assert by_name["room_classification"]["task"] == "zero-shot-image-classification"
+    assert "kitchen" in by_name["room_classification"]["labels"]
+    assert by_name["condition_score"]["labels"] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert by_name["quality_score"]["task"] == "scoring"
+    assert all(m["version"].startswith(f"{m['name']}@") for m in models)
     assert (await api.get("/healthz")).json() == {"status": "ok"}
     ready = await api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["redis"] is True
     spec = (await api.get("/openapi.json")).json()
     assert "/v1/images" in spec["paths"] and "/v1/images/{image_id}" in spec["paths"]
+    assert "/v1/images/{image_id}/models" in spec["paths"]
 
 
 async def test_job_of_a_dead_worker_is_taken_up(

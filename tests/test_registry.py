@@ -44,3 +44,41 @@ def test_registry_file_path(tmp_path: Path) -> None:
     registry = load_registry(str(path), Path("/srv/models"))
     assert registry["det"].checkpoint == "/srv/models/det"
     assert registry["det"].name == "det"
+
+
+def test_profiles_carry_prompt_sets(tmp_path: Path) -> None:
+    for profile in ("tiny", "pretrained", "bench"):
+        registry = load_registry(profile, tmp_path)
+        assert registry.names() == ["object_detection", "room_classification", "condition_score", "quality_score"]
+        room = registry["room_classification"]
+        assert room.task is Task.ZERO_SHOT_IMAGE_CLASSIFICATION
+        assert {"kitchen", "bathroom", "bedroom", "living_room", "dining_room", "exterior", "other"} <= set(room.labels)
+        assert registry["condition_score"].labels == [f"C{i}" for i in range(1, 7)]
+        assert registry["quality_score"].labels == [f"Q{i}" for i in range(1, 7)]
+        assert all(c.prompts for c in room.classes)
+    assert load_registry("pretrained", tmp_path)["room_classification"].checkpoint == "openai/clip-vit-base-patch32"
+
+
+def zero_shot(**fields: object) -> dict:
+    return {"models": {"m": {"task": "zero-shot-image-classification", "checkpoint": "x/y", **fields}}}
+
+
+def test_zero_shot_fields_are_strict() -> None:
+    classes = [{"label": "a", "prompts": ["a photo of a"]}, {"label": "b", "prompts": ["a photo of b"]}]
+    assert Registry.model_validate(zero_shot(classes=classes, top_k=2))["m"].labels == ["a", "b"]
+    with pytest.raises(ValidationError, match="needs `classes`"):
+        Registry.model_validate(zero_shot())
+    with pytest.raises(ValidationError, match="prompt"):
+        Registry.model_validate(zero_shot(classes=[{"label": "a", "prompt": ["x"]}]))
+    with pytest.raises(ValidationError, match="prompts"):
+        Registry.model_validate(zero_shot(classes=[{"label": "a", "prompts": []}]))
+    with pytest.raises(ValidationError, match="unique"):
+        Registry.model_validate(zero_shot(classes=[classes[0], classes[0]]))
+    with pytest.raises(ValidationError, match="exactly 6"):
+        Registry.model_validate({"models": {"m": {"task": "scoring", "checkpoint": "x/y", "classes": classes}}})
+    with pytest.raises(ValidationError, match="zero-shot tasks only"):
+        Registry.model_validate(
+            {"models": {"m": {"task": "object-detection", "checkpoint": "x/y", "classes": classes}}}
+        )
+    with pytest.raises(ValidationError, match="score"):
+        Registry.model_validate(zero_shot(classes=classes, score="median"))

@@ -1,0 +1,145 @@
+"""The zero-shot CLIP family: room classification and 1-6 scoring from prompt sets.
+
+One family serves two registry tasks. ``zero-shot-image-classification`` answers the most
+probable class with its top-k; ``scoring`` reads a 1..6 score (UAD C1-C6 / Q1-Q6) from the
+distribution over six ordered classes. Each class's text embedding is the normalised mean of its
+prompts' embeddings, computed once at load; after that the text tower is dropped and a batch is
+one vision forward plus one matrix product with the class embeddings.
+
+Preparation follows CLIP's own preprocessing (shortest side to the processor's size, bicubic,
+centre crop) but crops first, in one Pillow ``resize`` with a source box: the same pixels for a
+fraction of the work, and no giant intermediate for a panorama. Every image of a model has the
+same shape, so a batch is one stacked uint8 tensor, moved to the device once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from ray import serve
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+from core.registry import ModelSpec, Task
+from core.schemas import ModelInfo
+from deployments.images import DecodedImage
+from deployments.loading import checkpoint_source, model_version, pick_device, pick_dtype
+from deployments.runner import Prepared
+from deployments.serving import BatchedModel
+
+RESAMPLING = {int(r): r for r in Image.Resampling}
+
+
+def crop_box(width: int, height: int, shortest: int, crop_w: int, crop_h: int) -> tuple[float, ...]:
+    """The source region that "resize the shortest side to ``shortest``, then centre-crop
+    ``crop_w`` x ``crop_h``" keeps, in source pixels."""
+    scale = shortest / min(width, height)
+    box_w, box_h = min(crop_w / scale, width), min(crop_h / scale, height)
+    left, top = (width - box_w) / 2, (height - box_h) / 2
+    return (left, top, left + box_w, top + box_h)
+
+
+class ZeroShotClassifier:
+    """A CLIP checkpoint plus the registry's prompt sets; plain Python, for Serve and bare loops."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        source = checkpoint_source(spec)
+        self.spec = spec
+        self.device = pick_device()
+        self.dtype = pick_dtype(spec, self.device)
+        model = CLIPModel.from_pretrained(source, revision=spec.revision).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(source, revision=spec.revision)
+        processor = CLIPImageProcessorPil.from_pretrained(source, revision=spec.revision)
+
+        size, crop = processor.size, processor.crop_size
+        self.shortest = int(size.get("shortest_edge") or min(size["height"], size["width"]))
+        self.crop = (int(crop["width"]), int(crop["height"]))
+        self.resample = RESAMPLING.get(int(processor.resample), Image.Resampling.BICUBIC)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(processor.image_mean, device=self.device).view(shape) * 255.0
+        self.std = torch.tensor(processor.image_std, device=self.device).view(shape) * 255.0
+
+        commit = getattr(model.config, "_commit_hash", None)
+        model.to(self.device)
+        self.class_embeds = self._class_embeddings(model, tokenizer)  # fp32 [classes, dim]
+        self.logit_scale = float(model.logit_scale.detach().exp())
+        # Only the image tower runs per batch; the text tower is no longer needed.
+        self.vision = model.vision_model.to(self.device, self.dtype)
+        self.projection = model.visual_projection.to(self.device, self.dtype)
+        del model
+
+        self.labels = spec.labels
+        config = json.dumps({"classes": [c.model_dump() for c in spec.classes], "score": spec.score})
+        self.version = model_version(spec, commit, config)
+
+    @torch.inference_mode()
+    def _class_embeddings(self, model: CLIPModel, tokenizer: CLIPTokenizer) -> torch.Tensor:
+        """One unit vector per class: the normalised mean of its prompts' unit embeddings."""
+        embeds = []
+        for cls in self.spec.classes:
+            tokens = tokenizer(list(cls.prompts), padding=True, truncation=True, return_tensors="pt")
+            text = model.get_text_features(**tokens.to(self.device)).pooler_output.float()
+            mean = torch.nn.functional.normalize(text, dim=-1).mean(0)
+            embeds.append(torch.nn.functional.normalize(mean, dim=-1))
+        return torch.stack(embeds)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.spec.name, task=self.spec.task, version=self.version,
+            labels=self.labels, device=str(self.device),
+        )
+
+    def prepare(self, image: DecodedImage) -> Prepared:
+        height, width = image.pixels.shape[:2]
+        box = crop_box(width, height, self.shortest, *self.crop)
+        pixels = Image.fromarray(image.pixels).resize(self.crop, self.resample, box=box)
+        return Prepared(np.asarray(pixels), image.width, image.height)
+
+    @torch.inference_mode()
+    def probabilities(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC on the host → class probabilities [batch, classes] on the host."""
+        batch = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        batch = ((batch - self.mean) / self.std).to(self.dtype)
+        features = self.projection(self.vision(pixel_values=batch).pooler_output).float()
+        features = torch.nn.functional.normalize(features, dim=-1)
+        logits = self.logit_scale * features @ self.class_embeds.T
+        return logits.softmax(-1).cpu()  # the batch's only device-to-host copy and sync
+
+    def run(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+        probs = self.probabilities(np.stack([p.pixels for p in batch])).tolist()
+        if self.spec.task is Task.SCORING:
+            return [self._score(row) for row in probs]
+        return [self._classify(row) for row in probs]
+
+    def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
+        return self.run([self.prepare(img) for img in images])
+
+    def _classify(self, probs: list[float]) -> dict[str, Any]:
+        order = sorted(range(len(probs)), key=lambda i: probs[i], reverse=True)
+        top = [{"label": self.labels[i], "confidence": round(probs[i], 6)} for i in order[: self.spec.top_k]]
+        return {"label": top[0]["label"], "confidence": top[0]["confidence"], "topK": top}
+
+    def _score(self, probs: list[float]) -> dict[str, Any]:
+        expected = sum((level + 1) * p for level, p in enumerate(probs))
+        if self.spec.score == "expected":
+            index = min(max(round(expected), 1), len(probs)) - 1
+        else:
+            index = max(range(len(probs)), key=lambda i: probs[i])
+        return {
+            "score": index + 1,
+            "label": self.labels[index],
+            "confidence": round(probs[index], 6),
+            "expected": round(expected, 4),
+            "distribution": [round(p, 6) for p in probs],
+        }
+
+
+@serve.deployment(max_ongoing_requests=64)
+class ZeroShotClassification(BatchedModel):
+    """Serve deployment for ``zero-shot-image-classification`` and ``scoring`` models."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._serve(ZeroShotClassifier(spec), spec)
