@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from core.schemas import ImageCreate, ImageRecord, ImageStatus, Wire
+from core.schemas import ImageCreate, ImageRecord, ImageStatus, ModelsAdd, Wire
 from serve_app.auth import Org
 from serve_app.context import ApiContext, context
-from serve_app.problems import invalid, not_found
+from serve_app.problems import Problem, invalid, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -80,3 +80,22 @@ async def get_image(image_id: str, org: Org, ctx: Ctx) -> ImageRecord:
     if record is None:
         raise not_found(f"image {image_id}")
     return record
+
+
+@router.post("/{image_id}/models", status_code=202, response_model=ImageRecord)
+async def add_models(image_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> ImageRecord:
+    """Run more models on an image. Only models it does not have yet run (in one transaction
+    with their job); when they finish, the webhook fires again as ``image.updated`` with every
+    result. An image that could not be loaded, or was canceled, answers 409."""
+    check_models(ctx, body.models)
+    record = await ctx.store.images.get(image_id, org)
+    if record is None:
+        raise not_found(f"image {image_id}")
+    if record.error is not None or record.status is ImageStatus.CANCELED:
+        reason = "was canceled" if record.error is None else f"failed to load ({record.error.code})"
+        raise Problem(409, "image-not-runnable", "The image cannot run more models",
+                      f"image {image_id} {reason}; submit it again")
+    outcome = await ctx.store.images.add_models(image_id, org, body.models)
+    if outcome is None:
+        raise not_found(f"image {image_id}")
+    return outcome[0]
