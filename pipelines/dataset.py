@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -118,10 +118,8 @@ async def _load_all(settings: Settings, urls: list[Any], concurrency: int, pool:
         await fetcher.aclose()
 
 
-def load_batch(batch: pa.Table, settings: Settings, options: PipelineOptions, emit_rows: int) -> Iterator[pa.Table]:
-    """Ray Data UDF: append pixels (or an error) to each row of ``batch``.
-
-    Yields blocks of ``emit_rows`` (the smallest model batch) so the model actors share them."""
+def load_batch(batch: pa.Table, settings: Settings, options: PipelineOptions) -> pa.Table:
+    """Ray Data UDF: append pixels (or an error) to each row of ``batch``."""
     clash = RESERVED.intersection(batch.column_names)
     if clash:
         raise ValueError(f"source columns {sorted(clash)} are reserved for the pipeline's output; rename them")
@@ -152,8 +150,7 @@ def load_batch(batch: pa.Table, settings: Settings, options: PipelineOptions, em
     }
     for name, column in columns.items():
         batch = batch.append_column(name, column)
-    for start in range(0, batch.num_rows, emit_rows):
-        yield batch.slice(start, emit_rows)
+    return batch
 
 
 # --- inference ----------------------------------------------------------------------------------
@@ -295,8 +292,9 @@ def loader_tasks(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
 
 
 def source_block_rows(rows: int | None, specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
-    """Rows per source block (= per loader task): a full fetch batch, or fewer when that spreads
-    a small input over every loader."""
+    """Rows per source block: a full fetch batch, or fewer when that spreads a small input over
+    every loader. A loader task's output stays one block, which one model actor then takes (in
+    batches of its size), so this is also the unit the model actors share."""
     if rows is None:
         return options.fetch_batch_size
     return max(1, min(options.fetch_batch_size, math.ceil(rows / loader_tasks(specs, options))))
@@ -318,10 +316,7 @@ def build_pipeline(
     options = options or PipelineOptions()
     ds = source.map_batches(
         load_batch,
-        fn_kwargs={
-            "settings": settings, "options": options,
-            "emit_rows": min(s.batching.max_batch_size for s in specs),
-        },
+        fn_kwargs={"settings": settings, "options": options},
         batch_size=source_block_rows(rows, specs, options),
         batch_format="pyarrow",
         compute=TaskPoolStrategy(size=loader_tasks(specs, options)),

@@ -88,9 +88,15 @@ def main(models_dir: str, report: str) -> None:
         registry.write_text(REGISTRY.format(models_dir=models_dir))
         urls = [host.put(f"/{i}.png", png_bytes(48, 32, seed=i)) for i in range(IMAGES)]
         settings = Settings(allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),), fetch_timeout_s=10)
+        # Both detectors are up before any image flows, and four loaders (a quarter CPU each, on
+        # the head) deliver batches of 8 at once, so the pool, which hands each batch to its
+        # least busy actor, has both at work.
+        options = PipelineOptions(
+            trace_nodes=True, fetch_batch_size=8, loader_cpus=0.25, wait_for_min_actors_s=120
+        )
         frame = bulk.run(
             urls, ["object_detection"], profile=str(registry), models_dir=models_dir, settings=settings,
-            progress=False, options=PipelineOptions(trace_nodes=True, fetch_batch_size=8, wait_for_min_actors_s=120),
+            progress=False, options=options,
         )
         Path(report).write_text(json.dumps({
             "statuses": frame["status"].value_counts().to_dict(),
