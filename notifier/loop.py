@@ -32,19 +32,17 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from redis.exceptions import RedisError
 
-from core.safe_http import safe_client
 from core.schemas import Attempt, Delivery, EndpointHealth, EndpointState, utcnow
 from core.settings import Settings
 from core.store import Store
 from core.store.endpoints import STATE_VALUE, endpoint_id
-from core.store.outbox import BreakerPolicy, Recorded
+from core.store.outbox import AttemptRecord, BreakerPolicy, Outbox, Recorded
 from core.urlpolicy import UrlPolicy
 from notifier.metrics import NotifierMetrics
 from notifier.retry import next_attempt_delay
-from notifier.sender import send_attempt
+from notifier.sender import policy_pool, send_attempt
 
 log = logging.getLogger("sightwire.notifier")
 
@@ -77,11 +75,7 @@ class DeliveryLoop:
         self.store.outbox.retention_s = settings.delivery_retention_s
         self.max_in_flight = max_in_flight or settings.notifier_max_in_flight
         self.endpoint_concurrency = endpoint_concurrency or settings.endpoint_concurrency
-        limits = httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight)
-        self.client = safe_client(
-            UrlPolicy.from_settings(settings), timeout=settings.webhook_timeout_s, follow_redirects=False,
-            limits=limits,
-        )
+        self.pool = policy_pool(UrlPolicy.from_settings(settings), max_connections=self.max_in_flight)
         self.breaker = BreakerPolicy(
             failure_threshold=settings.breaker_failure_threshold,
             cooldown_s=settings.breaker_cooldown_s,
@@ -102,6 +96,8 @@ class DeliveryLoop:
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_at = 0.0
+        self._starved = False  # the last claim had no room for everything due
+        self._recorder = Recorder(self.store.outbox, self.breaker)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,11 +115,11 @@ class DeliveryLoop:
 
     async def stop(self) -> None:
         """Cancel the loop and its sends (their leases expire, so they are retried later)."""
-        tasks = [*self._tasks, *self._sending.values(), *self._background]
+        tasks = [*self._tasks, *self._sending.values(), *self._background, *self._recorder.flushes]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.client.aclose()
+        await self.pool.aclose()
         await self.store.close()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -164,7 +160,8 @@ class DeliveryLoop:
         """Claim what may be sent now and start it; returns how long to wait at most."""
         poll = self.settings.notifier_poll_s
         budget = self.max_in_flight - len(self._sending)
-        if budget <= 0:
+        self._starved = budget <= 0
+        if self._starved:
             return poll  # a finishing send wakes the loop
         busy = {eid: self._cap(eid) - n for eid, n in self._active.items() if n > 0}
         for eid, cap in self._caps.items():
@@ -172,7 +169,8 @@ class DeliveryLoop:
         claim = await self.store.outbox.claim(
             utcnow(), self.settings.delivery_lease_s, budget, self.endpoint_concurrency, busy
         )
-        self.metrics.outcome("superseded", len(claim.superseded))
+        self.metrics.outcome("superseded", claim.superseded)
+        self._starved = len(claim.deliveries) >= budget  # maybe more is due: look again when a slot frees
         if claim.missing:
             log.warning("dropped %d outbox entries whose delivery record is gone", claim.missing)
         fresh = [d for d in claim.deliveries if d.id not in self._claimed]
@@ -207,10 +205,10 @@ class DeliveryLoop:
         self._active[eid] += 1
         task = asyncio.get_running_loop().create_task(self._deliver(delivery, recheck), name=f"deliver-{delivery.id}")
         self._sending[delivery.id] = task
-        task.add_done_callback(lambda _, d=delivery: self._finished(d))
+        task.add_done_callback(lambda t, d=delivery: self._finished(d, t))
         self.metrics.in_flight(len(self._sending))
 
-    def _finished(self, delivery: Delivery) -> None:
+    def _finished(self, delivery: Delivery, task: asyncio.Task[list[Delivery]]) -> None:
         eid = self._eid(delivery)
         key = (eid, delivery.resource_id)
         self._sending.pop(delivery.id, None)
@@ -222,8 +220,13 @@ class DeliveryLoop:
         parked = self._parked.pop(key, None)
         if parked is not None:
             self._start(parked, recheck=True)
+        successors = [] if task.cancelled() or task.exception() else task.result()
+        for successor in successors:
+            if successor.id not in self._claimed:
+                self._dispatch(successor)
         self.metrics.in_flight(len(self._sending))
-        self._wake.set()  # a slot is free, and an immediate retry may be due
+        if not successors or self._starved:
+            self._wake.set()  # a slot is free, and an immediate retry may be due
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -236,14 +239,16 @@ class DeliveryLoop:
 
     # -- one delivery -------------------------------------------------------------------------
 
-    async def _deliver(self, delivery: Delivery, recheck: bool) -> None:
+    async def _deliver(self, delivery: Delivery, recheck: bool) -> list[Delivery]:
+        """Send one delivery and record it; returns the endpoint's next due deliveries, leased
+        in the same step as the record (so a busy endpoint is fed without a separate claim)."""
         try:
             if recheck and await self.store.outbox.superseded_by(delivery.id):
                 await self._supersede(delivery)
-                return
+                return []
             secrets = await self._secrets_for(delivery.org_id)
             attempt = await send_attempt(
-                self.client, delivery, secrets, self.settings.webhook_timeout_s,
+                self.pool, delivery, secrets, self.settings.webhook_timeout_s,
                 self.settings.webhook_response_read_bytes,
             )
             self.metrics.latency(attempt.latency_ms)
@@ -254,9 +259,9 @@ class DeliveryLoop:
             raise
         except Exception:
             log.exception("delivery %s not recorded, retried after its lease", delivery.id)
-            return
+            return []
         if recorded is None:
-            return
+            return []
         self._adapt(self._eid(delivery), attempt, slowdown)
         self._note(delivery, recorded)
         if recorded.outcome == "delivered":
@@ -265,6 +270,7 @@ class DeliveryLoop:
             log.info("attempt %d of %s to %s: %s (%s); endpoint %s",
                      delivery.attempts + 1, delivery.id, delivery.url, recorded.outcome, attempt.error,
                      recorded.state.value if recorded.state else "?")
+        return recorded.next
 
     async def _record(
         self, delivery: Delivery, attempt: Attempt, next_at: datetime | None, slowdown: float
@@ -273,12 +279,16 @@ class DeliveryLoop:
         means the lease expires and the receiver gets the same message again."""
         deadline = time.monotonic() + self.settings.delivery_lease_s / 2
         pause = 0.1
+        eid = self._eid(delivery)
+        # The slot this send frees may go to the endpoint's next delivery, unless a parked update
+        # of the same resource takes it, or the endpoint's cap was lowered meanwhile.
+        room = min(self._cap(eid) - self._active[eid] + 1, self.max_in_flight - len(self._sending) + 1)
+        take_next = 1 if room >= 1 and (eid, delivery.resource_id) not in self._parked else 0
+        record = AttemptRecord(delivery, attempt, next_at, slowdown, attempt.status_code == 410, take_next,
+                               self.settings.delivery_lease_s)
         while True:
             try:
-                return await self.store.outbox.record_attempt(
-                    delivery, attempt, next_at, slowdown_s=slowdown, gone=attempt.status_code == 410,
-                    breaker=self.breaker,
-                )
+                return await self._recorder.record(record)
             except (RedisError, OSError) as exc:
                 if time.monotonic() + pause > deadline:
                     log.warning("delivery %s not recorded, retried after its lease: %s", delivery.id, exc)
@@ -360,3 +370,55 @@ class DeliveryLoop:
         """Fresh health of every endpoint this loop has sent to."""
         found = [await self.store.outbox.endpoints.get(eid) for eid in list(self.endpoints)]
         return [h for h in found if h is not None]
+
+
+class Recorder:
+    """Records finished attempts in as few Redis round trips as possible, each still its own
+    atomic script: at most one batch is on its way at a time, and attempts finishing meanwhile
+    go together in the next one (like Nagle's algorithm: no wait when idle, batches under load)."""
+
+    def __init__(self, outbox: Outbox, breaker: BreakerPolicy) -> None:
+        self._outbox = outbox
+        self._breaker = breaker
+        self._pending: list[tuple[AttemptRecord, asyncio.Future[Recorded]]] = []
+        self._flushing = False
+        self.flushes: set[asyncio.Task[None]] = set()
+
+    async def record(self, record: AttemptRecord) -> Recorded:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Recorded] = loop.create_future()
+        self._pending.append((record, future))
+        if not self._flushing:
+            self._flushing = True
+            task = loop.create_task(self._flush())
+            self.flushes.add(task)
+            task.add_done_callback(self.flushes.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._send(batch)
+        finally:
+            self._flushing = False  # no await between the last check and this: nothing is left behind
+
+    async def _send(self, batch: list[tuple[AttemptRecord, asyncio.Future[Recorded]]]) -> None:
+        try:
+            results = await self._outbox.record_attempts([r for r, _ in batch], self._breaker)
+        except Exception as exc:  # connection lost: every caller retries on its own
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

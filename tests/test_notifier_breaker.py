@@ -348,3 +348,57 @@ async def test_claim_drops_missing_records_and_record_applies_once(
     assert len(await outbox.attempts(kept.id)) == 2  # both attempts are in the log
     assert (await outbox.endpoint_health(org, url)).consecutive_failures == 1
     assert isinstance(await outbox.next_due_at(), datetime)
+
+
+async def attempt_count(store: Store, deliveries: list[Delivery]) -> int:
+    return sum([len(await store.outbox.attempts(d.id)) for d in deliveries])
+
+
+async def test_breaker_state_survives_a_notifier_restart(
+    iso_settings: Settings, iso_store: Store, org: str, start_loop: StartLoop
+) -> None:
+    """Open the breaker with one loop, stop it, start another: the new one finds the breaker
+    open in Redis and holds the deliveries until the cool-down ends, then probes once."""
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    options = {"breaker_failure_threshold": 2, "breaker_cooldown_s": 1.5, "breaker_max_cooldown_s": 3.0}
+    first = await start_loop(iso_settings, **options)
+    deliveries = [await queue(iso_store, org, url, n=i) for i in range(6)]
+
+    async def opened() -> bool:
+        return (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.OPEN
+
+    await wait_until(opened, timeout_s=5)
+    await first.stop()
+    attempts_before = await attempt_count(iso_store, deliveries)
+    await start_loop(iso_settings, **options)
+    await asyncio.sleep(0.5)  # well within the cool-down: nothing is attempted
+    assert await attempt_count(iso_store, deliveries) == attempts_before
+    health = await iso_store.outbox.endpoint_health(org, url)
+    assert health.state is EndpointState.OPEN and health.held == 6 and health.open_until is not None
+
+    async def probed() -> bool:
+        return await attempt_count(iso_store, deliveries) > attempts_before
+
+    await wait_until(probed, timeout_s=5)
+    await asyncio.sleep(0.3)
+    assert await attempt_count(iso_store, deliveries) == attempts_before + 1  # one probe
+    assert (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.OPEN  # it failed: open again
+
+
+async def test_failing_past_the_disable_window_disables(
+    iso_settings: Settings, iso_store: Store, org: str, start_loop: StartLoop
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    await start_loop(iso_settings, breaker_failure_threshold=2, breaker_cooldown_s=0.2,
+                     breaker_max_cooldown_s=0.2, endpoint_disable_after_s=1.0)
+    d = await queue(iso_store, org, url)
+
+    async def disabled() -> bool:
+        return (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.DISABLED
+
+    await wait_until(disabled, timeout_s=6)
+    health = await iso_store.outbox.endpoint_health(org, url)
+    assert health.disabled_reason == "failing" and health.held == 1
+    assert health.failing_since is not None and health.disabled_at is not None
+    assert (health.disabled_at - health.failing_since).total_seconds() >= 1.0
+    assert (await iso_store.outbox.get(d.id)).status is DeliveryStatus.PENDING  # type: ignore[union-attr]

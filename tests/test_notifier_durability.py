@@ -19,15 +19,14 @@ from core.settings import Settings
 from core.store import Store
 from core.tokens import new_id
 from serve_app.local import RedisServer
+from tests import test_notifier_delivery as base
 from tests.support.servers import Route, WebhookReceiver
-from tests.test_notifier_delivery import (  # noqa: F401 (fixtures)
-    StartNotifier,
-    actor_pid,
-    iso_settings,
-    iso_store,
-    start_notifier,
-    wait_until,
-)
+from tests.test_notifier_delivery import StartNotifier, actor_pid, wait_until
+
+# The same per-test prefix, store and actor fixtures as test_notifier_delivery.
+iso_settings = base.iso_settings
+iso_store = base.iso_store
+start_notifier = base.start_notifier
 
 METRICS = (
     "ray_sightwire_webhook_deliveries_total",

@@ -19,12 +19,14 @@ it are Unix seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from core.schemas import (
     Attempt,
@@ -93,7 +95,7 @@ local budget, dflt, retention = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(A
 local index = P .. ':outbox'
 local room = {}
 for i = 7, #ARGV, 2 do room[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local claimed, superseded, missing = {}, {}, 0
+local claimed, superseded, missing = {}, 0, 0
 for pass = 1, 4 do
   if budget <= 0 then break end
   local nfull = 0
@@ -105,58 +107,19 @@ for pass = 1, 4 do
     local f = room[eid] or dflt
     if f > 0 then
       worked = true
-      local ek = P .. ':ep:' .. eid
-      local dk = ek .. ':due'
-      local e = redis.call('HMGET', ek, 'state', 'open_until', 'slow_until', 'probe_until')
+      local e = redis.call('HMGET', P .. ':ep:' .. eid, 'state', 'open_until', 'slow_until', 'probe_until')
       local state = e[1]
       local blocked = (not state) or state == 'disabled'
         or (state == 'open' and num(e[2]) > now)
         or (state == 'half_open' and num(e[4]) > now)
         or num(e[3]) > now
-      local n = 0
       if not blocked then
         local probing = state == 'open' or state == 'half_open'
         local take = math.min(f, budget)
-        local ids
-        if probing then
-          take = 1
-          ids = redis.call('ZRANGE', dk, 0, 15)
-        else
-          ids = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, take + 16)
-        end
-        for _, id in ipairs(ids) do
-          if n >= take then break end
-          local dkey = P .. ':dlv:' .. id
-          local d = redis.call('HMGET', dkey, 'status', 'superseded_by', 'lease_until')
-          if not d[1] then
-            redis.call('ZREM', dk, id)
-            missing = missing + 1
-          elseif d[1] ~= 'pending' or (d[2] and d[2] ~= '') then
-            if d[1] == 'pending' then
-              redis.call('HSET', dkey, 'status', 'superseded', 'next_attempt_at', '')
-              if retention > 0 then
-                redis.call('EXPIRE', dkey, retention)
-                redis.call('EXPIRE', dkey .. ':attempts', retention)
-              end
-              superseded[#superseded + 1] = id
-            end
-            redis.call('ZREM', dk, id)
-          elseif num(d[3]) <= now then
-            redis.call('ZADD', dk, lease, id)
-            redis.call('HSET', dkey, 'lease_until', lease)
-            claimed[#claimed + 1] = eid
-            claimed[#claimed + 1] = id
-            n = n + 1
-          end
-        end
-        if probing then
-          if n > 0 then
-            redis.call('HSET', ek, 'state', 'half_open', 'probe', claimed[#claimed], 'probe_until', lease)
-          end
-          room[eid] = 0
-        else
-          room[eid] = f - n
-        end
+        if probing then take = 1 end
+        local n, sup, miss = take_due(P, eid, now, lease, take, probing, retention, claimed)
+        superseded, missing = superseded + sup, missing + miss
+        if probing then room[eid] = 0 else room[eid] = f - n end
         budget = budget - n
       end
       reindex(P, index, eid, now)
@@ -180,7 +143,8 @@ return {claimed, superseded, nxt, missing}
 RECORD = LUA_COMMON + """
 -- ARGV: 1 prefix, 2 id, 3 eid, 4 expected attempts, 5 attempt json, 6 now, 7 succeeded (1/0),
 --       8 status code, 9 error, 10 retry at ('' = schedule exhausted), 11 slow-down seconds,
---       12 gone (1/0), 13 threshold, 14 cooldown, 15 max cooldown, 16 disable after, 17 retention
+--       12 gone (1/0), 13 threshold, 14 cooldown, 15 max cooldown, 16 disable after, 17 retention,
+--       18 how many next deliveries of the endpoint to lease in the same step, 19 their lease end
 local P, id, eid, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
 local retention = tonumber(ARGV[17])
 local dkey = P .. ':dlv:' .. id
@@ -190,11 +154,11 @@ local index = P .. ':outbox'
 local d = redis.call('HMGET', dkey, 'status', 'attempts', 'superseded_by', 'resource_id')
 if not d[1] then
   redis.call('ZREM', dk, id)
-  return {'missing', '', 0}
+  return {'missing', '', 0, {}}
 end
 redis.call('RPUSH', dkey .. ':attempts', ARGV[5])
 if d[1] ~= 'pending' or tonumber(d[2]) ~= tonumber(ARGV[4]) then
-  return {'stale', redis.call('HGET', ek, 'state') or 'closed', redis.call('ZCARD', dk)}
+  return {'stale', redis.call('HGET', ek, 'state') or 'closed', redis.call('ZCARD', dk), {}}
 end
 redis.call('HSET', dkey, 'attempts', tonumber(d[2]) + 1, 'lease_until', '',
   'last_status_code', ARGV[8], 'last_error', ARGV[9])
@@ -268,8 +232,13 @@ if outcome ~= 'retrying' and outcome ~= 'held' then
     redis.call('EXPIRE', dkey .. ':attempts', retention)
   end
 end
+local nxt = {}
+local take = tonumber(ARGV[18])
+if take > 0 and state == 'closed' and num(redis.call('HGET', ek, 'slow_until')) <= now then
+  take_due(P, eid, now, ARGV[19], take, false, retention, nxt)
+end
 reindex(P, index, eid, now)
-return {outcome, state, redis.call('ZCARD', dk)}
+return {outcome, state, redis.call('ZCARD', dk), nxt}
 """
 
 # Redeliver now (the API's retry). Refused for a superseded delivery, one being sent, and an
@@ -350,10 +319,14 @@ def _record_fields(delivery: Delivery) -> list[str]:
     return flat
 
 
-def delivery_from_hash(raw: dict[bytes, bytes]) -> Delivery | None:
+def delivery_from_hash(raw: dict[bytes, bytes] | bytes) -> Delivery | None:
+    """A delivery from its hash: ``HGETALL``, or the JSON object a script returns."""
     if not raw:
         return None
-    fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+    if isinstance(raw, bytes):
+        fields: dict[str, Any] = json.loads(raw)
+    else:
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
     for key in _TIME_FIELDS:
         value = fields.get(key)
         fields[key] = datetime.fromtimestamp(float(value), UTC) if value else None
@@ -363,15 +336,34 @@ def delivery_from_hash(raw: dict[bytes, bytes]) -> Delivery | None:
     return Delivery.model_validate(fields)
 
 
+def _leased(flat: list[Any]) -> list[Delivery]:
+    """Deliveries a script leased, returned as ``[eid, record JSON, eid, record JSON, …]``."""
+    found = (delivery_from_hash(flat[i + 1]) for i in range(0, len(flat), 2))
+    return [d for d in found if d is not None]
+
+
 @dataclass
 class Claim:
-    """What one claim took: deliveries by endpoint, deliveries found superseded, and when the
-    next endpoint with room to send becomes due (``None``: nothing is scheduled)."""
+    """What one claim took: the leased deliveries, how many waiting ones were found superseded,
+    and when the next endpoint with room to send becomes due (``None``: nothing is scheduled)."""
 
     deliveries: list[Delivery]
-    superseded: list[str]
+    superseded: int
     next_due: datetime | None
     missing: int
+
+
+@dataclass
+class AttemptRecord:
+    """One finished attempt to record (``Outbox.record_attempt`` explains the fields)."""
+
+    delivery: Delivery
+    attempt: Attempt
+    next_at: datetime | None
+    slowdown_s: float = 0.0
+    gone: bool = False
+    take_next: int = 0
+    lease_s: float = 60.0
 
 
 @dataclass
@@ -383,6 +375,7 @@ class Recorded:
     outcome: str
     state: EndpointState | None
     pending: int
+    next: list[Delivery] = field(default_factory=list)  # leased in the same step (``take_next``)
 
 
 class Outbox:
@@ -444,10 +437,11 @@ class Outbox:
             next_attempt_at=now,
             endpoint_id=eid,
         )
-        # Queued in the caller's pipeline (the pipeline loads the script before its EXEC).
-        pipe.scripts.add(self._enqueue)
-        pipe.evalsha(
-            self._enqueue.sha, 0, self.prefix, delivery.id, eid, resource_id, _ts(now), org, url,
+        # Queued in the caller's transaction as EVAL with the script's text: Redis runs its cached
+        # compilation, and, unlike EVALSHA, it can never fail with NOSCRIPT inside the EXEC (where
+        # the rest of the transaction would still commit), so no SCRIPT EXISTS round trip first.
+        pipe.eval(
+            ENQUEUE, 0, self.prefix, delivery.id, eid, resource_id, _ts(now), org, url,
             self.retention_s, *_record_fields(delivery),
         )
         return delivery
@@ -459,18 +453,15 @@ class Outbox:
         gives the room left to endpoints with sends in flight). Entries whose record is gone are
         dropped from the queue; waiting deliveries marked superseded are finished as such."""
         if budget <= 0:
-            return Claim([], [], await self.next_due_at(), 0)
+            return Claim([], 0, await self.next_due_at(), 0)
         pairs: list[Any] = []
         for eid, room in busy.items():
             pairs += [eid, room]
         claimed, superseded, nxt, missing = await self._claim(
             args=[self.prefix, _ts(now), _ts(now) + lease_s, budget, endpoint_room, self.retention_s, *pairs]
         )
-        ids = [claimed[i + 1].decode() for i in range(0, len(claimed), 2)]
-        deliveries = await self.get_many(ids)
         next_due = datetime.fromtimestamp(float(nxt), UTC) if nxt else None
-        return Claim([d for d in deliveries if d is not None], [s.decode() for s in superseded], next_due,
-                     int(missing))
+        return Claim(_leased(claimed), int(superseded), next_due, int(missing))
 
     async def next_due_at(self) -> datetime | None:
         """When the first endpoint has something due (its breaker and slow-down applied)."""
@@ -527,27 +518,60 @@ class Outbox:
         slowdown_s: float = 0.0,
         gone: bool = False,
         breaker: BreakerPolicy | None = None,
+        take_next: int = 0,
+        lease_s: float = 60.0,
     ) -> Recorded:
         """Log the attempt and apply it: the delivery's new state, its retry (``next_at``;
         ``None`` when the schedule is exhausted) and the endpoint's breaker, in one atomic step.
+        With ``take_next``, also lease up to that many due deliveries of the same endpoint (if its
+        breaker is closed and it is not slowed down): a sender's next work without a claim.
 
         Applied only if the delivery is still pending with ``delivery.attempts`` attempts;
         ``delivery`` itself is not modified."""
+        record = AttemptRecord(delivery, attempt, next_at, slowdown_s, gone, take_next, lease_s)
+        [result] = await self.record_attempts([record], breaker)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def record_attempts(
+        self, records: list[AttemptRecord], breaker: BreakerPolicy | None = None
+    ) -> list[Recorded | BaseException]:
+        """``record_attempt`` for many attempts in one round trip (each its own atomic script);
+        a script's error is returned in its place, a connection error raises."""
         policy = breaker or BreakerPolicy()
-        eid = delivery.endpoint_id or endpoint_id(delivery.org_id, delivery.url)
-        outcome, state, pending = await self._record(
-            args=[
-                self.prefix, delivery.id, eid, delivery.attempts, attempt.to_json(), _ts(attempt.at),
-                1 if attempt.succeeded else 0,
+        argvs = []
+        for r in records:
+            d, attempt = r.delivery, r.attempt
+            argvs.append([
+                self.prefix, d.id, d.endpoint_id or endpoint_id(d.org_id, d.url), d.attempts,
+                attempt.to_json(), _ts(attempt.at), 1 if attempt.succeeded else 0,
                 attempt.status_code if attempt.status_code is not None else "",
                 attempt.error or "",
-                _ts(next_at) if next_at is not None else "",
-                slowdown_s, 1 if gone else 0,
+                _ts(r.next_at) if r.next_at is not None else "",
+                r.slowdown_s, 1 if r.gone else 0,
                 policy.failure_threshold, policy.cooldown_s, policy.max_cooldown_s, policy.disable_after_s,
-                self.retention_s,
-            ]
-        )
-        return Recorded(outcome.decode(), EndpointState(state.decode()) if state else None, int(pending))
+                self.retention_s, r.take_next, _ts(attempt.at) + r.lease_s,
+            ])
+        # EVALSHA without the pipeline's SCRIPT EXISTS round trip: a script Redis does not know
+        # (after a restart) answers NOSCRIPT without running, and is run again through the
+        # Script object, which loads it.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for argv in argvs:
+                pipe.evalsha(self._record.sha, 0, *argv)
+            replies = await pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                replies[i] = await self._record(args=argvs[i])
+        results: list[Recorded | BaseException] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                results.append(reply)
+                continue
+            outcome, state, pending, nxt = reply
+            results.append(Recorded(outcome.decode(), EndpointState(state.decode()) if state else None,
+                                    int(pending), _leased(nxt)))
+        return results
 
     async def retry(self, delivery: Delivery, now: datetime) -> str:
         """Make ``delivery`` due now: ``ok``, or why not (``superseded``, ``in_flight``,
