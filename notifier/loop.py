@@ -51,6 +51,7 @@ SECRETS_TTL_S = 1.0  # how stale a signing secret may be (rotation keeps the old
 SLOWDOWN_STATUSES = frozenset({429, 502, 503, 504})
 METRICS_REFRESH_S = 5.0
 WAKE_WAIT_S = 1.0
+STOP_STEP_S = 10.0
 
 
 class DeliveryLoop:
@@ -95,6 +96,7 @@ class DeliveryLoop:
         self._secrets: dict[str, tuple[float, list[str]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._metrics_at = 0.0
         self._starved = False  # the last claim had no room for everything due
         self._recorder = Recorder(self.store.outbox, self.breaker)
@@ -115,26 +117,32 @@ class DeliveryLoop:
 
     async def stop(self) -> None:
         """Cancel the loop and its sends (their leases expire, so they are retried later)."""
+        self._stopping = True  # and no new sends start from here on
         tasks = [*self._tasks, *self._sending.values(), *self._background, *self._recorder.flushes]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.pool.aclose()
-        await self.store.close()
+        for step in (asyncio.gather(*tasks, return_exceptions=True), self.pool.aclose(), self.store.close()):
+            try:
+                async with asyncio.timeout(STOP_STEP_S):
+                    await step
+            except TimeoutError:
+                log.warning("notifier stop: a step took over %ss; going on", STOP_STEP_S)
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
         log.info("notifier loop started (prefix %s)", self.settings.key_prefix)
-        while True:
+        while not self._stopping:
             try:
                 timeout = await self._claim()
                 if time.monotonic() - self._metrics_at > METRICS_REFRESH_S:
                     await self._refresh_endpoints()
             except (RedisError, OSError) as exc:
+                _reraise_cancellation(exc)
                 log.warning("outbox unavailable: %s", exc)
                 timeout = self.settings.notifier_poll_s
-            except Exception:
+            except Exception as exc:
+                _reraise_cancellation(exc)
                 log.exception("notifier loop iteration failed")
                 timeout = self.settings.notifier_poll_s
             try:
@@ -147,12 +155,13 @@ class DeliveryLoop:
     async def _waker(self) -> None:
         """Turn the outbox's wake tokens (pushed by every enqueue) into an immediate claim."""
         key = self.store.outbox.ep_keys.wake
-        while True:
+        while not self._stopping:
             try:
                 async with asyncio.timeout(WAKE_WAIT_S + 5):
                     if await self.store.redis.blpop([key], timeout=WAKE_WAIT_S):
                         self._wake.set()
             except (RedisError, OSError, TimeoutError) as exc:
+                _reraise_cancellation(exc)  # redis-py can turn a cancelled read into an error
                 log.debug("wake list unavailable: %s", exc)
                 await asyncio.sleep(self.settings.notifier_poll_s)
 
@@ -199,6 +208,8 @@ class DeliveryLoop:
             self._spawn(self._supersede(older))
 
     def _start(self, delivery: Delivery, recheck: bool = False) -> None:
+        if self._stopping:
+            return  # its lease ends and it is sent after the restart
         eid = self._eid(delivery)
         self._claimed.add(delivery.id)
         self._busy.add((eid, delivery.resource_id))
@@ -208,7 +219,7 @@ class DeliveryLoop:
         task.add_done_callback(lambda t, d=delivery: self._finished(d, t))
         self.metrics.in_flight(len(self._sending))
 
-    def _finished(self, delivery: Delivery, task: asyncio.Task[list[Delivery]]) -> None:
+    def _finished(self, delivery: Delivery, task: asyncio.Task[tuple[list[Delivery], bool]]) -> None:
         eid = self._eid(delivery)
         key = (eid, delivery.resource_id)
         self._sending.pop(delivery.id, None)
@@ -220,13 +231,13 @@ class DeliveryLoop:
         parked = self._parked.pop(key, None)
         if parked is not None:
             self._start(parked, recheck=True)
-        successors = [] if task.cancelled() or task.exception() else task.result()
+        successors, fed = ([], False) if task.cancelled() or task.exception() else task.result()
         for successor in successors:
             if successor.id not in self._claimed:
                 self._dispatch(successor)
         self.metrics.in_flight(len(self._sending))
-        if not successors or self._starved:
-            self._wake.set()  # a slot is free, and an immediate retry may be due
+        if not fed or self._starved:
+            self._wake.set()  # a slot is free for whatever else is due, and a retry may be due soon
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -239,13 +250,15 @@ class DeliveryLoop:
 
     # -- one delivery -------------------------------------------------------------------------
 
-    async def _deliver(self, delivery: Delivery, recheck: bool) -> list[Delivery]:
-        """Send one delivery and record it; returns the endpoint's next due deliveries, leased
-        in the same step as the record (so a busy endpoint is fed without a separate claim)."""
+    async def _deliver(self, delivery: Delivery, recheck: bool) -> tuple[list[Delivery], bool]:
+        """Send one delivery and record it. Returns the endpoint's next due deliveries, leased
+        in the same step as the record (so a busy endpoint is fed without a separate claim), and
+        whether that settles what this slot does next; if not (no successor was asked for, or
+        the attempt failed and its retry changes when to look), the loop looks for work."""
         try:
             if recheck and await self.store.outbox.superseded_by(delivery.id):
                 await self._supersede(delivery)
-                return []
+                return [], False
             secrets = await self._secrets_for(delivery.org_id)
             attempt = await send_attempt(
                 self.pool, delivery, secrets, self.settings.webhook_timeout_s,
@@ -254,14 +267,15 @@ class DeliveryLoop:
             self.metrics.latency(attempt.latency_ms)
             slowdown = self._slowdown(attempt)
             next_at = None if attempt.succeeded else self._retry_at(delivery.attempts + 1, slowdown)
-            recorded = await self._record(delivery, attempt, next_at, slowdown)
+            recorded, asked_next = await self._record(delivery, attempt, next_at, slowdown)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            _reraise_cancellation(exc)
             log.exception("delivery %s not recorded, retried after its lease", delivery.id)
-            return []
+            return [], False
         if recorded is None:
-            return []
+            return [], False
         self._adapt(self._eid(delivery), attempt, slowdown)
         self._note(delivery, recorded)
         if recorded.outcome == "delivered":
@@ -270,13 +284,14 @@ class DeliveryLoop:
             log.info("attempt %d of %s to %s: %s (%s); endpoint %s",
                      delivery.attempts + 1, delivery.id, delivery.url, recorded.outcome, attempt.error,
                      recorded.state.value if recorded.state else "?")
-        return recorded.next
+        return recorded.next, asked_next and recorded.outcome == "delivered"
 
     async def _record(
         self, delivery: Delivery, attempt: Attempt, next_at: datetime | None, slowdown: float
-    ) -> Recorded | None:
+    ) -> tuple[Recorded | None, bool]:
         """Record the attempt, retrying through a short Redis outage (a restart): giving up
-        means the lease expires and the receiver gets the same message again."""
+        (``None``) means the lease expires and the receiver gets the same message again. The
+        flag says whether the endpoint's next due delivery was asked for in the same step."""
         deadline = time.monotonic() + self.settings.delivery_lease_s / 2
         pause = 0.1
         eid = self._eid(delivery)
@@ -288,11 +303,12 @@ class DeliveryLoop:
                                self.settings.delivery_lease_s)
         while True:
             try:
-                return await self._recorder.record(record)
+                return await self._recorder.record(record), bool(take_next)
             except (RedisError, OSError) as exc:
-                if time.monotonic() + pause > deadline:
+                _reraise_cancellation(exc)
+                if self._stopping or time.monotonic() + pause > deadline:
                     log.warning("delivery %s not recorded, retried after its lease: %s", delivery.id, exc)
-                    return None
+                    return None, False
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
 
@@ -370,6 +386,14 @@ class DeliveryLoop:
         """Fresh health of every endpoint this loop has sent to."""
         found = [await self.store.outbox.endpoints.get(eid) for eid in list(self.endpoints)]
         return [h for h in found if h is not None]
+
+
+def _reraise_cancellation(exc: BaseException) -> None:
+    """A task being cancelled must stop, even when the cancellation surfaced as another error
+    (redis-py reports a read cut short by cancellation as a connection error)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 class Recorder:
