@@ -8,6 +8,8 @@ timeout. Work is idempotent: models that already have a result are not run again
 A model call that fails because its replica died or is unavailable (Serve is replacing it) is
 retried a bounded number of times: inference is pure, so a retry is safe, and the image does not
 lose a model to a replica crash. Each model has its own deadline (registry ``timeout_s``).
+A decoded image is put in the object store once and goes to every model by reference; calls to
+one model are coalesced into multi-image requests under load (``deployments.model_client``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import ray
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.remote_function import RemoteFunction
@@ -31,6 +34,7 @@ from core.schemas import ErrorCode, ErrorInfo, ImageStatus, ModelResult, ModelSt
 from core.settings import Settings
 from core.store import Job, Store
 from deployments.images import DecodedImage, ImageFetcher, load_image
+from deployments.model_client import ModelClient
 from notifier import notifier_handle
 
 log = logging.getLogger("sightwire.processor")
@@ -51,6 +55,21 @@ def model_timeouts(settings: Settings) -> dict[str, float]:
     return {name: spec.timeout_s or settings.model_timeout_s for name, spec in registry.models.items()}
 
 
+def model_clients(settings: Settings, models: dict[str, DeploymentHandle]) -> dict[str, ModelClient]:
+    """A coalescing client per model: requests of up to a batch, two in flight per replica."""
+    try:
+        specs = load_registry(settings.models, settings.models_dir).models
+    except FileNotFoundError:
+        specs = {}
+    clients = {}
+    for name, handle in models.items():
+        spec = specs.get(name)
+        batch = spec.batching.max_batch_size if spec else 8
+        replicas = spec.autoscaling.max_replicas if spec else 1
+        clients[name] = ModelClient(handle, max_images=batch, max_in_flight=2 * replicas)
+    return clients
+
+
 class Processor:
     """The processing loop itself, independent of Serve so it can be run and tested directly."""
 
@@ -67,6 +86,7 @@ class Processor:
         self.bulk = bulk
         self.timeouts = model_timeouts(settings) if timeouts is None else timeouts
         self.model_retries: Counter[str] = Counter()  # calls retried after a replica died, per model
+        self.clients = model_clients(settings, models)
         self.notifier = notifier
         self.store = Store.from_settings(settings)
         self.fetcher = ImageFetcher.from_settings(settings)
@@ -157,9 +177,10 @@ class Processor:
             await self.store.images.write_image_error(image_id, failure.info())
             return
         await self.store.images.mark_started(image_id, image.width, image.height)
-        await asyncio.gather(*(self._run_model(image_id, name, image) for name in models))
+        shared = ray.put(image)  # one object-store copy, read by every model
+        await asyncio.gather(*(self._run_model(image_id, name, shared) for name in models))
 
-    async def _run_model(self, image_id: str, name: str, image: DecodedImage) -> None:
+    async def _run_model(self, image_id: str, name: str, image: DecodedImage | ray.ObjectRef) -> None:
         """Run one model and write its result the moment it is ready; a failure stays local."""
         timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
         try:
@@ -176,7 +197,7 @@ class Processor:
             result = self._failed(ErrorCode.MODEL_FAILED, f"{name}: {type(exc).__name__}: {exc}"[:500])
         await self.store.images.write_model_result(image_id, name, result)
 
-    async def _call_model(self, name: str, image: DecodedImage) -> dict[str, Any]:
+    async def _call_model(self, name: str, image: DecodedImage | ray.ObjectRef) -> dict[str, Any]:
         """One model call, retried while its replica is dead or unavailable (bounded).
 
         A replica killed mid-batch fails its in-flight requests with ``RayActorError``; Serve
@@ -184,7 +205,7 @@ class Processor:
         model itself raises are not retried: they would fail again."""
         for attempt in range(1, MODEL_ATTEMPTS + 1):
             try:
-                return await self.models[name].predict.remote(image)
+                return await self.clients[name].predict(image)
             except RETRYABLE_MODEL_ERRORS as exc:
                 if attempt == MODEL_ATTEMPTS:
                     raise

@@ -228,7 +228,8 @@ async def test_model_replica_killed_mid_batch_loses_no_image(
 
     async def other_client(stop: asyncio.Event) -> None:
         """Six requests of another client always in flight: the replica's queue stays deep, so
-        each request spends a few batches in it (its 16 slots hold these and the processor's 8)."""
+        each request spends a few batches in it (its 16 slots hold these and the processor's
+        coalesced requests, at most 2 x max_replicas = 4 of them)."""
         async def one() -> None:
             while not stop.is_set():
                 with contextlib.suppress(Exception):  # those in flight at the kill fail: fine
@@ -244,10 +245,11 @@ async def test_model_replica_killed_mid_batch_loses_no_image(
                     for i in range(24)]
             ids = [created["id"] for created in
                    await asyncio.gather(*(submit(api, api_key, url=url, models=models) for url in urls))]
-            # Kill once the replica holds the processor's requests too. (get_num_ongoing_requests
-            # is the replica actor's own queue-length probe, the one Serve's router uses.)
+            # Kill once the replica holds a request of the processor too (more than the other
+            # client's six). get_num_ongoing_requests is the replica actor's own queue-length
+            # probe, the one Serve's router uses.
             deadline = time.monotonic() + 30
-            while await replica.get_num_ongoing_requests.remote() < 9 and time.monotonic() < deadline:  # noqa: ASYNC110
+            while await replica.get_num_ongoing_requests.remote() < 7 and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.002)
             ray.kill(replica, no_restart=True)
         finally:
