@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import Dataset
 
-from core.registry import BUILTIN_PROFILES, ModelSpec, load_registry
+from core.registry import BUILTIN_PROFILES, LOCAL_PROFILES, ModelSpec, load_registry
 from core.settings import RAY_NAMESPACE, Settings
 from pipelines.dataset import (
     ERROR_CODE,
@@ -69,12 +69,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 def resolve_models(
     models: str | Sequence[str] | None, profile: str, models_dir: Path, settings: Settings
 ) -> list[ModelSpec]:
-    """The registry specs for ``models`` (``None``: every model of the profile); builds the tiny
-    profile on first use (random weights, no network)."""
-    if profile == "tiny":
-        from deployments.tiny import ensure_tiny_profile
+    """The registry specs for ``models`` (``None``: every model of the profile); builds a local
+    profile (``tiny``, ``bench``: random weights, no network) on first use."""
+    if profile in LOCAL_PROFILES:
+        from deployments.tiny import ensure_local_profile
 
-        ensure_tiny_profile(models_dir)
+        ensure_local_profile(models_dir, profile)
     registry = load_registry(profile, models_dir)
     names = registry.names() if models is None else [models] if isinstance(models, str) else list(models)
     names = list(dict.fromkeys(names))
@@ -142,8 +142,9 @@ def run(
             ``url`` column (``id`` and other columns are passed through), a DataFrame, or a
             ``ray.data.Dataset``.
         models: registry model names (one name, a list, or ``None`` for all of the profile).
-        profile: ``tiny``, ``pretrained`` or a registry YAML path (default: ``settings.models``).
-        models_dir: where the tiny profile is built / ``${models_dir}`` points (default: settings).
+        profile: ``tiny``, ``bench``, ``pretrained`` or a registry YAML path (default:
+            ``settings.models``).
+        models_dir: where local profiles are built / ``${models_dir}`` points (default: settings).
         settings: Sightwire settings (URL policy, size limits); default ``Settings.from_env()``.
             Private addresses (e.g. loopback) are refused unless ``allow_private_cidrs`` lets them.
         output: a ``.parquet`` path: write every row there (streamed) and return a summary.

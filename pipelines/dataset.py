@@ -81,6 +81,10 @@ class PipelineOptions:
     # > 0: each model's pool waits (up to this long) for its minimum actors before any batch is
     # dispatched, so work spreads over all of them from the first batch (default: start at once).
     wait_for_min_actors_s: float = -1
+    # Decode images no larger than this side (default: Settings.max_image_side, as the API does).
+    # Down to the models' input size, JPEGs decode at a fraction of the cost (DCT scaling); the
+    # pixels then differ slightly from the API path's, so results may not match it bit for bit.
+    decode_side: int | None = None
 
 
 # --- fetch and decode ---------------------------------------------------------------------------
@@ -90,12 +94,15 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
 
 
-async def _load_all(settings: Settings, urls: list[Any], concurrency: int, pool: ThreadPoolExecutor) -> list[Any]:
+async def _load_all(
+    settings: Settings, urls: list[Any], options: PipelineOptions, pool: ThreadPoolExecutor
+) -> list[Any]:
     """Fetch (async, bounded) and decode (threads) every URL; a failure is returned, not raised."""
     from deployments.images import ImageFetcher, decode_image
 
+    side = min(options.decode_side or settings.max_image_side, settings.max_image_side)
     fetcher = ImageFetcher.from_settings(settings)
-    limit = asyncio.Semaphore(concurrency)
+    limit = asyncio.Semaphore(options.fetch_concurrency)
     loop = asyncio.get_running_loop()
 
     async def one(url: Any) -> Any:
@@ -104,9 +111,7 @@ async def _load_all(settings: Settings, urls: list[Any], concurrency: int, pool:
         try:
             async with limit:
                 data = await fetcher.fetch(url)
-            return await loop.run_in_executor(
-                pool, decode_image, data, settings.max_image_pixels, settings.max_image_side
-            )
+            return await loop.run_in_executor(pool, decode_image, data, settings.max_image_pixels, side)
         except Failure as failure:
             return failure
         except Exception as exc:  # whatever else goes wrong fails this image only
@@ -126,7 +131,7 @@ def load_batch(batch: pa.Table, settings: Settings, options: PipelineOptions) ->
     if URL not in batch.column_names:
         raise ValueError(f"the source has no {URL!r} column (columns: {batch.column_names})")
     with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode") as pool:
-        loaded = asyncio.run(_load_all(settings, batch[URL].to_pylist(), options.fetch_concurrency, pool))
+        loaded = asyncio.run(_load_all(settings, batch[URL].to_pylist(), options, pool))
     ok, pixels, ph, pw, width, height, codes, messages = [], [], [], [], [], [], [], []
     for item in loaded:
         good = not isinstance(item, Failure)
@@ -337,5 +342,6 @@ def build_pipeline(
     ds = ds.map_batches(
         finish_batch, fn_kwargs={"models": [s.name for s in specs]}, batch_format="pyarrow", num_cpus=0
     )
-    ds.context.wait_for_min_actors_s = options.wait_for_min_actors_s
+    if options.wait_for_min_actors_s > 0:
+        ds.context.wait_for_min_actors_s = options.wait_for_min_actors_s
     return ds
