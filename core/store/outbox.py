@@ -242,7 +242,7 @@ return {outcome, state, redis.call('ZCARD', dk), nxt}
 """
 
 # Redeliver now (the API's retry). Refused for a superseded delivery, one being sent, and an
-# endpoint that is disabled; an open breaker is asked to probe with this delivery at once.
+# endpoint that is disabled; an open breaker ends its cool-down, so it is probed at once.
 RETRY = LUA_COMMON + """
 -- ARGV: prefix, id, eid, now
 local P, id, eid, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])

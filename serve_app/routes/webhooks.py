@@ -126,7 +126,7 @@ async def retry_delivery(delivery_id: str, org: Org, ctx: Ctx) -> DeliveryLog:
 
     Refused (409) when a newer update of the same resource exists for the endpoint (it would
     arrive after it: retry the newer one), while it is being sent, and while the endpoint is
-    disabled (enable it first). An endpoint whose breaker is open is probed with it at once."""
+    disabled (enable it first). An endpoint whose breaker is open is probed at once."""
     outbox = ctx.store.outbox
     delivery = await outbox.get(delivery_id)
     if delivery is None or delivery.org_id != org:
