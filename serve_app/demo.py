@@ -100,7 +100,7 @@ def submit_and_verify(
     print(f"API ready at {stack.url}; created an API key for org 'demo'", flush=True)
     request = {
         "url": f"http://127.0.0.1:{image_port}/kitchen.jpg",
-        "models": ["object_detection"],
+        "models": ["object_detection", "room_classification", "condition_score", "quality_score"],
         "webhookUrl": f"http://127.0.0.1:{receiver_port}/hooks/sightwire",
         "metadata": {"listing": "demo-1"},
     }
