@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 
@@ -72,27 +72,36 @@ class ErrorCode(StrEnum):
     MODEL_TIMEOUT = "model_timeout"
 
 
+def _dedupe(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+# Model names in a request: one to 32, duplicates dropped (order kept).
+ModelNames = Annotated[list[str], Field(min_length=1, max_length=32), AfterValidator(_dedupe)]
+
+
 class ErrorInfo(Wire):
     code: ErrorCode
     message: str
 
 
-class ImageCreate(Wire):
-    """Body of ``POST /v1/images``. Length limits beyond these come from settings."""
+class Submission(Wire):
+    """What every submission names: the models, where and which webhooks go, the client's data.
+    Length limits beyond these come from settings."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
-    models: list[str] = Field(min_length=1, max_length=32)
+    models: ModelNames
     webhook_url: str | None = None
     webhook_events: list[EventType] | None = None
     metadata: dict[str, Any] | None = None
     external_id: str | None = Field(default=None, max_length=256)
 
-    @field_validator("models")
-    @classmethod
-    def _unique_models(cls, models: list[str]) -> list[str]:
-        return list(dict.fromkeys(models))
+
+class ImageCreate(Submission):
+    """Body of ``POST /v1/images``."""
+
+    url: str = Field(min_length=1)
 
 
 class ModelResult(Wire):
@@ -150,12 +159,7 @@ class ModelsAdd(Wire):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: list[str] = Field(min_length=1, max_length=32)
-
-    @field_validator("models")
-    @classmethod
-    def _unique_models(cls, models: list[str]) -> list[str]:
-        return list(dict.fromkeys(models))
+    models: ModelNames
 
 
 class GroupImage(Wire):
@@ -176,19 +180,8 @@ class GroupImagesAdd(Wire):
     images: list[GroupImage] = Field(min_length=1)
 
 
-class GroupCreate(GroupImagesAdd):
+class GroupCreate(Submission, GroupImagesAdd):
     """Body of ``POST /v1/groups``: many images, one set of models, one webhook for the group."""
-
-    models: list[str] = Field(min_length=1, max_length=32)
-    webhook_url: str | None = None
-    webhook_events: list[EventType] | None = None
-    metadata: dict[str, Any] | None = None
-    external_id: str | None = Field(default=None, max_length=256)
-
-    @field_validator("models")
-    @classmethod
-    def _unique_models(cls, models: list[str]) -> list[str]:
-        return list(dict.fromkeys(models))
 
 
 class GroupCounts(Wire):
