@@ -26,7 +26,7 @@ class Store:
         self.keys = Keys(settings.key_prefix)
         self.accounts = Accounts(redis, self.keys)
         self.jobs = JobQueue(redis, self.keys)
-        self.outbox = Outbox(redis, self.keys, settings.webhook_payload_cap_bytes)
+        self.outbox = Outbox(redis, self.keys, settings.webhook_payload_cap_bytes, settings.delivery_retention_s)
         ledger = GroupLedger(redis, self.keys, self.outbox, settings.group_progress_interval_s)
         self.images = ImageStore(redis, self.keys, self.jobs, self.outbox, ledger)
         self.groups = GroupStore(redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold)
