@@ -1,0 +1,264 @@
+"""Images/s from ``POST /v1/images`` to the received webhook vs the same models in a bare loop.
+
+The whole stack runs locally with the ``bench`` profile (real architectures at mid-size shapes,
+random weights, built here; one replica per model with 1 CPU, so 1 torch thread each), a
+private redis-server, a loopback image host serving JPEG photos (640x480 and 800x533) and a
+loopback webhook receiver. Every image asks for ``--models`` (default: all four).
+
+* throughput: ``--images`` images are posted as fast as the API takes them; images/s is counted
+  from the first POST to the last webhook received (every webhook must say ``complete``);
+* latency at half load: images are posted open-loop at half that rate for ``--latency-seconds``;
+  each image's latency is POST sent -> its webhook received; p50 and p99 are reported;
+* bare: ``benchmarks.common.BareLoop`` per model (same batch sizes, ``--threads`` torch
+  threads, pre-decoded images), the models one after the other on the same batches; its
+  images/s (all models done) is the limit. Measured before and after the stack runs.
+
+ratio = end-to-end images/s / bare images/s; target >= 0.90.
+
+    .venv/bin/python -m benchmarks.bench_e2e [--images 240] [--models a,b] [--concurrency 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import ray
+
+from benchmarks.common import (
+    BareLoop,
+    bench_registry,
+    cpu_by_process,
+    cpu_delta,
+    decoded_images,
+    jpeg_variants,
+    machine,
+    percentile,
+    tree_cpu_seconds,
+)
+from core.settings import RAY_NAMESPACE, Settings
+from core.store import Store
+from serve_app.local import free_port
+from serve_app.stack import LocalStack
+
+TARGET = 0.90
+HOST = "127.0.0.1"
+
+
+class Receiver:
+    """A loopback webhook endpoint recording when each image's final webhook arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.statuses: dict[str, str] = {}
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                now = time.perf_counter()
+                data = json.loads(body)["data"]
+                with outer.lock:
+                    outer.arrived.setdefault(data["id"], now)
+                    outer.statuses[data["id"]] = data["status"]
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}/hook"
+
+    async def wait(self, ids: list[str], timeout_s: float) -> None:
+        deadline = time.perf_counter() + timeout_s
+        while not all(i in self.arrived for i in ids):
+            if time.perf_counter() > deadline:
+                missing = sum(i not in self.arrived for i in ids)
+                raise RuntimeError(f"{missing} of {len(ids)} webhooks missing after {timeout_s}s")
+            await asyncio.sleep(0.02)
+
+
+class ImageHost:
+    def __init__(self, images: list[bytes]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                body = images[int(self.path.strip("/").split(".")[0]) % len(images)]
+                self.send_response(200)
+                self.send_header("content-type", "image/jpeg")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, i: int) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}/{i}.jpg"
+
+
+async def post(client: httpx.AsyncClient, key: str, url: str, models: list[str], hook: str) -> tuple[str, float]:
+    sent = time.perf_counter()
+    response = await client.post("/v1/images", json={"url": url, "models": models, "webhookUrl": hook},
+                                 headers={"Authorization": f"Bearer {key}"})
+    response.raise_for_status()
+    return response.json()["id"], sent
+
+
+async def throughput(base: str, key: str, host: ImageHost, receiver: Receiver, models: list[str], count: int,
+                     concurrency: int, offset: int) -> float:
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        async def one(i: int) -> str:
+            async with limit:
+                return (await post(client, key, host.url(offset + i), models, receiver.url))[0]
+
+        started = time.perf_counter()
+        ids = await asyncio.gather(*(one(i) for i in range(count)))
+        await receiver.wait(ids, timeout_s=600)
+    elapsed = max(receiver.arrived[i] for i in ids) - started
+    failed = [receiver.statuses[i] for i in ids if receiver.statuses[i] != "complete"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} images did not complete: {set(failed)}")
+    return count / elapsed
+
+
+async def latency(base: str, key: str, host: ImageHost, receiver: Receiver, models: list[str], rate: float,
+                  seconds: float, offset: int) -> list[float]:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        tasks = []
+        started = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(post(client, key, host.url(offset + i), models, receiver.url)))
+        sent = await asyncio.gather(*tasks)
+        await receiver.wait([i for i, _ in sent], timeout_s=600)
+    return [receiver.arrived[i] - t for i, t in sent]
+
+
+def bare_rate(specs: dict, models: list[str], seconds: float, threads: int) -> tuple[float, dict[str, float], float]:
+    """All ``models`` on the same images, one after the other: images/s with every model done,
+    images/s per model, and CPU seconds per image (all models)."""
+    images = decoded_images(16)
+    per_model, cpu_per_image = {}, 0.0
+    for name in models:
+        loop = BareLoop(specs[name], images, threads)
+        wall, cpu = time.perf_counter(), tree_cpu_seconds()
+        per_model[name] = loop.predict_rate(seconds)
+        cpu_per_image += (tree_cpu_seconds() - cpu) / (per_model[name] * (time.perf_counter() - wall))
+    return 1.0 / sum(1.0 / r for r in per_model.values()), per_model, cpu_per_image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=240)
+    parser.add_argument("--models", default="object_detection,room_classification,condition_score,quality_score")
+    parser.add_argument("--concurrency", type=int, default=48, help="POSTs in flight in the throughput phase")
+    parser.add_argument("--processor-concurrency", type=int, default=48,
+                        help="images the processor works on at once (>= 2 x the largest batch, so batches fill)")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--bare-seconds", type=float, default=4.0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    print(f"machine: {machine()}")
+    specs = bench_registry()
+
+    bare_before, per_model_before, bare_cpu_before = bare_rate(specs, models, args.bare_seconds, args.threads)
+    rounded = {k: round(v, 1) for k, v in per_model_before.items()}
+    print(f"bare loop before: {bare_before:.2f} img/s (per model {rounded})", flush=True)
+
+    host = ImageHost(jpeg_variants(16))
+    receiver = Receiver()
+    ray.init(address="local", num_cpus=len(models) + 1, include_dashboard=False, log_to_driver=False,
+             namespace=RAY_NAMESPACE)
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings.from_env(
+            models="bench", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
+            processor_concurrency=args.processor_concurrency,
+        )
+        stack = LocalStack(settings, host=HOST, port=free_port(), embedded_redis=True).start()
+        try:
+            async def run() -> tuple[float, list[float]]:
+                store = Store.from_settings(stack.settings)
+                key = await store.accounts.create_api_key("bench-e2e")
+                await store.close()
+                await throughput(stack.url, key, host, receiver, models, 32, args.concurrency, offset=0)  # warm-up
+                before = cpu_by_process()
+                rate = await throughput(stack.url, key, host, receiver, models, args.images, args.concurrency,
+                                        offset=1000)
+                cpu.update(cpu_delta(before, cpu_by_process()))
+                print(f"end to end: {rate:.2f} img/s ({args.images} images, every model complete)", flush=True)
+                lat = await latency(stack.url, key, host, receiver, models, rate / 2, args.latency_seconds,
+                                    offset=100_000)
+                return rate, lat
+
+            cpu: dict[str, float] = {}
+            e2e, latencies = asyncio.run(run())
+        finally:
+            stack.stop()
+            ray.shutdown()
+    bare_after, per_model_after, bare_cpu_after = bare_rate(specs, models, args.bare_seconds, args.threads)
+    bare = (bare_before + bare_after) / 2
+    bare_cpu_ms = (bare_cpu_before + bare_cpu_after) / 2 * 1000
+    e2e_cpu_ms = sum(cpu.values()) * 1000 / args.images
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    summary = {
+        "benchmark": "e2e",
+        "ratio": round(e2e / bare, 3),
+        "target": TARGET,
+        "e2e_ips": round(e2e, 2),
+        "bare_ips": round(bare, 2),
+        "bare_runs": [round(bare_before, 2), round(bare_after, 2)],
+        "ratio_cpu": round(bare_cpu_ms / e2e_cpu_ms, 3),
+        "cpu_ms_per_image": round(e2e_cpu_ms, 1),
+        "bare_cpu_ms_per_image": round(bare_cpu_ms, 1),
+        "bare_per_model_ips": {k: round((per_model_before[k] + per_model_after[k]) / 2, 2) for k in models},
+        "half_load_per_s": round(e2e / 2, 2),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "latency_samples": len(latencies),
+        "cpu_ms_per_image_by_process": {
+            k: round(v * 1000 / args.images, 2) for k, v in sorted(cpu.items(), key=lambda x: -x[1])
+        },
+        "models": models,
+        "images": args.images,
+        "threads": args.threads,
+        "machine": machine(),
+    }
+    print(f"bare loop after: {bare_after:.2f} img/s")
+    print(f"CPU per image in the throughput phase ({sum(cpu.values()) * 1000 / args.images:.1f} ms in all):")
+    for label, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {seconds * 1000 / args.images:7.2f} ms  {label}")
+    print(f"latency at half load ({e2e / 2:.1f} img/s, {len(latencies)} images): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    print(f"CPU per image: end to end {e2e_cpu_ms:.1f} ms, bare loop {bare_cpu_ms:.1f} ms "
+          f"(ratio_cpu {summary['ratio_cpu']})")
+    print(f"ratio (end-to-end / bare loop) = {summary['ratio']} (target >= {TARGET})")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
