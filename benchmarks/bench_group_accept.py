@@ -142,7 +142,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="sightwire")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="sightwire")
     try:
         main()
     finally:

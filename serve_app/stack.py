@@ -62,7 +62,7 @@ class LocalStack:
         if self.settings.models in LOCAL_PROFILES:  # tiny, bench: built here, random weights
             ensure_local_profile(self.settings.models_dir, self.settings.models)
         if not ray.is_initialized():
-            ray.init(num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
+            ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
                      log_to_driver=False)
             self._owns_ray = True
         serve.start(http_options={"host": self.host, "port": self.port})
