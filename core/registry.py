@@ -10,6 +10,7 @@ text they are matched against are reviewed together, in one file. See ``docs/mod
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -79,6 +80,8 @@ class ModelSpec(Strict):
     checkpoint: str
     revision: str | None = None
     version: str | None = None
+    # The side the model reads images at (detection: its square input). Images are decoded with
+    # at least this much resolution and no more than a JPEG's DCT scaling saves for free.
     input_size: int = Field(512, ge=16, le=4096)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_detections: int = Field(100, ge=1)
@@ -121,6 +124,12 @@ class ModelSpec(Strict):
     @property
     def deployment_name(self) -> str:
         return f"model-{self.name}"
+
+
+def decode_min_side(specs: Iterable[ModelSpec]) -> int:
+    """The shortest side an image must keep when decoded for these models: their largest
+    ``input_size`` (0, no bound, for none)."""
+    return max((spec.input_size for spec in specs), default=0)
 
 
 class Registry(Strict):

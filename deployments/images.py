@@ -130,11 +130,14 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"[:MAX_REASON_CHARS]
 
 
-def decode_image(data: bytes, max_pixels: int, max_side: int) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int, max_side: int, min_side: int = 0) -> DecodedImage:
     """Decode untrusted bytes to RGB pixels no larger than ``max_side``; CPU-bound and sync.
 
     The format comes from the content, never from a Content-Type header. The pixel limit is
-    checked on the size the header declares, before anything is decoded.
+    checked on the size the header declares, before anything is decoded. ``min_side`` is the
+    shortest side the models need (``input_size``): a larger JPEG decodes at the largest DCT
+    reduction (1/2, 1/4, 1/8) that keeps its shortest side at least that long, for a fraction of
+    a full decode's CPU, and the models resize from there as they would from the full image.
     """
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
@@ -153,19 +156,21 @@ def decode_image(data: bytes, max_pixels: int, max_side: int) -> DecodedImage:
         if width < 1 or height < 1:
             raise Failure(ErrorCode.DECODE_FAILED, f"image declares an empty size {width}x{height}")
         try:
-            return _decode(image, width, height, max_side)
+            return _decode(image, width, height, max_side, min_side)
         except Exception as exc:  # truncated or corrupt data, whatever the parser raises
             raise Failure(ErrorCode.DECODE_FAILED, _reason(exc)) from None
 
 
-def _decode(image: Image.Image, width: int, height: int, max_side: int) -> DecodedImage:
+def _decode(image: Image.Image, width: int, height: int, max_side: int, min_side: int) -> DecodedImage:
     if image.getexif().get(ExifTags.Base.Orientation, 1) in SWAPPING_ORIENTATIONS:
         width, height = height, width
     scale = max_side / max(width, height)
+    if min_side > 0:
+        scale = min(scale, min_side / min(width, height))
     if scale < 1:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale directly; draft picks the smallest that is
-        # still at least the final size (a no-op for other formats). The box is square, so
-        # orientation does not matter.
+        # still at least this size in both dimensions (a no-op for other formats). Both bounds
+        # are symmetric in width and height, so orientation does not matter.
         image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
     ImageOps.exif_transpose(image, in_place=True)
     image = _to_rgb(image)
@@ -191,7 +196,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-async def load_image(fetcher: ImageFetcher, url: str, settings: Settings) -> DecodedImage:
+async def load_image(fetcher: ImageFetcher, url: str, settings: Settings, min_side: int = 0) -> DecodedImage:
     """Fetch, then decode in a worker thread so the event loop keeps serving other images."""
     data = await fetcher.fetch(url)
-    return await asyncio.to_thread(decode_image, data, settings.max_image_pixels, settings.max_image_side)
+    return await asyncio.to_thread(decode_image, data, settings.max_image_pixels, settings.max_image_side, min_side)

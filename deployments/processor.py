@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from core.failures import Failure
-from core.registry import load_registry
+from core.registry import ModelSpec, decode_min_side, load_registry
 from core.schemas import ErrorCode, ErrorInfo, ImageStatus, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.store import Job, Store
@@ -46,21 +46,21 @@ MODEL_RETRY_BACKOFF_S = 0.25
 RETRYABLE_MODEL_ERRORS = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
 
 
-def model_timeouts(settings: Settings) -> dict[str, float]:
-    """Each registry model's deadline: its ``timeout_s``, else ``settings.model_timeout_s``."""
+def model_specs(settings: Settings) -> dict[str, ModelSpec]:
+    """The registry's models; none when the registry file is absent (tests that pass handles)."""
     try:
-        registry = load_registry(settings.models, settings.models_dir)
+        return load_registry(settings.models, settings.models_dir).models
     except FileNotFoundError:
         return {}
-    return {name: spec.timeout_s or settings.model_timeout_s for name, spec in registry.models.items()}
 
 
-def model_clients(settings: Settings, models: dict[str, DeploymentHandle]) -> dict[str, ModelClient]:
+def model_timeouts(settings: Settings, specs: dict[str, ModelSpec]) -> dict[str, float]:
+    """Each registry model's deadline: its ``timeout_s``, else ``settings.model_timeout_s``."""
+    return {name: spec.timeout_s or settings.model_timeout_s for name, spec in specs.items()}
+
+
+def model_clients(specs: dict[str, ModelSpec], models: dict[str, DeploymentHandle]) -> dict[str, ModelClient]:
     """A coalescing client per model: requests of up to a batch, two in flight per replica."""
-    try:
-        specs = load_registry(settings.models, settings.models_dir).models
-    except FileNotFoundError:
-        specs = {}
     clients = {}
     for name, handle in models.items():
         spec = specs.get(name)
@@ -84,9 +84,10 @@ class Processor:
         self.settings = settings
         self.models = models
         self.bulk = bulk
-        self.timeouts = model_timeouts(settings) if timeouts is None else timeouts
+        self.specs = model_specs(settings)
+        self.timeouts = model_timeouts(settings, self.specs) if timeouts is None else timeouts
         self.model_retries: Counter[str] = Counter()  # calls retried after a replica died, per model
-        self.clients = model_clients(settings, models)
+        self.clients = model_clients(self.specs, models)
         self.notifier = notifier
         self.store = Store.from_settings(settings)
         self.fetcher = ImageFetcher.from_settings(settings)
@@ -172,7 +173,8 @@ class Processor:
 
     async def _run_models(self, image_id: str, url: str, models: list[str]) -> None:
         try:
-            image = await load_image(self.fetcher, url, self.settings)
+            min_side = decode_min_side(self.specs[name] for name in models if name in self.specs)
+            image = await load_image(self.fetcher, url, self.settings, min_side)
         except Failure as failure:
             await self.store.images.write_image_error(image_id, failure.info())
             return

@@ -15,9 +15,7 @@ and the per-request cost is about half that of ``httpx.AsyncClient``'s layers.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import ssl
-import sys
 import time
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -30,13 +28,6 @@ from core.safe_http import PolicyNetworkBackend
 from core.schemas import Attempt, Delivery, utcnow
 from core.urlpolicy import UrlPolicy
 from notifier.signing import signature_headers
-
-# httpcore asks ``import sniffio`` several times per request; when sniffio is not installed (it
-# is not in requirements.lock) each of those failed imports searches all of sys.path, which cost
-# more CPU than the HTTP exchange itself. A ``None`` entry makes the import fail at once, the
-# same ImportError httpcore already handles. (Installing sniffio is the other fix.)
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 USER_AGENT = "Sightwire-Webhooks/1"
 MAX_ERROR_CHARS = 500

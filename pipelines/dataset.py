@@ -1,14 +1,11 @@
 """The streaming bulk pipeline on Ray Data: fetch → decode → batched inference per model → rows.
 
     source rows (url, id, your columns)
-      │  map_batches(load_batch)            tasks: async SSRF-safe fetch, decode in threads
+      │  map_batches(LoadStage)             loader actors: async SSRF-safe fetch, decode in threads
       ▼
     rows + pixels (or an error code)
-      │  map_batches(ModelStage) per model  actor pool per model, sized from the registry
-      ▼
-    rows + one ModelResult per model        the last model drops the pixels
-      │  map_batches(finish)                status, error columns; internal columns dropped
-      ▼
+      │  map_batches(ModelStage) per model  actor pool per model, sized from the registry;
+      ▼                                     the last one also finishes the rows:
     url, id, status, width, height, error_code, error_message, <model>...
 
 Every stage works on one batch at a time and Ray Data streams batches through all stages with
@@ -26,8 +23,10 @@ stays stable whatever the model returns.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,10 +36,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
-from ray.data import ActorPoolStrategy, Dataset, TaskPoolStrategy
+from ray.data import ActorPoolStrategy, Dataset
 
 from core.failures import Failure
-from core.registry import ModelSpec
+from core.registry import ModelSpec, decode_min_side
 from core.schemas import ErrorCode, ErrorInfo, ModelResult, ModelStatus, image_status, utcnow
 from core.settings import Settings
 
@@ -67,24 +66,20 @@ MAX_MESSAGE_CHARS = 500
 class PipelineOptions:
     """Knobs of the pipeline; the defaults suit one machine and scale out on a cluster.
 
-    ``loaders`` caps concurrent fetch/decode tasks (``None``: what the cluster's CPUs allow
-    after the model actors); each task fetches ``fetch_concurrency`` URLs of its batch at once
-    and decodes them on ``decode_threads`` threads. ``trace_nodes`` adds a ``node:<model>``
+    ``loaders`` caps the fetch/decode actors (``None``: what the cluster's CPUs allow after the
+    model actors, ``loader_cpus`` each); each fetches ``fetch_concurrency`` URLs of its batch at
+    once and decodes them on ``decode_threads`` threads. ``trace_nodes`` adds a ``node:<model>``
     column: the Ray node that ran the model on each row."""
 
     fetch_batch_size: int = 32
-    fetch_concurrency: int = 16
+    fetch_concurrency: int = 8
     decode_threads: int = 2
-    loader_cpus: float = 1.0
+    loader_cpus: float = 0.5
     loaders: int | None = None
     trace_nodes: bool = False
     # > 0: each model's pool waits (up to this long) for its minimum actors before any batch is
     # dispatched, so work spreads over all of them from the first batch (default: start at once).
     wait_for_min_actors_s: float = -1
-    # Decode images no larger than this side (default: Settings.max_image_side, as the API does).
-    # Down to the models' input size, JPEGs decode at a fraction of the cost (DCT scaling); the
-    # pixels then differ slightly from the API path's, so results may not match it bit for bit.
-    decode_side: int | None = None
 
 
 # --- fetch and decode ---------------------------------------------------------------------------
@@ -95,13 +90,17 @@ def _reason(exc: BaseException) -> str:
 
 
 async def _load_all(
-    settings: Settings, urls: list[Any], options: PipelineOptions, pool: ThreadPoolExecutor
+    fetcher: Any,
+    settings: Settings,
+    urls: list[Any],
+    options: PipelineOptions,
+    min_side: int,
+    pool: ThreadPoolExecutor,
 ) -> list[Any]:
-    """Fetch (async, bounded) and decode (threads) every URL; a failure is returned, not raised."""
-    from deployments.images import ImageFetcher, decode_image
+    """Fetch (async, bounded) and decode (threads) every URL, as the API's processor does
+    (``decode_image`` with the models' ``min_side``); a failure is returned, not raised."""
+    from deployments.images import decode_image
 
-    side = min(options.decode_side or settings.max_image_side, settings.max_image_side)
-    fetcher = ImageFetcher.from_settings(settings)
     limit = asyncio.Semaphore(options.fetch_concurrency)
     loop = asyncio.get_running_loop()
 
@@ -111,51 +110,101 @@ async def _load_all(
         try:
             async with limit:
                 data = await fetcher.fetch(url)
-            return await loop.run_in_executor(pool, decode_image, data, settings.max_image_pixels, side)
+            return await loop.run_in_executor(
+                pool, decode_image, data, settings.max_image_pixels, settings.max_image_side, min_side
+            )
         except Failure as failure:
             return failure
         except Exception as exc:  # whatever else goes wrong fails this image only
             return Failure(ErrorCode.FETCH_FAILED, _reason(exc))
 
-    try:
-        return await asyncio.gather(*(one(url) for url in urls))
-    finally:
-        await fetcher.aclose()
+    return await asyncio.gather(*(one(url) for url in urls))
 
 
-def load_batch(batch: pa.Table, settings: Settings, options: PipelineOptions) -> pa.Table:
-    """Ray Data UDF: append pixels (or an error) to each row of ``batch``."""
-    clash = RESERVED.intersection(batch.column_names)
-    if clash:
-        raise ValueError(f"source columns {sorted(clash)} are reserved for the pipeline's output; rename them")
-    if URL not in batch.column_names:
-        raise ValueError(f"the source has no {URL!r} column (columns: {batch.column_names})")
-    with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode") as pool:
-        loaded = asyncio.run(_load_all(settings, batch[URL].to_pylist(), options, pool))
-    ok, pixels, ph, pw, width, height, codes, messages = [], [], [], [], [], [], [], []
-    for item in loaded:
-        good = not isinstance(item, Failure)
-        ok.append(good)
-        pixels.append(item.pixels.tobytes() if good else b"")
-        ph.append(item.pixels.shape[0] if good else 0)
-        pw.append(item.pixels.shape[1] if good else 0)
-        width.append(item.width if good else None)
-        height.append(item.height if good else None)
-        codes.append(None if good else str(item.code))
-        messages.append(None if good else item.message[:MAX_MESSAGE_CHARS])
-    columns = {
-        OK: pa.array(ok, pa.bool_()),
-        PIXELS: pa.array(pixels, pa.binary()),
-        PIXEL_HEIGHT: pa.array(ph, pa.int32()),
-        PIXEL_WIDTH: pa.array(pw, pa.int32()),
-        WIDTH: pa.array(width, pa.int64()),
-        HEIGHT: pa.array(height, pa.int64()),
-        ERROR_CODE: pa.array(codes, pa.string()),
-        ERROR_MESSAGE: pa.array(messages, pa.string()),
-    }
-    for name, column in columns.items():
-        batch = batch.append_column(name, column)
-    return batch
+def pixel_column(images: list[np.ndarray], ok: list[bool]) -> pa.Array:
+    """Decoded pixels as one binary column, each image copied once into a single buffer (an
+    empty value where ``ok`` is false). Pixel data is most of what a pipeline moves, and a copy
+    of a decoded photo costs about as much as a fraction of its inference on a small CPU."""
+    remaining = iter(images)
+    offsets = np.zeros(len(ok) + 1, dtype=np.int64)
+    np.cumsum([next(remaining).nbytes if good else 0 for good in ok], out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    position = 0
+    for image in images:
+        data[position:position + image.nbytes] = image.reshape(-1)
+        position += image.nbytes
+    return pa.Array.from_buffers(pa.large_binary(), len(ok), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def pixel_views(column: pa.ChunkedArray | pa.Array, heights: list[int], widths: list[int]) -> list[np.ndarray | None]:
+    """Read-only HxWx3 views of a pixel column, without copying (``None`` for empty values)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    views: list[np.ndarray | None] = []
+    for chunk in chunks:
+        chunk = chunk.cast(pa.large_binary()) if chunk.type != pa.large_binary() else chunk
+        _, offsets_buffer, data = chunk.buffers()
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        for start, end in itertools.pairwise(offsets):
+            row = len(views)
+            if end == start:
+                views.append(None)
+            else:
+                image = np.frombuffer(data, dtype=np.uint8, count=int(end - start), offset=int(start))
+                views.append(image.reshape(heights[row], widths[row], 3))
+    return views
+
+
+class LoadStage:
+    """Ray Data callable class: append pixels (or an error) to each row of a batch.
+
+    A pool of long-lived actors, not tasks: each keeps its event loop, its ``ImageFetcher`` (the
+    TLS context costs ~50 ms to build; the pool keeps connections alive from batch to batch) and
+    its decode threads. As tasks, Ray killed and restarted idle loader workers during a run, and
+    each restart cost a second or more of CPU. Images decode with at least ``min_side`` on the
+    shortest side (``core.registry.decode_min_side``), as the API's processor decodes them."""
+
+    def __init__(self, settings: Settings, options: PipelineOptions, min_side: int) -> None:
+        from deployments.images import ImageFetcher
+
+        self.settings = settings
+        self.options = options
+        self.min_side = min_side
+        self.fetcher = ImageFetcher.from_settings(settings)
+        self.pool = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="sightwire-decode")
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="sightwire-loader", daemon=True).start()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        clash = RESERVED.intersection(batch.column_names)
+        if clash:
+            raise ValueError(f"source columns {sorted(clash)} are reserved for the pipeline's output; rename them")
+        if URL not in batch.column_names:
+            raise ValueError(f"the source has no {URL!r} column (columns: {batch.column_names})")
+        work = _load_all(self.fetcher, self.settings, batch[URL].to_pylist(), self.options, self.min_side, self.pool)
+        loaded = asyncio.run_coroutine_threadsafe(work, self.loop).result()
+        ok, ph, pw, width, height, codes, messages = [], [], [], [], [], [], []
+        for item in loaded:
+            good = not isinstance(item, Failure)
+            ok.append(good)
+            ph.append(item.pixels.shape[0] if good else 0)
+            pw.append(item.pixels.shape[1] if good else 0)
+            width.append(item.width if good else None)
+            height.append(item.height if good else None)
+            codes.append(None if good else str(item.code))
+            messages.append(None if good else item.message[:MAX_MESSAGE_CHARS])
+        columns = {
+            OK: pa.array(ok, pa.bool_()),
+            PIXELS: pixel_column([item.pixels for item in loaded if not isinstance(item, Failure)], ok),
+            PIXEL_HEIGHT: pa.array(ph, pa.int32()),
+            PIXEL_WIDTH: pa.array(pw, pa.int32()),
+            WIDTH: pa.array(width, pa.int64()),
+            HEIGHT: pa.array(height, pa.int64()),
+            ERROR_CODE: pa.array(codes, pa.string()),
+            ERROR_MESSAGE: pa.array(messages, pa.string()),
+        }
+        for name, column in columns.items():
+            batch = batch.append_column(name, column)
+        return batch
 
 
 # --- inference ----------------------------------------------------------------------------------
@@ -171,13 +220,14 @@ class ModelStage:
 
     Runs the model on the rows of a batch that have pixels (and want this model), adds the
     column ``<model name>`` with a ``ModelResult`` JSON per row (null where the model did not
-    run), and, as the last model, drops the pixels."""
+    run). The last model's stage also finishes the batch (``finish_batch`` with every model's
+    name in ``finish``): one stage fewer, so no extra workers, and the pixels go at once."""
 
-    def __init__(self, spec: ModelSpec, last: bool, trace_nodes: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, finish: Sequence[str] = (), trace_nodes: bool = False) -> None:
         from deployments.models import load_runner
 
         self.spec = spec
-        self.last = last
+        self.finish = list(finish)
         self.trace_nodes = trace_nodes
         self.runner = load_runner(spec)
         self.version = self.runner.version
@@ -193,24 +243,15 @@ class ModelStage:
         rows = [i for i in range(n) if ok[i] and (wanted[i] is None or name in json.loads(wanted[i]))]
         outputs: list[str | None] = [None] * n
         if rows:
-            pixels, ph, pw = batch[PIXELS], batch[PIXEL_HEIGHT], batch[PIXEL_WIDTH]
-            width, height = batch[WIDTH], batch[HEIGHT]
-            images = [
-                DecodedImage(
-                    pixels=np.frombuffer(pixels[i].as_py(), np.uint8).reshape(ph[i].as_py(), pw[i].as_py(), 3),
-                    width=width[i].as_py(),
-                    height=height[i].as_py(),
-                )
-                for i in rows
-            ]
+            pixels = pixel_views(batch[PIXELS], batch[PIXEL_HEIGHT].to_pylist(), batch[PIXEL_WIDTH].to_pylist())
+            width, height = batch[WIDTH].to_pylist(), batch[HEIGHT].to_pylist()
+            images = [DecodedImage(pixels=pixels[i], width=width[i], height=height[i]) for i in rows]
             for i, result in zip(rows, self._predict(images), strict=True):
                 outputs[i] = result
         batch = batch.append_column(name, pa.array(outputs, pa.string()))
         if self.trace_nodes:
             batch = batch.append_column(NODE_PREFIX + name, pa.array([self.node_id] * n, pa.string()))
-        if self.last:
-            batch = batch.drop_columns([PIXELS, PIXEL_HEIGHT, PIXEL_WIDTH])
-        return batch
+        return finish_batch(batch, self.finish) if self.finish else batch
 
     def _predict(self, images: list[Any]) -> list[str]:
         """The batch at once; if it fails, image by image, so one bad image fails only itself."""
@@ -283,8 +324,8 @@ def actor_pool(spec: ModelSpec, rows: int | None = None) -> ActorPoolStrategy:
     return ActorPoolStrategy(min_size=low, max_size=high)
 
 
-def loader_tasks(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
-    """How many fetch/decode tasks may run at once: the CPUs the model actors leave free.
+def loader_count(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
+    """How many fetch/decode actors at most: the CPUs the model actors leave free.
 
     Capped so the loaders can never take the CPUs the model actors (and any reads) need."""
     if options.loaders is not None:
@@ -298,11 +339,11 @@ def loader_tasks(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
 
 def source_block_rows(rows: int | None, specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
     """Rows per source block: a full fetch batch, or fewer when that spreads a small input over
-    every loader. A loader task's output stays one block, which one model actor then takes (in
-    batches of its size), so this is also the unit the model actors share."""
+    every loader. A loader's output for one block stays one block, which one model actor then
+    takes (in batches of its size), so this is also the unit the model actors share."""
     if rows is None:
         return options.fetch_batch_size
-    return max(1, min(options.fetch_batch_size, math.ceil(rows / loader_tasks(specs, options))))
+    return max(1, min(options.fetch_batch_size, math.ceil(rows / loader_count(specs, options))))
 
 
 def build_pipeline(
@@ -319,19 +360,25 @@ def build_pipeline(
     if not specs:
         raise ValueError("no models to run")
     options = options or PipelineOptions()
+    loaders = loader_count(specs, options)
     ds = source.map_batches(
-        load_batch,
-        fn_kwargs={"settings": settings, "options": options},
+        LoadStage,
+        fn_constructor_kwargs={"settings": settings, "options": options, "min_side": decode_min_side(specs)},
         batch_size=source_block_rows(rows, specs, options),
         batch_format="pyarrow",
-        compute=TaskPoolStrategy(size=loader_tasks(specs, options)),
+        compute=ActorPoolStrategy(min_size=1, max_size=loaders),
         num_cpus=options.loader_cpus,
+        # Near the driver first (Ray's default policy), not spread like Ray Data's other work: a
+        # loader holds its CPU share for the whole run, and on a node sized for a model actor it
+        # would keep that actor out.
+        scheduling_strategy="DEFAULT",
     )
+    names = [spec.name for spec in specs]
     for position, spec in enumerate(specs):
         ds = ds.map_batches(
             ModelStage,
             fn_constructor_kwargs={
-                "spec": spec, "last": position == len(specs) - 1, "trace_nodes": options.trace_nodes
+                "spec": spec, "finish": names if position == len(specs) - 1 else (), "trace_nodes": options.trace_nodes
             },
             batch_size=spec.batching.max_batch_size,
             batch_format="pyarrow",
@@ -339,9 +386,6 @@ def build_pipeline(
             num_cpus=spec.resources.num_cpus,
             num_gpus=spec.resources.num_gpus,
         )
-    ds = ds.map_batches(
-        finish_batch, fn_kwargs={"models": [s.name for s in specs]}, batch_format="pyarrow", num_cpus=0
-    )
     if options.wait_for_min_actors_s > 0:
         ds.context.wait_for_min_actors_s = options.wait_for_min_actors_s
     return ds

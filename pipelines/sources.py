@@ -46,7 +46,7 @@ def _table(table: pa.Table) -> pa.Table:
 
 
 def blocks(table: pa.Table, block_rows: int = BLOCK_ROWS) -> Dataset:
-    """A dataset of ``table`` in blocks of ``block_rows`` (the unit one loader task fetches)."""
+    """A dataset of ``table`` in blocks of ``block_rows`` (the unit one loader call fetches)."""
     if table.num_rows == 0:
         raise ValueError("the source has no rows")
     return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)])

@@ -174,6 +174,27 @@ def test_big_rotated_jpeg_uses_draft_and_reports_original_oriented_size() -> Non
     assert image.pixels.shape == (100, 50, 3)
 
 
+def test_jpeg_decodes_at_the_smallest_dct_scale_that_keeps_the_models_side() -> None:
+    data = jpeg_bytes(1600, 1200)
+    full = decode_image(data, 40_000_000, 1333)
+    assert full.pixels.shape == (1000, 1333, 3)  # no DCT step fits 1333 wide: full decode, then resize
+    reduced = decode_image(data, 40_000_000, 1333, min_side=300)
+    assert reduced.pixels.shape == (300, 400, 3)  # 1/4 scale: shortest side exactly 300
+    assert (reduced.width, reduced.height) == (1600, 1200)
+    # 1/4 would leave 300 < 320 on the shortest side, so 1/2 it is: the side is never undershot
+    assert decode_image(data, 40_000_000, 1333, min_side=320).pixels.shape == (600, 800, 3)
+
+
+def test_min_side_bound_follows_exif_orientation() -> None:
+    image = decode_image(jpeg_bytes(1600, 800, orientation=8), 40_000_000, 1333, min_side=200)
+    assert (image.width, image.height) == (800, 1600)
+    assert image.pixels.shape == (400, 200, 3)
+
+
+def test_min_side_never_upscales_a_small_image() -> None:
+    assert decode_image(jpeg_bytes(300, 200), 40_000_000, 1333, min_side=512).pixels.shape == (200, 300, 3)
+
+
 def test_image_smaller_than_max_side_is_not_upscaled() -> None:
     image = decode_image(png_bytes(30, 20), 40_000_000, 1333)
     assert image.pixels.shape == (20, 30, 3)
