@@ -19,7 +19,7 @@ reported separately, with the end-to-end rate.
 The machine may be shared, so the benchmark also accounts for CPU, from /proc: the machine's busy
 CPU seconds per image from the first to the last result, less what other users' processes took
 (their share is printed), against the bare loop's per image; and a breakdown by process of its
-own that are still alive at the end (Ray's task workers may have exited by then). ``cpu_cost_ratio`` (loop CPU per
+own that are still alive at the end (Ray's idle workers may have exited by then). ``cpu_cost_ratio`` (loop CPU per
 image / pipeline CPU per image) is what ``ratio`` would be on a machine to itself, where both
 keep every core busy; it is reported beside the measured ratio, never instead of it.
 
@@ -249,8 +249,11 @@ def pipeline(
             cpu_at_first, machine_at_first = cpu_by_process(), machine_cpu()
         for status in table["status"].to_pylist():
             statuses[status] = statuses.get(status, 0) + 1
+    if not arrivals:
+        raise RuntimeError("the pipeline returned no rows")
     first_fetch = min(server.fetched_at)
     first_result, first_rows = arrivals[0]
+    after_first = max(1, len(urls) - first_rows)  # rows after the fill (the whole run, if one batch)
     busy, total = (b - a for a, b in zip(machine_at_first, machine_cpu(), strict=True))
     used, others = cpu_between(cpu_at_first, cpu_by_process())
     if show_stats:
@@ -266,10 +269,10 @@ def pipeline(
         "end_to_end_images_per_s": len(urls) / (last - started),
         "window_s": last - first_fetch,
         "fill_s": first_result - first_fetch,
-        "steady_images_per_s": (len(urls) - first_rows) / (last - first_result),
-        # Machine-wide busy time less other users': Ray's task workers may exit before the last
+        "steady_images_per_s": after_first / max(last - first_result, 1e-9),
+        # Machine-wide busy time less other users': Ray's idle workers may exit before the last
         # batch, and an exited process's CPU is no longer in /proc.
-        "cpu_ms_per_image": 1000 * (busy - others) / (len(urls) - first_rows),
+        "cpu_ms_per_image": 1000 * (busy - others) / after_first,
         "others_cpu_share": others / total,
         "statuses": statuses,
     }
@@ -317,7 +320,7 @@ def main() -> None:
           f"(runs {', '.join(f'{r:.1f}' for r in limit['per_core_runs'])})")
 
     server = ImageServer(images)
-    # One Ray CPU per core for the model actor, one more for the fetch/decode tasks.
+    # One Ray CPU per core for the model actor, one more for the fetch/decode actors.
     bulk.ensure_ray(num_cpus=cores + 1)
     try:
         measured = pipeline(spec, [server.url(p) for p in images], settings, server, args.stats)

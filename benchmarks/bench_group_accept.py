@@ -33,6 +33,7 @@ from serve_app.stack import LocalStack
 TARGET_S = 2.0
 SIZES = (1_000, 10_000)
 REPEATS = 3
+SETTLE_S = 5.0
 
 
 class NotFound(BaseHTTPRequestHandler):
@@ -95,11 +96,13 @@ def post_group(client: httpx.Client, key: str, size: int, image_base: str, pid: 
 
 def wait_until_done(client: httpx.Client, key: str, group_id: str, timeout_s: float = 600) -> None:
     """Let the group's processing finish, so the next acceptance is measured on an idle stack
-    (on two cores, a bulk run of the previous group would otherwise share them with the API)."""
+    (on two cores, a bulk run of the previous group would otherwise share them with the API),
+    then give the bulk pipeline SETTLE_S to tear its actors down."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         group = client.get(f"/v1/groups/{group_id}", headers={"Authorization": f"Bearer {key}"}).json()
         if group["status"] not in ("queued", "processing"):
+            time.sleep(SETTLE_S)
             return
         time.sleep(0.5)
     raise TimeoutError(f"group {group_id} still {group['status']} after {timeout_s} s: {group['counts']}")
@@ -138,7 +141,8 @@ def main() -> None:
                     growth = max(r[1] for r in runs)
                     kept = max(r[2] for r in runs)
                     results[size] = (best, growth, kept)
-                    print(f"{size:>6} images: accepted in {best:.3f} s (best of {REPEATS}); "
+                    print(f"{size:>6} images: accepted in {best:.3f} s (best of "
+                          f"{', '.join(f'{r[0]:.3f}' for r in runs)}); "
                           f"API replica RSS: peak growth during the request {growth:.1f} MB, "
                           f"kept after the group finished {kept:.1f} MB")
         finally:

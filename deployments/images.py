@@ -44,7 +44,7 @@ MAX_REASON_CHARS = 200
 class DecodedImage:
     """An image ready for the models, plus the size results are reported in."""
 
-    pixels: np.ndarray  # uint8 HxWx3 RGB, downscaled so the longest side <= max_image_side
+    pixels: np.ndarray  # uint8 HxWx3 RGB, longest side <= max_image_side (JPEGs: DCT-reduced to min_side)
     width: int  # original size (after EXIF orientation), before downscaling
     height: int
 

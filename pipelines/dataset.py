@@ -23,6 +23,7 @@ stays stable whatever the model returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -66,10 +67,11 @@ MAX_MESSAGE_CHARS = 500
 class PipelineOptions:
     """Knobs of the pipeline; the defaults suit one machine and scale out on a cluster.
 
-    ``loaders`` caps the fetch/decode actors (``None``: what the cluster's CPUs allow after the
-    model actors, ``loader_cpus`` each); each fetches ``fetch_concurrency`` URLs of its batch at
-    once and decodes them on ``decode_threads`` threads. ``trace_nodes`` adds a ``node:<model>``
-    column: the Ray node that ran the model on each row."""
+    ``loaders`` caps the fetch/decode actors, which start at one and grow as work queues
+    (``None``: what the cluster's CPUs allow after the model actors, ``loader_cpus`` each); each
+    fetches ``fetch_concurrency`` URLs of its batch at once and decodes them on ``decode_threads``
+    threads. ``trace_nodes`` adds a ``node:<model>`` column: the Ray node that ran the model on
+    each row."""
 
     fetch_batch_size: int = 32
     fetch_concurrency: int = 8
@@ -97,8 +99,8 @@ async def _load_all(
     min_side: int,
     pool: ThreadPoolExecutor,
 ) -> list[Any]:
-    """Fetch (async, bounded) and decode (threads) every URL, as the API's processor does
-    (``decode_image`` with the models' ``min_side``); a failure is returned, not raised."""
+    """Fetch (async, bounded) and decode (threads) every URL with the API processor's
+    ``decode_image`` and the models' ``min_side``; a failure is returned, not raised."""
     from deployments.images import decode_image
 
     limit = asyncio.Semaphore(options.fetch_concurrency)
@@ -141,6 +143,8 @@ def pixel_views(column: pa.ChunkedArray | pa.Array, heights: list[int], widths: 
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     views: list[np.ndarray | None] = []
     for chunk in chunks:
+        if len(chunk) == 0:
+            continue
         chunk = chunk.cast(pa.large_binary()) if chunk.type != pa.large_binary() else chunk
         _, offsets_buffer, data = chunk.buffers()
         offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
@@ -148,8 +152,11 @@ def pixel_views(column: pa.ChunkedArray | pa.Array, heights: list[int], widths: 
             row = len(views)
             if end == start:
                 views.append(None)
+            elif end - start != heights[row] * widths[row] * 3:
+                raise ValueError(f"row {row}: {end - start} pixel bytes for {widths[row]}x{heights[row]} RGB")
             else:
                 image = np.frombuffer(data, dtype=np.uint8, count=int(end - start), offset=int(start))
+                image.flags.writeable = False  # shared with the batch (and the object store)
                 views.append(image.reshape(heights[row], widths[row], 3))
     return views
 
@@ -160,8 +167,9 @@ class LoadStage:
     A pool of long-lived actors, not tasks: each keeps its event loop, its ``ImageFetcher`` (the
     TLS context costs ~50 ms to build; the pool keeps connections alive from batch to batch) and
     its decode threads. As tasks, Ray killed and restarted idle loader workers during a run, and
-    each restart cost a second or more of CPU. Images decode with at least ``min_side`` on the
-    shortest side (``core.registry.decode_min_side``), as the API's processor decodes them."""
+    each restart cost a second or more of CPU. Images decode by the API processor's rule, with at
+    least ``min_side`` on the shortest side (``core.registry.decode_min_side`` of all the
+    pipeline's models, so a row that runs fewer of them may decode larger than the API would)."""
 
     def __init__(self, settings: Settings, options: PipelineOptions, min_side: int) -> None:
         from deployments.images import ImageFetcher
@@ -173,6 +181,15 @@ class LoadStage:
         self.pool = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="sightwire-decode")
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="sightwire-loader", daemon=True).start()
+
+    def __del__(self) -> None:
+        """Ray Data deletes the UDF when the pool shuts down: close connections, stop the loop."""
+        if self.loop.is_running():
+            closing = asyncio.run_coroutine_threadsafe(self.fetcher.aclose(), self.loop)
+            with contextlib.suppress(Exception):
+                closing.result(timeout=5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.pool.shutdown(wait=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         clash = RESERVED.intersection(batch.column_names)
@@ -333,8 +350,8 @@ def loader_count(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
     cpus = float(ray.cluster_resources().get("CPU", 1))
     reserved = sum(s.resources.num_cpus * max(1, s.autoscaling.max_replicas) for s in specs)
     free = cpus - reserved
-    per_task = max(options.loader_cpus, 0.01)
-    return int(max(1, min(8, math.floor(free / per_task))))
+    per_loader = max(options.loader_cpus, 0.01)
+    return int(max(1, min(8, math.floor(free / per_loader))))
 
 
 def source_block_rows(rows: int | None, specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
@@ -360,17 +377,22 @@ def build_pipeline(
     if not specs:
         raise ValueError("no models to run")
     options = options or PipelineOptions()
+    block_rows = source_block_rows(rows, specs, options)
+    # One loader up front, more as work queues (never more than there are blocks): the pools
+    # start together, and a full set of loaders could take the CPUs a model actor needs.
     loaders = loader_count(specs, options)
+    if rows is not None:
+        loaders = max(1, min(loaders, math.ceil(rows / block_rows)))
     ds = source.map_batches(
         LoadStage,
         fn_constructor_kwargs={"settings": settings, "options": options, "min_side": decode_min_side(specs)},
-        batch_size=source_block_rows(rows, specs, options),
+        batch_size=block_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=loaders),
         num_cpus=options.loader_cpus,
-        # Near the driver first (Ray's default policy), not spread like Ray Data's other work: a
-        # loader holds its CPU share for the whole run, and on a node sized for a model actor it
-        # would keep that actor out.
+        # Ray's default policy (the driver's node while it is under half used, then the least
+        # used), not spread like Ray Data's other work: a loader holds its CPU share for the
+        # whole run, and the first one on a node sized for a model actor would keep it out.
         scheduling_strategy="DEFAULT",
     )
     names = [spec.name for spec in specs]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.registry import Registry, Task, load_registry
+from core.registry import Registry, Task, decode_min_side, load_registry
 
 
 def test_builtin_profiles_load(tmp_path: Path) -> None:
@@ -18,6 +18,15 @@ def test_builtin_profiles_load(tmp_path: Path) -> None:
     assert spec.is_local
     pretrained = load_registry("pretrained", tmp_path)
     assert not pretrained["object_detection"].is_local
+
+
+def test_decode_min_side_is_the_largest_input_size_of_the_models_run(tmp_path: Path) -> None:
+    bench = load_registry("bench", tmp_path)
+    detector, room = bench["object_detection"], bench["room_classification"]
+    assert (detector.input_size, room.input_size) == (320, 512)  # room: the field's default
+    assert decode_min_side([detector]) == 320
+    assert decode_min_side([detector, room]) == 512
+    assert decode_min_side([]) == 0  # no models: no bound beyond max_image_side
 
 
 def test_unknown_key_is_an_error() -> None:
