@@ -38,6 +38,7 @@ import pyarrow as pa
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy, Dataset
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from core.failures import Failure
 from core.registry import ModelSpec, decode_min_side
@@ -67,7 +68,7 @@ MAX_MESSAGE_CHARS = 500
 class PipelineOptions:
     """Knobs of the pipeline; the defaults suit one machine and scale out on a cluster.
 
-    ``loaders`` caps the fetch/decode actors, which start at one and grow as work queues
+    ``loaders`` is the number of fetch/decode actors, on the driver's node while it has room
     (``None``: what the cluster's CPUs allow after the model actors, ``loader_cpus`` each); each
     fetches ``fetch_concurrency`` URLs of its batch at once and decodes them on ``decode_threads``
     threads. ``trace_nodes`` adds a ``node:<model>`` column: the Ray node that ran the model on
@@ -378,22 +379,23 @@ def build_pipeline(
         raise ValueError("no models to run")
     options = options or PipelineOptions()
     block_rows = source_block_rows(rows, specs, options)
-    # One loader up front, more as work queues (never more than there are blocks): the pools
-    # start together, and a full set of loaders could take the CPUs a model actor needs.
+    # Every loader from the start (never more than there are blocks), so batches reach all the
+    # model actors at once; on the driver's node while it has room. Ray Data starts the loader
+    # pool before the model pools, and a loader holds its CPU share for the whole run: spread
+    # over the cluster (Ray Data's default) or by Ray's default policy (the least used node once
+    # the driver's is half used), loaders took the nodes sized for the model actors.
     loaders = loader_count(specs, options)
     if rows is not None:
         loaders = max(1, min(loaders, math.ceil(rows / block_rows)))
+    near_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     ds = source.map_batches(
         LoadStage,
         fn_constructor_kwargs={"settings": settings, "options": options, "min_side": decode_min_side(specs)},
         batch_size=block_rows,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=loaders),
+        compute=ActorPoolStrategy(size=loaders),
         num_cpus=options.loader_cpus,
-        # Ray's default policy (the driver's node while it is under half used, then the least
-        # used), not spread like Ray Data's other work: a loader holds its CPU share for the
-        # whole run, and the first one on a node sized for a model actor would keep it out.
-        scheduling_strategy="DEFAULT",
+        scheduling_strategy=near_driver,
     )
     names = [spec.name for spec in specs]
     for position, spec in enumerate(specs):
