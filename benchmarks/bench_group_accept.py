@@ -8,7 +8,7 @@ processed to the end before the next is posted, so acceptance is measured on an 
 (about 10 minutes in all on two cores, most of it processing the 10,000-image groups).
 Last line: one JSON object with ``accept_s`` (10,000 images).
 
-    .venv/bin/python benchmarks/bench_group_accept.py
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_group_accept.py
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import ray
 
+from benchmarks.common import create_api_key
 from core.settings import Settings
 from serve_app.local import free_port
 from serve_app.stack import LocalStack
@@ -118,18 +119,7 @@ def main() -> None:
         )
         stack = LocalStack(settings, port=free_port(), embedded_redis=True, num_cpus=2).start()
         try:
-            import asyncio
-
-            from core.store import Store
-
-            async def make_key() -> str:
-                store = Store.from_settings(stack.settings)
-                try:
-                    return await store.accounts.create_api_key("bench")
-                finally:
-                    await store.close()
-
-            key = asyncio.run(make_key())
+            key = create_api_key(stack.settings, "bench")
             pid = api_replica_pid()
             base = f"http://127.0.0.1:{images.server_address[1]}"
             results = {}

@@ -38,10 +38,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from benchmarks.common import machine, median, tree_cpu_seconds
+from benchmarks.common import create_api_key, machine, median, tree_cpu_seconds
 from benchmarks.loadgen import build_request, run_load
 from core.settings import RAY_NAMESPACE, Settings
-from core.store import Store
 from serve_app.local import free_port
 from serve_app.stack import LocalStack
 
@@ -116,14 +115,7 @@ def main() -> None:
         )
         stack = LocalStack(settings, host=HOST, port=port, embedded_redis=True).start()
         try:
-            async def make_key() -> str:
-                store = Store.from_settings(stack.settings)
-                try:
-                    return await store.accounts.create_api_key("bench-ingest")
-                finally:
-                    await store.close()
-
-            key = asyncio.run(make_key())
+            key = create_api_key(stack.settings, "bench-ingest")
             auth = {"Authorization": f"Bearer {key}"}
 
             def sightwire_body(i: int) -> bytes:

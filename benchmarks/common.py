@@ -12,6 +12,7 @@ machine, with the same number of torch threads. It is measured two ways:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import platform
@@ -25,10 +26,24 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from core.registry import ModelSpec, load_registry
 from core.settings import Settings
+from core.store import Store
 from deployments.images import DecodedImage, decode_image
 from deployments.tiny import ensure_local_profile
 
 SAMPLES = Path(__file__).parents[1] / "serve_app" / "samples"
+
+
+def create_api_key(settings: Settings, name: str) -> str:
+    """A new API key in the stack's store (from synchronous benchmark code)."""
+
+    async def create() -> str:
+        store = Store.from_settings(settings)
+        try:
+            return await store.accounts.create_api_key(name)
+        finally:
+            await store.close()
+
+    return asyncio.run(create())
 
 
 def machine() -> str:
