@@ -382,8 +382,8 @@ def build_pipeline(
     # Every loader from the start (never more than there are blocks), so batches reach all the
     # model actors at once; on the driver's node while it has room. Ray Data starts the loader
     # pool before the model pools, and a loader holds its CPU share for the whole run: spread
-    # over the cluster (Ray Data's default) or by Ray's default policy (the least used node once
-    # the driver's is half used), loaders took the nodes sized for the model actors.
+    # over the cluster (Ray Data's default), one took a node sized for a model actor and the
+    # pool never started; Ray's default policy also leaves the driver's node once it is half used.
     loaders = loader_count(specs, options)
     if rows is not None:
         loaders = max(1, min(loaders, math.ceil(rows / block_rows)))
