@@ -185,6 +185,8 @@ class LoadStage:
 
     def __del__(self) -> None:
         """Ray Data deletes the UDF when the pool shuts down: close connections, stop the loop."""
+        if not hasattr(self, "loop"):  # __init__ failed before the loop existed
+            return
         if self.loop.is_running():
             closing = asyncio.run_coroutine_threadsafe(self.fetcher.aclose(), self.loop)
             with contextlib.suppress(Exception):
