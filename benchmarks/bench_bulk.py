@@ -51,6 +51,7 @@ import ray
 import torch
 from PIL import Image
 
+from benchmarks.common import descendants, process_table
 from core.registry import Autoscaling, Resources, decode_min_side, load_registry
 from core.settings import Settings
 from deployments.images import decode_image
@@ -170,39 +171,6 @@ def bare_loop(spec, images: list[bytes], settings: Settings, repeats: int) -> di
     }
 
 
-def cpu_by_process() -> dict[int, tuple[str, float, int]]:
-    """CPU seconds used so far by every process on the machine: (name, seconds, parent pid)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        name = title if title.startswith("ray::") else Path(title).name or stat[stat.index("(") + 1:stat.rindex(")")]
-        if int(entry.name) == os.getpid():
-            name = "benchmark driver (Ray Data executor, image server)"
-        found[int(entry.name)] = (name.split(".")[0][:60], (int(fields[11]) + int(fields[12])) / tick, int(fields[1]))
-    return found
-
-
-def own_processes(processes: dict[int, tuple[str, float, int]]) -> set[int]:
-    """This benchmark and its descendants (its local Ray: GCS, raylet, workers), not other users'."""
-    children: dict[int, list[int]] = {}
-    for pid, (_, _, parent) in processes.items():
-        children.setdefault(parent, []).append(pid)
-    own, todo = set(), [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        own.add(pid)
-        todo.extend(children.get(pid, []))
-    return own
-
-
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:8]]
@@ -211,16 +179,29 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(values) - idle) / tick, sum(values) / tick
 
 
-def cpu_between(
-    before: dict[int, tuple[str, float, int]], after: dict[int, tuple[str, float, int]]
-) -> tuple[dict[str, float], float]:
-    """CPU seconds per process name of this benchmark's own processes, and of everyone else."""
-    own = own_processes(after)
+Snapshot = tuple[dict[int, int], dict[int, tuple[float, str]]]  # benchmarks.common.process_table()
+
+
+def process_name(pid: int, command: str) -> str:
+    """A short name to sum CPU by: the Ray worker's title, else the program's file name."""
+    if pid == os.getpid():
+        return "benchmark driver (Ray Data executor, image server)"
+    first = command.split(" ", 1)[0]
+    return (first if first.startswith("ray::") else Path(first).name or "?").split(".")[0][:60]
+
+
+def cpu_between(before: Snapshot, after: Snapshot) -> tuple[dict[str, float], float]:
+    """CPU seconds per process name of this benchmark's own processes (it and its local Ray:
+    GCS, raylet, workers), and of everyone else's."""
+    parents, info = after
+    own = set(descendants(os.getpid(), parents))
+    earlier = before[1]
     used: dict[str, float] = {}
     others = 0.0
-    for pid, (name, seconds, _) in after.items():
-        spent = seconds - (before[pid][1] if pid in before else 0.0)
+    for pid, (seconds, command) in info.items():
+        spent = seconds - (earlier[pid][0] if pid in earlier else 0.0)
         if pid in own:
+            name = process_name(pid, command)
             used[name] = used.get(name, 0.0) + spent
         else:
             others += spent
@@ -240,22 +221,22 @@ def pipeline(
     stream, _ = bulk.stream(urls, [spec], settings, progress=False, options=options)
     last = started
     statuses: dict[str, int] = {}
-    cpu_at_first: dict[int, tuple[str, float, int]] = {}
+    cpu_at_first: Snapshot | None = None
     arrivals: list[tuple[float, int]] = []
     for table in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
         last = time.monotonic()
         arrivals.append((last, table.num_rows))
-        if not cpu_at_first:
-            cpu_at_first, machine_at_first = cpu_by_process(), machine_cpu()
+        if cpu_at_first is None:
+            cpu_at_first, machine_at_first = process_table(), machine_cpu()
         for status in table["status"].to_pylist():
             statuses[status] = statuses.get(status, 0) + 1
-    if not arrivals:
+    if cpu_at_first is None:
         raise RuntimeError("the pipeline returned no rows")
     first_fetch = min(server.fetched_at)
     first_result, first_rows = arrivals[0]
     after_first = max(1, len(urls) - first_rows)  # rows after the fill (the whole run, if one batch)
     busy, total = (b - a for a, b in zip(machine_at_first, machine_cpu(), strict=True))
-    used, others = cpu_between(cpu_at_first, cpu_by_process())
+    used, others = cpu_between(cpu_at_first, process_table())
     if show_stats:
         print(stream.stats())
     print(f"CPU seconds from the first to the last result batch: machine busy {busy:.1f} of {total:.1f}; "

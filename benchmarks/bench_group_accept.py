@@ -20,13 +20,12 @@ import platform
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import ray
 
-from benchmarks.common import create_api_key
+from benchmarks.common import create_api_key, start_not_found_host
 from core.settings import Settings
 from serve_app.local import free_port
 from serve_app.stack import LocalStack
@@ -35,16 +34,6 @@ TARGET_S = 2.0
 SIZES = (1_000, 10_000)
 REPEATS = 3
 SETTLE_S = 5.0
-
-
-class NotFound(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(404)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def rss_mb(pid: int) -> float:
@@ -110,8 +99,7 @@ def wait_until_done(client: httpx.Client, key: str, group_id: str, timeout_s: fl
 
 
 def main() -> None:
-    images = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    threading.Thread(target=images.serve_forever, daemon=True).start()
+    images = start_not_found_host()
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings.from_env(
             models="tiny", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),

@@ -29,8 +29,6 @@ import asyncio
 import ipaddress
 import json
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import ray
@@ -38,7 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from benchmarks.common import create_api_key, machine, median, tree_cpu_seconds
+from benchmarks.common import create_api_key, machine, median, start_not_found_host, tree_cpu_seconds
 from benchmarks.loadgen import build_request, run_load
 from core.settings import RAY_NAMESPACE, Settings
 from serve_app.local import free_port
@@ -68,16 +66,6 @@ class BareIngest:
     pass
 
 
-class NotFound(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(404)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def measure(port: int, path: str, body_for: object, headers: dict[str, str], connections: int,
             seconds: float) -> tuple[float, float]:
     """Requests/s, and CPU milliseconds of the whole process tree per request."""
@@ -102,8 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
 
-    images = ThreadingHTTPServer((HOST, 0), NotFound)
-    threading.Thread(target=images.serve_forever, daemon=True).start()
+    images = start_not_found_host(HOST)
     image_base = f"http://{HOST}:{images.server_address[1]}"
     port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=RAY_NAMESPACE)

@@ -17,8 +17,10 @@ import io
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
@@ -44,6 +46,25 @@ def create_api_key(settings: Settings, name: str) -> str:
             await store.close()
 
     return asyncio.run(create())
+
+
+class NotFound(BaseHTTPRequestHandler):
+    """An image host whose every image is missing: processing after acceptance stays cheap."""
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def start_not_found_host(host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """``NotFound`` on a free port of ``host``, serving on a daemon thread."""
+    server = ThreadingHTTPServer((host, 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def machine() -> str:
@@ -118,7 +139,8 @@ class BareLoop:
         return self._rate(lambda i: self.runner.run(self.prepared[i % len(self.prepared)]), seconds)
 
 
-def _process_table() -> tuple[dict[int, int], dict[int, tuple[float, str]]]:
+def process_table() -> tuple[dict[int, int], dict[int, tuple[float, str]]]:
+    """Every process on the machine: its parent, and (CPU seconds used so far, command line)."""
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     info: dict[int, tuple[float, str]] = {}
@@ -135,7 +157,8 @@ def _process_table() -> tuple[dict[int, int], dict[int, tuple[float, str]]]:
     return parents, info
 
 
-def _tree(root: int, parents: dict[int, int]) -> list[int]:
+def descendants(root: int, parents: dict[int, int]) -> list[int]:
+    """``root`` and every process under it."""
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():
         children.setdefault(parent, []).append(pid)
@@ -169,9 +192,9 @@ def cpu_by_process(root: int | None = None) -> dict[str, float]:
     """CPU seconds used so far by ``root`` (default: this process) and each process under it,
     summed by role: each Serve deployment, the proxy, Redis, the raylet, the notifier..."""
     root = os.getpid() if root is None else root
-    parents, info = _process_table()
+    parents, info = process_table()
     table: dict[str, float] = {}
-    for pid in _tree(root, parents):
+    for pid in descendants(root, parents):
         if pid in info:
             label = _label(pid, root, info[pid][1])
             table[label] = table.get(label, 0.0) + info[pid][0]
@@ -187,27 +210,8 @@ def tree_cpu_seconds(root: int | None = None) -> float:
     process under it: with a local Ray, that is the GCS, the raylet (object store), and every
     worker and Serve replica. Work divided by this is immune to other load on the machine."""
     root = os.getpid() if root is None else root
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(proc.name)] = int(fields[1])
-        times[int(proc.name)] = (int(fields[11]) + int(fields[12])) / tick
-    total, stack = 0.0, [root]
-    children: dict[int, list[int]] = {}
-    for pid, parent in parents.items():
-        children.setdefault(parent, []).append(pid)
-    while stack:
-        pid = stack.pop()
-        total += times.get(pid, 0.0)
-        stack.extend(children.get(pid, []))
-    return total
+    parents, info = process_table()
+    return sum(info[pid][0] for pid in descendants(root, parents) if pid in info)
 
 
 def median(values: list[float]) -> float:
