@@ -50,12 +50,16 @@ def test_bulk_inference_runs_on_several_nodes(tiny_models_dir: Path, tmp_path: P
 # --- the child process ---------------------------------------------------------------------------
 
 
+# input_size 640: a batch of 8 takes ~0.3 s on one of these cores, longer than the loaders take
+# to deliver the next block, so blocks queue and the pool hands each to its least busy actor. At
+# 256 a batch took ~0.05 s: one actor could finish each block before the next arrived, and then
+# every block went to the same actor (seen once in the full suite).
 REGISTRY = """
 models:
   object_detection:
     task: object-detection
     checkpoint: {models_dir}/tiny/object_detection
-    input_size: 256
+    input_size: 640
     threshold: 0.05
     max_detections: 10
     batching: {{max_batch_size: 8, batch_wait_timeout_s: 0.01}}
