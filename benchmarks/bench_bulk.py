@@ -54,9 +54,9 @@ from PIL import Image
 from benchmarks.common import descendants, process_table
 from core.registry import Autoscaling, Resources, decode_min_side, load_registry
 from core.settings import Settings
-from deployments.images import decode_image
-from deployments.models import load_runner
-from deployments.tiny import ensure_local_profile
+from imaging import decode_image
+from models.families import load_runner
+from models.tiny import ensure_local_profile
 from pipelines import bulk
 from pipelines.dataset import PipelineOptions
 

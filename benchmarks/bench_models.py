@@ -5,7 +5,7 @@ mid-size shapes) this measures images/s
 
 * bare: ``benchmarks.common.BareLoop`` at the registry's batch size with ``--threads`` torch
   threads, in this process;
-* served: the model's own deployment (``deployments.models.bind_model``, one replica with
+* served: the model's own deployment (``deployments.serving.bind_model``, one replica with
   ``--threads`` CPUs, so Ray gives it the same number of torch threads), called exactly as the
   job processor calls it: each decoded 640x480 / 800x533 photo is ``ray.put`` once and handed to
   a ``deployments.model_client.ModelClient``, which coalesces concurrent calls into multi-image
@@ -41,15 +41,15 @@ from ray.serve.handle import DeploymentHandle
 from benchmarks.common import BareLoop, bench_registry, decoded_images, machine, median, tree_cpu_seconds
 from core.registry import Autoscaling, ModelSpec, Resources
 from core.settings import RAY_NAMESPACE
-from deployments.images import DecodedImage
 from deployments.model_client import ModelClient
+from imaging import DecodedImage
 
 TARGET = 0.90
 APP = "bench-models"
 
 
 def deploy(spec: ModelSpec, threads: int) -> DeploymentHandle:
-    from deployments.models import bind_model
+    from deployments.serving import bind_model
 
     spec = spec.model_copy(update={
         "resources": Resources(num_cpus=threads, num_gpus=0),

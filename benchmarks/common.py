@@ -1,7 +1,7 @@
 """Shared pieces of the model benchmarks: test images, the bench profile, the bare loop.
 
 The "bare loop" is the limit every serving benchmark is held against (SPEC §8): the same model
-(``deployments.models.load_runner``, the very code the Serve deployment runs) called in a plain
+(``models.families.load_runner``, the very code the Serve deployment runs) called in a plain
 ``torch.inference_mode`` loop on pre-decoded images, at the registry's batch size, on the same
 machine, with the same number of torch threads. It is measured two ways:
 
@@ -29,8 +29,8 @@ from PIL import Image, ImageEnhance, ImageOps
 from core.registry import ModelSpec, load_registry
 from core.settings import Settings
 from core.store import Store
-from deployments.images import DecodedImage, decode_image
-from deployments.tiny import ensure_local_profile
+from imaging import DecodedImage, decode_image
+from models.tiny import ensure_local_profile
 
 SAMPLES = Path(__file__).parents[1] / "serve_app" / "samples"
 
@@ -112,7 +112,7 @@ class BareLoop:
     """The model at ``spec``'s batch size in a bare inference loop (see the module docstring)."""
 
     def __init__(self, spec: ModelSpec, images: list[DecodedImage], threads: int) -> None:
-        from deployments.models import load_runner
+        from models.families import load_runner
 
         torch.set_num_threads(threads)
         self.runner = load_runner(spec)

@@ -28,7 +28,6 @@ SCORE_LEVELS = 6
 
 class Task(StrEnum):
     OBJECT_DETECTION = "object-detection"
-    IMAGE_CLASSIFICATION = "image-classification"
     ZERO_SHOT_IMAGE_CLASSIFICATION = "zero-shot-image-classification"
     SCORING = "scoring"
 

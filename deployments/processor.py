@@ -3,7 +3,8 @@
 Each replica runs ``processor_concurrency`` workers reading the stream through one consumer
 group, plus a reclaimer that takes over jobs a dead worker left pending past the visibility
 timeout. Work is idempotent: models that already have a result are not run again, and
-``finalize`` announces each state once, so processing a job twice is harmless.
+``finalize`` announces each state once, so processing a job twice is harmless. ``finalize`` also
+pushes the outbox's wake token, which the notifier waits on: the processor never calls it.
 
 A model call that fails because its replica died or is unavailable (Serve is replacing it) is
 retried a bounded number of times: inference is pure, so a retry is safe, and the image does not
@@ -28,14 +29,13 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
-from core.failures import Failure
+from core.failures import Failure, describe, failed_result
 from core.registry import ModelSpec, decode_min_side, load_registry
-from core.schemas import ErrorCode, ErrorInfo, ImageStatus, ModelResult, ModelStatus, utcnow
+from core.schemas import ErrorCode, ImageStatus, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.store import Job, Store
-from deployments.images import DecodedImage, ImageFetcher, load_image
 from deployments.model_client import ModelClient
-from notifier import notifier_handle
+from imaging import DecodedImage, ImageFetcher, load_image
 
 log = logging.getLogger("sightwire.processor")
 
@@ -77,7 +77,6 @@ class Processor:
         self,
         settings: Settings,
         models: dict[str, DeploymentHandle],
-        notifier: Any,
         bulk: DeploymentHandle | None = None,
         timeouts: dict[str, float] | None = None,
     ) -> None:
@@ -88,7 +87,6 @@ class Processor:
         self.timeouts = model_timeouts(settings, self.specs) if timeouts is None else timeouts
         self.model_retries: Counter[str] = Counter()  # calls retried after a replica died, per model
         self.clients = model_clients(self.specs, models)
-        self.notifier = notifier
         self.store = Store.from_settings(settings)
         self.fetcher = ImageFetcher.from_settings(settings)
         self.consumer = f"processor-{uuid.uuid4().hex[:12]}"
@@ -150,9 +148,7 @@ class Processor:
         pending = [name for name in models if name in queued]
         if pending and record.error is None:
             await self._run_models(image_id, record.url, pending)
-        _, deliveries = await self.store.images.finalize(image_id)
-        if deliveries:
-            self.notifier.wake.remote()
+        await self.store.images.finalize(image_id)
 
     async def _process_bulk(self, job: Job, consumer: str) -> None:
         """A large group: hand it to the Ray Data pipeline, keeping the job claimed meanwhile."""
@@ -193,10 +189,10 @@ class Processor:
                 completed_at=utcnow(),
             )
         except TimeoutError:
-            result = self._failed(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
+            result = failed_result(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
         except Exception as exc:  # any model error fails this model only
             log.exception("model %s failed on %s", name, image_id)
-            result = self._failed(ErrorCode.MODEL_FAILED, f"{name}: {type(exc).__name__}: {exc}"[:500])
+            result = failed_result(ErrorCode.MODEL_FAILED, f"{name}: {describe(exc)}")
         await self.store.images.write_model_result(image_id, name, result)
 
     async def _call_model(self, name: str, image: DecodedImage | ray.ObjectRef) -> dict[str, Any]:
@@ -217,11 +213,6 @@ class Processor:
                 await asyncio.sleep(MODEL_RETRY_BACKOFF_S * attempt)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _failed(code: ErrorCode, message: str) -> ModelResult:
-        error = ErrorInfo(code=code, message=message)
-        return ModelResult(status=ModelStatus.FAILED, error=error, completed_at=utcnow())
-
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class JobProcessor:
@@ -231,7 +222,7 @@ class JobProcessor:
     def __init__(
         self, settings: Settings, models: dict[str, DeploymentHandle], bulk: RemoteFunction | None = None
     ) -> None:
-        self.processor = Processor(settings, models, notifier_handle(settings), bulk)
+        self.processor = Processor(settings, models, bulk)
         self.processor.start()
 
     async def depth(self) -> int:

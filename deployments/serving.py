@@ -1,124 +1,52 @@
-"""What every model deployment shares: CPU preparation per request, tensor work per batch.
+"""Every registry model as a Serve deployment: one generic class, options from its ``ModelSpec``.
 
-A request carries one decoded image. ``predict`` prepares it (resize/crop, in a worker thread,
-so the event loop keeps admitting requests) and hands the small fixed-size array to the
-replica's ``Batcher``, which runs whole batches, one at a time, in the inference thread. While a
-batch is in the model, the next requests are being prepared and queued: the CPU work and the
-tensor work overlap, and the next batch is as full as the queue allows the moment the model is
-free.
+A request carries one decoded image (``predict``) or several (``predict_many``, what the
+processor's ``ModelClient`` sends). Each image is prepared (resize/crop, in a worker thread, so
+the event loop keeps admitting requests) and the small fixed-size array goes to the replica's
+``Batcher``, which runs whole batches, one at a time, in the inference thread. While a batch is
+in the model, the next requests are being prepared and queued: the CPU work and the tensor work
+overlap, and the next batch is as full as the queue allows the moment the model is free.
 
-Why not ``@serve.batch``: in Ray Serve 2.60 its loop forms the next batch every
-``batch_wait_timeout_s`` whether or not the model is free, and queues it behind the running one.
-Under load the model then works through many small batches (measured on the bench CLIP model
-with 32 requests in flight and ``max_batch_size`` 16: batches of 1-7, each request waiting
-~600 ms behind them), which throws away exactly the throughput batching is for. ``Batcher``
-forms a batch only when the model can take it: under load every batch is full, and a lone
-request still goes after at most ``batch_wait_timeout_s``.
+The runner comes from the task → family table (``models.families.load_runner``), so the
+deployment is the same class for every family; ``bind_model`` names it ``model-<name>`` and
+gives it the model's own autoscaling and resources.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import ray
 import torch
+from ray import serve
+from ray.serve.deployment import Application
 
-from core.registry import ModelSpec
+from core.failures import describe
+from core.registry import ModelSpec, Registry
 from core.schemas import ModelInfo
-from deployments.images import DecodedImage
-from deployments.runner import ModelRunner
+from deployments.batcher import Batcher
+from imaging import DecodedImage
+from models.base import Prepared
+from models.families import load_runner
 
 log = logging.getLogger("sightwire.models")
 
-Item = TypeVar("Item")
-Result = TypeVar("Result")
+# Serve notices a dead replica through its health check; a short period replaces it sooner.
+HEALTH_CHECK_PERIOD_S = 2.0
 
 
-class Batcher(Generic[Item, Result]):
-    """Gathers single items into batches for ``run``, forming a batch only when ``run`` is free.
+@serve.deployment(max_ongoing_requests=64)
+class ModelDeployment:
+    """One replica of one registry model: its runner, and a batcher in front of ``run``."""
 
-    ``run`` takes a list and returns one result per item; it runs in one dedicated thread, so a
-    batch never waits behind other work of the replica's thread pool. A batch closes when it
-    holds ``max_batch_size`` items or when its first item has waited ``wait_s`` (time spent
-    behind a running batch counts: a request never waits twice). Cancelled requests are
-    skipped; an exception from ``run`` fails every request of that batch."""
-
-    def __init__(self, run: Callable[[list[Item]], list[Result]], max_batch_size: int, wait_s: float) -> None:
-        self._run = run
-        self.max_batch_size = max_batch_size
-        self.wait_s = wait_s
-        self._queue: list[tuple[Item, asyncio.Future[Result], float]] = []
-        self._arrived: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.batches = 0
-        self.items = 0
-
-    async def submit(self, item: Item) -> Result:
-        loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
-            self._arrived = asyncio.Event()
-            self._worker = loop.create_task(self._work())
-        future: asyncio.Future[Result] = loop.create_future()
-        self._queue.append((item, future, loop.time()))
-        self._arrived.set()  # type: ignore[union-attr]
-        return await future
-
-    async def _next_batch(self) -> list[tuple[Item, asyncio.Future[Result], float]]:
-        loop = asyncio.get_running_loop()
-        arrived = self._arrived
-        assert arrived is not None
-        while not self._queue:
-            arrived.clear()
-            await arrived.wait()
-        deadline = self._queue[0][2] + self.wait_s
-        while len(self._queue) < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
-            arrived.clear()
-            try:
-                await asyncio.wait_for(arrived.wait(), remaining)
-            except TimeoutError:
-                break
-        batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size :]
-        return batch
-
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [entry for entry in await self._next_batch() if not entry[1].done()]
-            if not batch:
-                continue
-            self.batches += 1
-            self.items += len(batch)
-            try:
-                results = await loop.run_in_executor(self._thread, self._run, [item for item, _, _ in batch])
-            except Exception as exc:  # the model failed this batch: its requests fail, the next go on
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future, _), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-
-    def stats(self) -> dict[str, float]:
-        return {"batches": self.batches, "items": self.items,
-                "mean_batch_size": self.items / self.batches if self.batches else 0.0}
-
-
-class BatchedModel:
-    """Base of every model-family deployment; subclasses load their runner in ``__init__``."""
-
-    runner: ModelRunner
-    batcher: Batcher[Any, dict[str, Any]]
-
-    def _serve(self, runner: ModelRunner, spec: ModelSpec) -> None:
-        self.runner = runner
-        self.batcher = Batcher(self._run, spec.batching.max_batch_size, spec.batching.batch_wait_timeout_s)
-        log.info("%s loaded on %s with %d torch threads", runner.version, runner.info().device,
+    def __init__(self, spec: ModelSpec) -> None:
+        self.runner = load_runner(spec)
+        self.batcher: Batcher[Prepared, dict[str, Any]] = Batcher(
+            self._run, spec.batching.max_batch_size, spec.batching.batch_wait_timeout_s
+        )
+        log.info("%s loaded on %s with %d torch threads", self.runner.version, self.runner.info().device,
                  torch.get_num_threads())
 
     def info(self) -> ModelInfo:
@@ -150,12 +78,11 @@ class BatchedModel:
         out = []
         for p in prepared:
             answer = p if isinstance(p, Exception) else next(done)
-            out.append({"error": f"{type(answer).__name__}: {answer}"[:500]} if isinstance(answer, BaseException)
-                       else answer)
+            out.append({"error": describe(answer)} if isinstance(answer, BaseException) else answer)
         return out
 
-    def _prepare_all(self, images: list[DecodedImage]) -> list[Any]:
-        out: list[Any] = []
+    def _prepare_all(self, images: list[DecodedImage]) -> list[Prepared | Exception]:
+        out: list[Prepared | Exception] = []
         for image in images:
             try:
                 out.append(self.runner.prepare(image))
@@ -163,5 +90,31 @@ class BatchedModel:
                 out.append(exc)
         return out
 
-    def _run(self, batch: list[Any]) -> list[dict[str, Any]]:
+    def _run(self, batch: list[Prepared]) -> list[dict[str, Any]]:
         return [{"version": self.runner.version, "result": r} for r in self.runner.run(batch)]
+
+
+def max_ongoing_requests(spec: ModelSpec) -> int:
+    """A replica must accept at least a full batch, twice, to fill the next while one runs,
+    and at least the autoscaling target, or the target could never be reached."""
+    batch = spec.batching.max_batch_size
+    return max(2 * batch, int(spec.autoscaling.target_ongoing_requests + 0.999), 8)
+
+
+def bind_model(spec: ModelSpec) -> Application:
+    """A bound deployment for ``spec``: its own autoscaling on its own queue, its resources."""
+    return ModelDeployment.options(
+        name=spec.deployment_name,
+        max_ongoing_requests=max_ongoing_requests(spec),
+        autoscaling_config={
+            "min_replicas": spec.autoscaling.min_replicas,
+            "max_replicas": spec.autoscaling.max_replicas,
+            "target_ongoing_requests": spec.autoscaling.target_ongoing_requests,
+        },
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        ray_actor_options={"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
+    ).bind(spec)
+
+
+def bind_models(registry: Registry) -> dict[str, Application]:
+    return {name: bind_model(spec) for name, spec in registry.models.items()}

@@ -29,16 +29,9 @@ from ray.data import Dataset
 
 from core.registry import BUILTIN_PROFILES, LOCAL_PROFILES, ModelSpec, load_registry
 from core.settings import RAY_NAMESPACE, Settings
-from pipelines.dataset import (
-    ERROR_CODE,
-    OUTPUT_COLUMNS,
-    ROW,
-    STATUS,
-    PipelineOptions,
-    build_pipeline,
-    source_block_rows,
-)
-from pipelines.sources import Source, blocks, to_table
+from pipelines.columns import ERROR_CODE, OUTPUT_COLUMNS, ROW, STATUS
+from pipelines.dataset import PipelineOptions, build_pipeline
+from pipelines.sources import Source, to_table
 
 log = logging.getLogger("sightwire.bulk")
 
@@ -72,7 +65,7 @@ def resolve_models(
     """The registry specs for ``models`` (``None``: every model of the profile); builds a local
     profile (``tiny``, ``bench``: random weights, no network) on first use."""
     if profile in LOCAL_PROFILES:
-        from deployments.tiny import ensure_local_profile
+        from models.tiny import ensure_local_profile
 
         ensure_local_profile(models_dir, profile)
     registry = load_registry(profile, models_dir)
@@ -93,14 +86,9 @@ def stream(
     options: PipelineOptions | None = None,
 ) -> tuple[Dataset, bool]:
     """The lazy result dataset for ``source`` and whether its rows carry input positions."""
-    options = options or PipelineOptions()
     table = to_table(source)
-    if table is None:  # a Dataset: streamed as it is, rows in completion order
-        pipeline = build_pipeline(source, specs, settings, options)  # type: ignore[arg-type]
-    else:
-        rows = table.num_rows
-        dataset = blocks(table, source_block_rows(rows, specs, options))
-        pipeline = build_pipeline(dataset, specs, settings, options, rows=rows)
+    # A Dataset streams as it is, rows in completion order; a table's rows carry their positions.
+    pipeline = build_pipeline(source if table is None else table, specs, settings, options)  # type: ignore[arg-type]
     pipeline.context.enable_progress_bars = progress
     pipeline.context.enable_operator_progress_bars = progress
     return pipeline, table is not None

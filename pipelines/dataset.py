@@ -40,28 +40,29 @@ import ray.data
 from ray.data import ActorPoolStrategy, Dataset
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from core.failures import Failure
+from core.failures import MAX_MESSAGE_CHARS, Failure, describe, failed_result
 from core.registry import ModelSpec, decode_min_side
 from core.schemas import ErrorCode, ErrorInfo, ModelResult, ModelStatus, image_status, utcnow
 from core.settings import Settings
-
-# Internal columns: present between stages only.
-OK = "_ok"
-PIXELS = "_pixels"
-PIXEL_HEIGHT = "_ph"
-PIXEL_WIDTH = "_pw"
-ROW = "_row"  # input position, when the source has one (lists, frames, manifests): restores order
-WANTED = "_models"  # optional JSON list per row: run only these models on it (store-backed runs)
-INTERNAL = (OK, PIXELS, PIXEL_HEIGHT, PIXEL_WIDTH, WANTED)
-
-# Public columns every output row has, besides one column per model.
-URL, ID = "url", "id"
-STATUS, WIDTH, HEIGHT, ERROR_CODE, ERROR_MESSAGE = "status", "width", "height", "error_code", "error_message"
-OUTPUT_COLUMNS = (URL, ID, STATUS, WIDTH, HEIGHT, ERROR_CODE, ERROR_MESSAGE)
-RESERVED = frozenset({*OUTPUT_COLUMNS, OK, PIXELS, PIXEL_HEIGHT, PIXEL_WIDTH}) - {URL, ID}
-NODE_PREFIX = "node:"  # with trace_nodes: the Ray node that ran each model on each row
-
-MAX_MESSAGE_CHARS = 500
+from imaging import DecodedImage, ImageFetcher, decode_image
+from pipelines.columns import (
+    ERROR_CODE,
+    ERROR_MESSAGE,
+    HEIGHT,
+    INTERNAL,
+    NODE_PREFIX,
+    OK,
+    PIXEL_HEIGHT,
+    PIXEL_WIDTH,
+    PIXELS,
+    STATUS,
+    URL,
+    WANTED,
+    WIDTH,
+    reserved_in,
+    state_column,
+)
+from pipelines.sources import blocks
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,8 @@ class PipelineOptions:
 # --- fetch and decode ---------------------------------------------------------------------------
 
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
-
-
 async def _load_all(
-    fetcher: Any,
+    fetcher: ImageFetcher,
     settings: Settings,
     urls: list[Any],
     options: PipelineOptions,
@@ -102,8 +99,6 @@ async def _load_all(
 ) -> list[Any]:
     """Fetch (async, bounded) and decode (threads) every URL with the API processor's
     ``decode_image`` and the models' ``min_side``; a failure is returned, not raised."""
-    from deployments.images import decode_image
-
     limit = asyncio.Semaphore(options.fetch_concurrency)
     loop = asyncio.get_running_loop()
 
@@ -119,7 +114,7 @@ async def _load_all(
         except Failure as failure:
             return failure
         except Exception as exc:  # whatever else goes wrong fails this image only
-            return Failure(ErrorCode.FETCH_FAILED, _reason(exc))
+            return Failure(ErrorCode.FETCH_FAILED, describe(exc))
 
     return await asyncio.gather(*(one(url) for url in urls))
 
@@ -173,8 +168,6 @@ class LoadStage:
     pipeline's models, so a row that runs fewer of them may decode larger than the API would)."""
 
     def __init__(self, settings: Settings, options: PipelineOptions, min_side: int) -> None:
-        from deployments.images import ImageFetcher
-
         self.settings = settings
         self.options = options
         self.min_side = min_side
@@ -195,9 +188,9 @@ class LoadStage:
         self.pool.shutdown(wait=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        clash = RESERVED.intersection(batch.column_names)
+        clash = reserved_in(batch.column_names)
         if clash:
-            raise ValueError(f"source columns {sorted(clash)} are reserved for the pipeline's output; rename them")
+            raise ValueError(f"source columns {clash} are reserved for the pipeline's output; rename them")
         if URL not in batch.column_names:
             raise ValueError(f"the source has no {URL!r} column (columns: {batch.column_names})")
         work = _load_all(self.fetcher, self.settings, batch[URL].to_pylist(), self.options, self.min_side, self.pool)
@@ -230,21 +223,17 @@ class LoadStage:
 # --- inference ----------------------------------------------------------------------------------
 
 
-def _failed(code: ErrorCode, message: str) -> str:
-    error = ErrorInfo(code=code, message=message[:MAX_MESSAGE_CHARS])
-    return ModelResult(status=ModelStatus.FAILED, error=error, completed_at=utcnow()).to_json()
-
-
 class ModelStage:
     """Ray Data callable class: one registry model, loaded once per actor with ``load_runner``.
 
     Runs the model on the rows of a batch that have pixels (and want this model), adds the
     column ``<model name>`` with a ``ModelResult`` JSON per row (null where the model did not
-    run). The last model's stage also finishes the batch (``finish_batch`` with every model's
-    name in ``finish``): one stage fewer, so no extra workers, and the pixels go at once."""
+    run) and, internal, its status (``_state:<model name>``). The last model's stage also
+    finishes the batch (``finish_batch`` with every model's name in ``finish``): one stage
+    fewer, so no extra workers, and the pixels go at once."""
 
     def __init__(self, spec: ModelSpec, finish: Sequence[str] = (), trace_nodes: bool = False) -> None:
-        from deployments.models import load_runner
+        from models.families import load_runner  # torch and transformers: on the model actors only
 
         self.spec = spec
         self.finish = list(finish)
@@ -254,26 +243,26 @@ class ModelStage:
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from deployments.images import DecodedImage
-
         name = self.spec.name
         n = batch.num_rows
         ok = batch[OK].to_pylist()
         wanted = batch[WANTED].to_pylist() if WANTED in batch.column_names else [None] * n
         rows = [i for i in range(n) if ok[i] and (wanted[i] is None or name in json.loads(wanted[i]))]
         outputs: list[str | None] = [None] * n
+        states: list[str | None] = [None] * n
         if rows:
             pixels = pixel_views(batch[PIXELS], batch[PIXEL_HEIGHT].to_pylist(), batch[PIXEL_WIDTH].to_pylist())
             width, height = batch[WIDTH].to_pylist(), batch[HEIGHT].to_pylist()
             images = [DecodedImage(pixels=pixels[i], width=width[i], height=height[i]) for i in rows]
             for i, result in zip(rows, self._predict(images), strict=True):
-                outputs[i] = result
+                outputs[i], states[i] = result.to_json(), result.status.value
         batch = batch.append_column(name, pa.array(outputs, pa.string()))
+        batch = batch.append_column(state_column(name), pa.array(states, pa.string()))
         if self.trace_nodes:
             batch = batch.append_column(NODE_PREFIX + name, pa.array([self.node_id] * n, pa.string()))
         return finish_batch(batch, self.finish) if self.finish else batch
 
-    def _predict(self, images: list[Any]) -> list[str]:
+    def _predict(self, images: list[DecodedImage]) -> list[ModelResult]:
         """The batch at once; if it fails, image by image, so one bad image fails only itself."""
         try:
             return self._complete(self.runner.predict(images), len(images))
@@ -285,15 +274,15 @@ class ModelStage:
             try:
                 results.extend(self._complete(self.runner.predict([image]), 1))
             except Exception as exc:
-                results.append(_failed(ErrorCode.MODEL_FAILED, f"{self.spec.name}: {_reason(exc)}"))
+                results.append(failed_result(ErrorCode.MODEL_FAILED, f"{self.spec.name}: {describe(exc)}"))
         return results
 
-    def _complete(self, answers: list[dict[str, Any]], expected: int) -> list[str]:
+    def _complete(self, answers: list[dict[str, Any]], expected: int) -> list[ModelResult]:
         if len(answers) != expected:
             raise RuntimeError(f"{self.spec.name} returned {len(answers)} results for {expected} images")
         now = utcnow()
         return [
-            ModelResult(status=ModelStatus.COMPLETE, version=self.version, result=answer, completed_at=now).to_json()
+            ModelResult(status=ModelStatus.COMPLETE, version=self.version, result=answer, completed_at=now)
             for answer in answers
         ]
 
@@ -301,25 +290,26 @@ class ModelStage:
 # --- finishing ----------------------------------------------------------------------------------
 
 
-def row_status(results: dict[str, str | None], error_code: str | None) -> str:
-    """An output row's status by the API's own rule (``core.schemas.image_status``)."""
+def row_status(states: dict[str, str | None], error_code: str | None) -> str:
+    """An output row's status by the API's own rule (``core.schemas.image_status``), from each
+    model's status on it (``None``: the model did not run on this row)."""
     if error_code:
         error = ErrorInfo(code=ErrorCode(error_code), message="")
         return image_status({}, error, started=True, canceled=False).value
-    models = {name: ModelResult.model_validate_json(value) for name, value in results.items() if value}
-    if not models:  # nothing ran on this row (a store-backed run with nothing left to do)
-        return image_status({}, None, started=True, canceled=False).value
+    models = {name: ModelResult(status=ModelStatus(state)) for name, state in states.items() if state}
+    # No model at all ran on this row (a store-backed run with nothing left to do): complete.
     return image_status(models, None, started=True, canceled=False).value
 
 
 def finish_batch(batch: pa.Table, models: Sequence[str]) -> pa.Table:
     """Ray Data UDF: the status column, and the internal columns dropped."""
-    columns = {name: batch[name].to_pylist() for name in models}
+    states = {name: batch[state_column(name)].to_pylist() for name in models}
     codes = batch[ERROR_CODE].to_pylist()
     statuses = [
-        row_status({name: columns[name][i] for name in models}, codes[i]) for i in range(batch.num_rows)
+        row_status({name: states[name][i] for name in models}, codes[i]) for i in range(batch.num_rows)
     ]
-    batch = batch.drop_columns([c for c in INTERNAL if c in batch.column_names])
+    internal = [*INTERNAL, *(state_column(name) for name in models)]
+    batch = batch.drop_columns([c for c in internal if c in batch.column_names])
     return batch.append_column(STATUS, pa.array(statuses, pa.string()))
 
 
@@ -357,38 +347,40 @@ def loader_count(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
     return int(max(1, min(8, math.floor(free / per_loader))))
 
 
-def source_block_rows(rows: int | None, specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
+def source_block_rows(rows: int, loaders: int, options: PipelineOptions) -> int:
     """Rows per source block: a full fetch batch, or fewer when that spreads a small input over
     every loader. A loader's output for one block stays one block, which one model actor then
     takes (in batches of its size), so this is also the unit the model actors share."""
-    if rows is None:
-        return options.fetch_batch_size
-    return max(1, min(options.fetch_batch_size, math.ceil(rows / loader_count(specs, options))))
+    return max(1, min(options.fetch_batch_size, math.ceil(rows / loaders)))
 
 
 def build_pipeline(
-    source: Dataset,
+    source: Dataset | pa.Table,
     specs: Sequence[ModelSpec],
     settings: Settings,
     options: PipelineOptions | None = None,
-    rows: int | None = None,
 ) -> Dataset:
-    """The lazy dataset of result rows for ``source`` (rows with a ``url`` column; ``rows`` of
-    them, when known, in blocks of ``source_block_rows``).
+    """The lazy dataset of result rows for ``source``: rows with a ``url`` column, as a Dataset
+    (streamed as it is) or as a table (its size known: split here into blocks of
+    ``source_block_rows``, and no more loaders than blocks).
 
     Nothing runs until the caller iterates or writes it; then it streams."""
     if not specs:
         raise ValueError("no models to run")
     options = options or PipelineOptions()
-    block_rows = source_block_rows(rows, specs, options)
     # Every loader from the start (never more than there are blocks), so batches reach all the
     # model actors at once; on the driver's node while it has room. Ray Data starts the loader
     # pool before the model pools, and a loader holds its CPU share for the whole run: spread
     # over the cluster (Ray Data's default), one took a node sized for a model actor and the
     # pool never started; Ray's default policy also leaves the driver's node once it is half used.
     loaders = loader_count(specs, options)
-    if rows is not None:
+    rows: int | None = None
+    block_rows = options.fetch_batch_size
+    if isinstance(source, pa.Table):
+        rows = source.num_rows
+        block_rows = source_block_rows(rows, loaders, options)
         loaders = max(1, min(loaders, math.ceil(rows / block_rows)))
+        source = blocks(source, block_rows)
     near_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     ds = source.map_batches(
         LoadStage,

@@ -6,7 +6,7 @@ picks up where the last one stopped), streams the rest through the Ray Data pipe
 writes each image's results the moment its batch comes out — ``mark_started``, one
 ``write_model_result`` per model (or ``write_image_error`` when the image could not be fetched
 or decoded), then ``finalize``, which moves the group's counts and aggregates and puts any
-webhook in the outbox. The notifier is woken after every batch that produced a delivery.
+webhook in the outbox (whose wake token the notifier waits on: nothing here calls it).
 
 Writes are idempotent and ``finalize`` announces each state once, so running a group twice (a
 retried task, a reclaimed job) is harmless. Launch it off the caller's event loop as a Ray task:
@@ -24,43 +24,18 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from core.failures import failed_result
 from core.registry import load_registry
-from core.schemas import (
-    Delivery,
-    ErrorCode,
-    ErrorInfo,
-    ImageRecord,
-    ModelResult,
-    ModelStatus,
-    utcnow,
-)
+from core.schemas import ErrorCode, ErrorInfo, ImageRecord, ModelResult, ModelStatus
 from core.settings import Settings
 from core.store import Store
-from pipelines.dataset import (
-    ERROR_CODE,
-    ERROR_MESSAGE,
-    HEIGHT,
-    ID,
-    URL,
-    WANTED,
-    WIDTH,
-    PipelineOptions,
-    build_pipeline,
-    source_block_rows,
-)
-from pipelines.sources import blocks
+from pipelines.columns import ERROR_CODE, ERROR_MESSAGE, HEIGHT, ID, URL, WANTED, WIDTH
+from pipelines.dataset import PipelineOptions, build_pipeline
 
 log = logging.getLogger("sightwire.group_run")
 
 READ_CHUNK = 500  # image records read per Redis round trip
 WRITE_CONCURRENCY = 16  # images of one batch written at once
-
-
-def _deliveries(answer: Any) -> list[Delivery]:
-    """``finalize``'s second element: a list of deliveries (or, from older stores, one or None)."""
-    if answer is None:
-        return []
-    return list(answer) if isinstance(answer, (list, tuple)) else [answer]
 
 
 def pending_models(record: ImageRecord, models: Iterable[str] | None) -> list[str]:
@@ -99,24 +74,20 @@ async def _gather_bounded(items: Iterable[Any], work: Any) -> list[Any]:
     return await asyncio.gather(*(one(item) for item in items))
 
 
-async def _finalize_all(store: Store, image_ids: Iterable[str]) -> list[Delivery]:
+async def _finalize_all(store: Store, image_ids: Iterable[str]) -> None:
     """Announce finished images whose last run stopped between their writes and ``finalize``
     (``finalize`` adds nothing for a state already announced)."""
-    answers = await _gather_bounded(image_ids, store.images.finalize)
-    return [d for _, deliveries in answers for d in _deliveries(deliveries)]
+    await _gather_bounded(image_ids, store.images.finalize)
 
 
 def _model_result(name: str, value: str | None, available: set[str]) -> ModelResult:
     if value:
         return ModelResult.model_validate_json(value)
     reason = "is not in this deployment's registry" if name not in available else "returned no result"
-    error = ErrorInfo(code=ErrorCode.MODEL_FAILED, message=f"{name} {reason}")
-    return ModelResult(status=ModelStatus.FAILED, error=error, completed_at=utcnow())
+    return failed_result(ErrorCode.MODEL_FAILED, f"{name} {reason}")
 
 
-async def _write_row(
-    store: Store, row: dict[str, Any], wanted: list[str], available: set[str]
-) -> list[Delivery]:
+async def _write_row(store: Store, row: dict[str, Any], wanted: list[str], available: set[str]) -> None:
     image_id = row[ID]
     if row[ERROR_CODE]:
         error = ErrorInfo(code=ErrorCode(row[ERROR_CODE]), message=row[ERROR_MESSAGE] or "")
@@ -126,22 +97,14 @@ async def _write_row(
             await store.images.mark_started(image_id, row[WIDTH], row[HEIGHT])
         for name in wanted:
             await store.images.write_model_result(image_id, name, _model_result(name, row.get(name), available))
-    _, deliveries = await store.images.finalize(image_id)
-    return _deliveries(deliveries)
+    await store.images.finalize(image_id)
 
 
 async def _write_batch(
     store: Store, table: pa.Table, todo: dict[str, tuple[str, list[str]]], available: set[str]
-) -> list[Delivery]:
+) -> None:
     rows = table.to_pylist()
-    answers = await _gather_bounded(rows, lambda row: _write_row(store, row, todo[row[ID]][1], available))
-    return [d for deliveries in answers for d in deliveries]
-
-
-def _wake(settings: Settings, notifier_name: str | None) -> None:
-    from notifier import NOTIFIER_NAME, notifier_handle
-
-    notifier_handle(settings, name=notifier_name or NOTIFIER_NAME).wake.remote()
+    await _gather_bounded(rows, lambda row: _write_row(store, row, todo[row[ID]][1], available))
 
 
 def process_group(
@@ -151,22 +114,18 @@ def process_group(
     *,
     models: Sequence[str] | None = None,
     options: PipelineOptions | None = None,
-    notifier_name: str | None = None,
 ) -> int:
     """Run the unfinished images of a group through the bulk pipeline; returns how many ran.
 
     ``models`` limits the run to those models (default: every model still queued on each
-    image). ``notifier_name`` picks the notifier actor to wake (default: the application's).
-    Needs a connected Ray (it runs as a Ray task, or in a driver)."""
+    image). Needs a connected Ray (it runs as a Ray task, or in a driver)."""
     registry = load_registry(settings.models, settings.models_dir)
     with asyncio.Runner() as runner:
         store = Store.from_settings(settings)
         try:
             todo, finished = runner.run(_plan(store, image_ids, models))
             # Finished images of an earlier, interrupted run may still be unannounced.
-            woke = runner.run(_finalize_all(store, finished))
-            if woke:
-                _wake(settings, notifier_name)
+            runner.run(_finalize_all(store, finished))
             log.info("group %s: %d images to run, %d already finished", group_id, len(todo), len(finished))
             if not todo:
                 return 0
@@ -175,9 +134,7 @@ def process_group(
             available = {spec.name for spec in specs}
             processed = 0
             for table in _stream(todo, specs, settings, options):
-                deliveries = runner.run(_write_batch(store, table, todo, available))
-                if deliveries:
-                    _wake(settings, notifier_name)
+                runner.run(_write_batch(store, table, todo, available))
                 processed += table.num_rows
             return processed
         finally:
@@ -201,9 +158,7 @@ def _stream(
         empty = pa.array([None] * table.num_rows, pa.string())
         yield table.append_column(ERROR_CODE, empty).append_column(ERROR_MESSAGE, empty)
         return
-    options = options or PipelineOptions()
-    rows = table.num_rows
-    pipeline = build_pipeline(blocks(table, source_block_rows(rows, specs, options)), specs, settings, options, rows)
+    pipeline = build_pipeline(table, specs, settings, options)
     pipeline.context.enable_progress_bars = False
     yield from pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
 

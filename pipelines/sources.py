@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import ray.data
 from ray.data import Dataset
 
-from pipelines.dataset import ID, ROW, URL, WANTED
+from pipelines.columns import ID, ROW, URL, WANTED
 
 Source = Sequence[str] | Sequence[Mapping[str, Any]] | str | os.PathLike[str] | pd.DataFrame | Dataset
 

@@ -87,7 +87,7 @@ def cmd_secret_show(args: argparse.Namespace) -> int:
 
 
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
-    from deployments.tiny import build_local_profile
+    from models.tiny import build_local_profile
 
     root = build_local_profile(Path(args.dir), args.profile)
     print(f"{args.profile} models (random weights) built in {root}")

@@ -12,6 +12,7 @@ from core.schemas import ModelInfo
 from core.settings import Settings
 from core.store import Store
 from deployments.processor import JobProcessor
+from notifier import notifier_handle
 from serve_app.api import create_app
 from serve_app.context import ApiContext
 
@@ -42,13 +43,15 @@ class ApiGateway:
 
 
 def build_app(settings: Settings) -> Application:
-    """Bind every deployment: one per model, the job processor, and the API in front."""
-    # Imported here: the model families pull in torch and transformers, which the API and
+    """Bind every deployment: one per model, the job processor, and the API in front; start the
+    notifier actor (it is no deployment: one detached actor per cluster)."""
+    # Imported here: the model runners pull in torch and transformers, which the API and
     # processor replicas (which import this module to unpickle ApiGateway) never need.
-    from deployments.models import bind_models
+    from deployments.serving import bind_models
     from pipelines.group_run import process_group_remote
 
     registry = load_registry(settings.models, settings.models_dir)
+    notifier_handle(settings)  # the notifier actor, created once here (placeholder for the notifier owner's line)
     models = bind_models(registry)
     # Large groups run as Ray Data pipelines: the processor launches this task for bulk jobs.
     processor = JobProcessor.options(num_replicas=1).bind(settings, models, process_group_remote)

@@ -18,7 +18,7 @@ from ray import serve
 
 from core.registry import LOCAL_PROFILES
 from core.settings import Settings
-from deployments.tiny import ensure_local_profile
+from models.tiny import ensure_local_profile
 from notifier import NAMESPACE, NOTIFIER_NAME
 from serve_app.gateway import APP_NAME, build_app
 from serve_app.local import RedisServer

@@ -17,7 +17,7 @@ from PIL import Image
 from core.settings import RAY_NAMESPACE, Settings
 from core.store import Store
 from core.tokens import new_id
-from deployments.tiny import ensure_tiny_profile
+from models.tiny import ensure_tiny_profile
 from serve_app.local import RedisServer, free_port
 from tests.support.servers import ImageHost, WebhookReceiver
 

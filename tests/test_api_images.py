@@ -14,7 +14,6 @@ from core.schemas import ImageCreate, ImageStatus
 from core.store import Store
 from core.tokens import new_id
 from deployments.processor import Processor
-from notifier import notifier_handle
 from serve_app.gateway import APP_NAME
 from serve_app.stack import LocalStack
 from tests.conftest import png_bytes
@@ -194,7 +193,7 @@ async def test_job_of_a_dead_worker_is_taken_up(
     assert job.image_id == record.id
 
     models = {"object_detection": serve.get_deployment_handle("model-object_detection", app_name=APP_NAME)}
-    processor = Processor(settings, models, notifier_handle(settings))
+    processor = Processor(settings, models)
     processor.start()
     try:
         for _ in range(100):

@@ -11,9 +11,9 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.images import DecodedImage
+from deployments.batcher import Batcher
 from deployments.model_client import ModelClient
-from deployments.serving import Batcher
+from imaging import DecodedImage
 from serve_app.gateway import APP_NAME
 from serve_app.stack import LocalStack
 

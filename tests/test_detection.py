@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from core.registry import load_registry
-from deployments.detection import Detector
-from deployments.images import DecodedImage
-from deployments.tiny import DETECTION_LABELS, ensure_tiny_profile
+from imaging import DecodedImage
+from models.detection import DETECTION_LABELS, Detector
+from models.tiny import ensure_tiny_profile
 
 
 @pytest.fixture(scope="module")

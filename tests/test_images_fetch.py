@@ -19,7 +19,7 @@ from PIL import Image
 from core.failures import Failure
 from core.schemas import ErrorCode
 from core.settings import Settings
-from deployments.images import DecodedImage, ImageFetcher, decode_image, load_image
+from imaging import DecodedImage, ImageFetcher, decode_image, load_image
 from tests.conftest import png_bytes
 from tests.support.servers import ImageHost
 

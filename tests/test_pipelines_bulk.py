@@ -130,8 +130,7 @@ def test_sources_read_manifests_in_order(ray_session: None, bulk_settings: Setti
 
 
 def test_row_status_follows_the_api_rule() -> None:
-    done = ModelResult(status=ModelStatus.COMPLETE, version="m@1", result={}).to_json()
-    failed = ModelResult(status=ModelStatus.FAILED).to_json()
+    done, failed = ModelStatus.COMPLETE.value, ModelStatus.FAILED.value  # each model's state on the row
     assert row_status({"a": done, "b": done}, None) == "complete"
     assert row_status({"a": done, "b": failed}, None) == "partial"
     assert row_status({"a": failed}, None) == "failed"
@@ -179,9 +178,7 @@ async def test_group_run_skips_finished_images_and_resumes(
             await store.images.finalize(image_id)
         notifier_handle(group_settings, name=notifier_name)
 
-        processed = await asyncio.to_thread(
-            process_group, group_settings, group.id, ids, notifier_name=notifier_name
-        )
+        processed = await asyncio.to_thread(process_group, group_settings, group.id, ids)
 
         assert processed == 8
         records = {r.id: r for r in await store.images.get_many(ids)}
@@ -198,7 +195,7 @@ async def test_group_run_skips_finished_images_and_resumes(
         assert (final.counts.complete, final.counts.failed, final.counts.pending) == (10, 2, 0)
         assert final.status is ImageStatus.PARTIAL
 
-        # The group's completion reaches its webhook: the run woke this test's notifier.
+        # The group's completion reaches its webhook: the outbox's wake token woke this test's notifier.
         arrived = receiver.wait_for(
             lambda got: any(json.loads(r.body)["type"] == EventType.GROUP_COMPLETED for r in got), timeout_s=30
         )

@@ -76,7 +76,8 @@ def main(models_dir: str, report: str) -> None:
 
     from core.settings import RAY_NAMESPACE, Settings
     from pipelines import bulk
-    from pipelines.dataset import NODE_PREFIX, PipelineOptions
+    from pipelines.columns import NODE_PREFIX
+    from pipelines.dataset import PipelineOptions
     from tests.conftest import png_bytes
     from tests.support.servers import ImageHost
 

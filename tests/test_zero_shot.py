@@ -12,9 +12,10 @@ import torch
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from core.registry import SCORE_LEVELS, load_registry
-from deployments.images import DecodedImage
-from deployments.tiny import READY_MARKER, ensure_tiny_profile, prompt_words
-from deployments.zero_shot import ZeroShotClassifier, crop_box
+from imaging import DecodedImage
+from models.clip_vocabulary import prompt_words
+from models.tiny import READY_MARKER, ensure_tiny_profile
+from models.zero_shot import ZeroShotClassifier, crop_box
 
 CLIP_MODELS = ("room_classification", "condition_score", "quality_score")
 

@@ -1,4 +1,4 @@
-"""The ``object-detection`` model family: a DETR-style detector behind a batched Serve deployment.
+"""The ``object-detection`` family: a DETR-style detector, and its random-weight local build.
 
 Each image is resized to the registry's square ``input_size`` (``prepare``, CPU, per request)
 and the batch is normalised as one stacked tensor (``run``), so an image gets the same answer
@@ -8,22 +8,33 @@ Boxes come back normalised and in pixels of the original image.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from ray import serve
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForObjectDetection,
+    DetrConfig,
+    DetrForObjectDetection,
+    DetrImageProcessorPil,
+    ResNetConfig,
+)
 
 from core.registry import ModelSpec
-from core.schemas import ModelInfo
-from deployments.images import DecodedImage
-from deployments.loading import checkpoint_source, model_version, pick_device, pick_dtype
-from deployments.runner import Prepared
-from deployments.serving import BatchedModel
+from imaging import DecodedImage
+from models.base import ModelRunner, Prepared
+from models.loading import model_version
 
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
+# The labels of the locally built (random-weight) detector.
+DETECTION_LABELS = (
+    "person", "chair", "couch", "bed", "dining table", "toilet", "sink", "tv", "oven", "refrigerator",
+)
 
 
 def as_box(values: torch.Tensor, ndigits: int) -> dict[str, float]:
@@ -35,42 +46,21 @@ def square(image: DecodedImage, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image.pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def square_batch(images: list[DecodedImage], size: int) -> np.ndarray:
-    """Resize each image to a ``size`` square (bilinear) and stack: uint8, NHWC."""
-    return np.stack([square(img, size) for img in images])
-
-
-class Detector:
+class Detector(ModelRunner):
     """A detector loaded with ``from_pretrained``; plain Python so it can also run bare (benchmarks)."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        source = checkpoint_source(spec)
-        self.spec = spec
-        self.device = pick_device()
-        self.dtype = pick_dtype(spec, self.device)
-        self.model = AutoModelForObjectDetection.from_pretrained(source, revision=spec.revision)
+        super().__init__(spec)
+        self.model = self.pretrained(AutoModelForObjectDetection)
         self.model.to(self.device, self.dtype).eval()
-        processor = AutoImageProcessor.from_pretrained(source, revision=spec.revision)
-        shape = (1, 3, 1, 1)
-        self.mean = torch.tensor(processor.image_mean, device=self.device).view(shape) * 255.0
-        self.std = torch.tensor(processor.image_std, device=self.device).view(shape) * 255.0
+        processor = self.pretrained(AutoImageProcessor)
+        self.normalise(processor.image_mean, processor.image_std)
         self.labels = [self.model.config.id2label[i] for i in range(len(self.model.config.id2label))]
-        commit = getattr(AutoConfig.from_pretrained(source, revision=spec.revision), "_commit_hash", None)
+        commit = getattr(self.pretrained(AutoConfig), "_commit_hash", None)
         self.version = model_version(spec, commit)
 
-    def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self.spec.name, task=self.spec.task, version=self.version,
-            labels=self.labels, device=str(self.device),
-        )
-
-    def tensors(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 NHWC on the host → normalised NCHW on the device, in one transfer."""
-        batch = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return ((batch - self.mean) / self.std).to(self.dtype)
-
     @torch.inference_mode()
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores, labels and normalised xyxy boxes for a batch, all still on the device."""
         outputs = self.model(pixel_values=pixel_values)
         probs = outputs.logits.float().softmax(-1)[..., :-1]  # the last class is "no object"
@@ -86,9 +76,6 @@ class Detector:
         scores, labels, boxes = self.forward(self.tensors(np.stack([p.pixels for p in batch])))
         scores, labels, boxes = scores.cpu(), labels.cpu(), boxes.cpu()  # one sync per batch
         return [self._result(p, scores[i], labels[i], boxes[i]) for i, p in enumerate(batch)]
-
-    def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
-        return self.run([self.prepare(img) for img in images])
 
     def _result(
         self, image: Prepared, scores: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor
@@ -108,9 +95,56 @@ class Detector:
         return {"detections": detections}
 
 
-@serve.deployment(max_ongoing_requests=64)
-class ObjectDetection(BatchedModel):
-    """Serve deployment: requests for single images are gathered into batches by ``@serve.batch``."""
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self._serve(Detector(spec), spec)
+# --- the local (random-weight) build -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetrShape:
+    """Shapes of a locally built detector (a ResNet backbone under a small DETR)."""
+
+    resnet_hidden: tuple[int, ...]
+    resnet_depths: tuple[int, ...]
+    detr_dim: int
+    detr_layers: int
+    detr_heads: int
+    detr_queries: int
+
+
+SHAPES = {
+    "tiny": DetrShape(
+        resnet_hidden=(16, 32, 64, 128), resnet_depths=(1, 1, 1, 1),
+        detr_dim=64, detr_layers=2, detr_heads=2, detr_queries=20,
+    ),
+    "bench": DetrShape(
+        resnet_hidden=(32, 64, 128, 256), resnet_depths=(1, 1, 1, 1),
+        detr_dim=128, detr_layers=2, detr_heads=4, detr_queries=50,
+    ),
+}
+
+
+def build_local_detector(directory: Path, specs: list[ModelSpec], size: str, seed: int = 0) -> None:
+    """A random-weight DETR checkpoint at ``size`` in ``directory`` (the same for any ``specs``)."""
+    shape = SHAPES[size]
+    torch.manual_seed(seed)
+    backbone = ResNetConfig(
+        embedding_size=shape.resnet_hidden[0], hidden_sizes=list(shape.resnet_hidden),
+        depths=list(shape.resnet_depths), out_features=["stage4"],
+    )
+    config = DetrConfig(
+        backbone_config=backbone,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        d_model=shape.detr_dim,
+        encoder_layers=shape.detr_layers,
+        decoder_layers=shape.detr_layers,
+        encoder_attention_heads=shape.detr_heads,
+        decoder_attention_heads=shape.detr_heads,
+        encoder_ffn_dim=2 * shape.detr_dim,
+        decoder_ffn_dim=2 * shape.detr_dim,
+        num_queries=shape.detr_queries,
+        id2label=dict(enumerate(DETECTION_LABELS)),
+        label2id={label: i for i, label in enumerate(DETECTION_LABELS)},
+    )
+    DetrForObjectDetection(config).eval().save_pretrained(directory)
+    DetrImageProcessorPil(size={"height": 256, "width": 256}, do_pad=False).save_pretrained(directory)

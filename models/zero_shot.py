@@ -1,4 +1,5 @@
-"""The zero-shot CLIP family: room classification and 1-6 scoring from prompt sets.
+"""The zero-shot CLIP family: room classification and 1-6 scoring from prompt sets, and its
+random-weight local build.
 
 One family serves two registry tasks. ``zero-shot-image-classification`` answers the most
 probable class with its top-k; ``scoring`` reads a 1..6 score (UAD C1-C6 / Q1-Q6) from the
@@ -15,20 +16,20 @@ same shape, so a batch is one stacked uint8 tensor, moved to the device once.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from ray import serve
-from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from core.registry import ModelSpec, Task
-from core.schemas import ModelInfo
-from deployments.images import DecodedImage
-from deployments.loading import checkpoint_source, model_version, pick_device, pick_dtype
-from deployments.runner import Prepared
-from deployments.serving import BatchedModel
+from imaging import DecodedImage
+from models.base import ModelRunner, Prepared
+from models.clip_vocabulary import prompt_words, prompts_of, write_clip_vocabulary
+from models.loading import model_version
 
 RESAMPLING = {int(r): r for r in Image.Resampling}
 
@@ -42,25 +43,20 @@ def crop_box(width: int, height: int, shortest: int, crop_w: int, crop_h: int) -
     return (left, top, left + box_w, top + box_h)
 
 
-class ZeroShotClassifier:
+class ZeroShotClassifier(ModelRunner):
     """A CLIP checkpoint plus the registry's prompt sets; plain Python, for Serve and bare loops."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        source = checkpoint_source(spec)
-        self.spec = spec
-        self.device = pick_device()
-        self.dtype = pick_dtype(spec, self.device)
-        model = CLIPModel.from_pretrained(source, revision=spec.revision).eval()
-        tokenizer = CLIPTokenizer.from_pretrained(source, revision=spec.revision)
-        processor = CLIPImageProcessorPil.from_pretrained(source, revision=spec.revision)
+        super().__init__(spec)
+        model = self.pretrained(CLIPModel).eval()
+        tokenizer = self.pretrained(CLIPTokenizer)
+        processor = self.pretrained(CLIPImageProcessorPil)
 
         size, crop = processor.size, processor.crop_size
         self.shortest = int(size.get("shortest_edge") or min(size["height"], size["width"]))
         self.crop = (int(crop["width"]), int(crop["height"]))
         self.resample = RESAMPLING.get(int(processor.resample), Image.Resampling.BICUBIC)
-        shape = (1, 3, 1, 1)
-        self.mean = torch.tensor(processor.image_mean, device=self.device).view(shape) * 255.0
-        self.std = torch.tensor(processor.image_std, device=self.device).view(shape) * 255.0
+        self.normalise(processor.image_mean, processor.image_std)
 
         commit = getattr(model.config, "_commit_hash", None)
         model.to(self.device)
@@ -86,12 +82,6 @@ class ZeroShotClassifier:
             embeds.append(torch.nn.functional.normalize(mean, dim=-1))
         return torch.stack(embeds)
 
-    def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self.spec.name, task=self.spec.task, version=self.version,
-            labels=self.labels, device=str(self.device),
-        )
-
     def prepare(self, image: DecodedImage) -> Prepared:
         height, width = image.pixels.shape[:2]
         box = crop_box(width, height, self.shortest, *self.crop)
@@ -101,9 +91,7 @@ class ZeroShotClassifier:
     @torch.inference_mode()
     def probabilities(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 NHWC on the host → class probabilities [batch, classes] on the host."""
-        batch = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        batch = ((batch - self.mean) / self.std).to(self.dtype)
-        features = self.projection(self.vision(pixel_values=batch).pooler_output).float()
+        features = self.projection(self.vision(pixel_values=self.tensors(pixels)).pooler_output).float()
         features = torch.nn.functional.normalize(features, dim=-1)
         logits = self.logit_scale * features @ self.class_embeds.T
         return logits.softmax(-1).cpu()  # the batch's only device-to-host copy and sync
@@ -113,9 +101,6 @@ class ZeroShotClassifier:
         if self.spec.task is Task.SCORING:
             return [self._score(row) for row in probs]
         return [self._classify(row) for row in probs]
-
-    def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
-        return self.run([self.prepare(img) for img in images])
 
     def _classify(self, probs: list[float]) -> dict[str, Any]:
         order = sorted(range(len(probs)), key=lambda i: probs[i], reverse=True)
@@ -137,9 +122,61 @@ class ZeroShotClassifier:
         }
 
 
-@serve.deployment(max_ongoing_requests=64)
-class ZeroShotClassification(BatchedModel):
-    """Serve deployment for ``zero-shot-image-classification`` and ``scoring`` models."""
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self._serve(ZeroShotClassifier(spec), spec)
+# --- the local (random-weight) build -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipShape:
+    """Shapes of a locally built CLIP (both towers)."""
+
+    clip_image: int
+    clip_patch: int
+    clip_vision_dim: int
+    clip_vision_layers: int
+    clip_text_dim: int
+    clip_text_layers: int
+    clip_heads: int
+    clip_projection: int
+
+
+SHAPES = {
+    "tiny": ClipShape(
+        clip_image=64, clip_patch=16, clip_vision_dim=32, clip_vision_layers=2,
+        clip_text_dim=32, clip_text_layers=2, clip_heads=2, clip_projection=32,
+    ),
+    "bench": ClipShape(
+        clip_image=224, clip_patch=32, clip_vision_dim=256, clip_vision_layers=4,
+        clip_text_dim=256, clip_text_layers=2, clip_heads=4, clip_projection=256,
+    ),
+}
+
+
+def build_local_clip(directory: Path, specs: list[ModelSpec], size: str, seed: int = 0) -> None:
+    """A random-weight CLIPModel at ``size``, a real CLIPTokenizer whose vocabulary covers the
+    prompts of ``specs``, and a CLIP image processor config, in ``directory``."""
+    shape = SHAPES[size]
+    vocab_size = write_clip_vocabulary(directory, prompt_words(prompts_of(specs)))
+    tokenizer = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"))
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size, "hidden_size": shape.clip_text_dim,
+            "intermediate_size": 4 * shape.clip_text_dim, "num_hidden_layers": shape.clip_text_layers,
+            "num_attention_heads": shape.clip_heads, "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "image_size": shape.clip_image, "patch_size": shape.clip_patch,
+            "hidden_size": shape.clip_vision_dim, "intermediate_size": 4 * shape.clip_vision_dim,
+            "num_hidden_layers": shape.clip_vision_layers, "num_attention_heads": shape.clip_heads,
+        },
+        projection_dim=shape.clip_projection,
+    )
+    CLIPModel(config).eval().save_pretrained(directory)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": shape.clip_image},
+        crop_size={"height": shape.clip_image, "width": shape.clip_image},
+    ).save_pretrained(directory)

@@ -1,0 +1,87 @@
+"""What every model runner is, so Serve deployments and Ray Data actors run any registry model
+the same way, and a new family writes only what is its own.
+
+A model's work is split in two: ``prepare`` is the per-image CPU work (resize, crop) that runs
+as each request arrives, concurrently with the batch in flight; ``run`` is the batched tensor
+work (one host-to-device transfer, one forward, one device-to-host transfer per batch).
+``predict`` is both, for callers that already hold a batch (Ray Data, benchmarks).
+
+The base class holds the set-up every family shares: where the checkpoint is, the device and
+dtype, the processor's mean/std normalisation (applied on the device to the uint8 batch), the
+labels and version a result names, and ``info``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.registry import ModelSpec
+from core.schemas import ModelInfo
+from imaging import DecodedImage
+from models.loading import checkpoint_source, pick_device, pick_dtype
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image at the model's input geometry, plus the original size results refer to."""
+
+    pixels: np.ndarray  # uint8 HxWx3 RGB, the same shape for every image of a model
+    width: int
+    height: int
+
+
+class ModelRunner(ABC):
+    """A loaded model: ``predict`` takes a batch of decoded images, returns one result each.
+
+    Subclasses call ``super().__init__(spec)``, load their weights with ``pretrained``, call
+    ``normalise`` with their processor's mean and std, and set ``labels`` and ``version``."""
+
+    labels: list[str]
+    version: str
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.source = checkpoint_source(spec)
+        self.device = pick_device()
+        self.dtype = pick_dtype(spec, self.device)
+
+    def pretrained(self, kind: Any) -> Any:
+        """``kind.from_pretrained`` (a transformers model, processor or tokenizer class) on this
+        model's checkpoint and revision."""
+        return kind.from_pretrained(self.source, revision=self.spec.revision)
+
+    def normalise(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The processor's per-channel mean/std, scaled to uint8 pixels, kept on the device."""
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(shape) * 255.0
+        self.std = torch.tensor(std, device=self.device).view(shape) * 255.0
+
+    def tensors(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC on the host → normalised NCHW on the device, in one transfer."""
+        batch = torch.from_numpy(pixels).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return ((batch - self.mean) / self.std).to(self.dtype)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.spec.name, task=self.spec.task, version=self.version,
+            labels=self.labels, device=str(self.device),
+        )
+
+    def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
+        return self.run([self.prepare(img) for img in images])
+
+    @abstractmethod
+    def prepare(self, image: DecodedImage) -> Prepared:
+        """The image at this model's input geometry (CPU, one image)."""
+
+    @abstractmethod
+    def run(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+        """One result per prepared image (tensor work, one batch)."""
