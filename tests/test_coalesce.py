@@ -150,19 +150,22 @@ async def test_a_wrong_number_of_results_fails_the_batch() -> None:
     assert all(isinstance(r, RuntimeError) and "2 results for 3 items" in str(r) for r in results)
 
 
-async def test_cancelled_callers_are_skipped() -> None:
+async def test_cancelled_callers_are_skipped_and_take_no_place_in_a_batch() -> None:
     service = Service(0.05)
-    coalescer = Coalescer(service, max_items=4, max_in_flight=1)
-    running = asyncio.create_task(coalescer.submit(0))
-    await asyncio.sleep(0.01)
-    doomed = asyncio.create_task(coalescer.submit(1))
-    kept = asyncio.create_task(coalescer.submit(2))
+    coalescer = Coalescer(service, max_items=3, max_in_flight=1)
+    busy = asyncio.create_task(coalescer.submit(0))
+    await asyncio.sleep(0.01)  # the call for item 0 runs; the next six wait
+    waiting = {i: asyncio.create_task(coalescer.submit(i)) for i in range(1, 7)}
     await asyncio.sleep(0)
-    doomed.cancel()
-    assert (await running, await kept) == (0, 20)
-    assert service.calls == [[0], [2]]  # the cancelled caller's item never reached the call
-    with pytest.raises(asyncio.CancelledError):
-        await doomed
+    for i in (1, 3):
+        waiting[i].cancel()
+    assert await busy == 0
+    assert [await waiting[i] for i in (2, 4, 5, 6)] == [20, 40, 50, 60]
+    # the cancelled items never reached the call, and the next batch was filled with live ones
+    assert service.calls == [[0], [2, 4, 5], [6]]
+    for i in (1, 3):
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[i]
 
 
 async def test_a_caller_cancelled_during_its_call_does_not_disturb_the_others() -> None:
