@@ -102,6 +102,12 @@ async def test_errors_arrive_typed_with_the_problem_fields(api: Either, server: 
     assert limited.value.retry_after == 0.0 and len(server.received) == 4  # three attempts in all
 
 
+async def test_a_success_that_is_not_a_record_is_an_invalid_response(api: Either, server: WebhookReceiver) -> None:
+    server.script = [Route(b"<html>captive portal</html>", 200, "text/html")]
+    with pytest.raises(sw.InvalidResponse, match="GET /v1/images/img_1 answered 200 with a body that is not a"):
+        await api("get_image", "img_1")
+
+
 async def test_an_unreachable_server_is_a_transport_error(api: Either, server: WebhookReceiver) -> None:
     server.stop()
     with pytest.raises(sw.TransportError):

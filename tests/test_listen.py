@@ -3,6 +3,7 @@ delivering to it, a second loopback receiver behind ``--forward-to``."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -21,9 +22,10 @@ import httpx
 import pytest
 
 import sightwire_client as sw
+from notifier.signing import signature_headers
 from serve_app.problems import invalid
 from serve_app.stack import LocalStack
-from sightwire_client.listen import ListenOptions, run
+from sightwire_client.listen import SECRET_REFRESH_S, Listener, ListenOptions, run, serve
 from tests.conftest import png_bytes
 from tests.support.servers import ImageHost, Route, WebhookReceiver
 
@@ -168,6 +170,34 @@ def test_listen_explains_how_to_allow_a_refused_loopback_url() -> None:
     assert code == 2
     assert "SIGHTWIRE_ALLOW_PRIVATE_CIDRS=127.0.0.0/8" in out.getvalue() and "not allowlisted" in out.getvalue()
     assert [r.path for r in api.received] == ["/v1/webhook-secret", "/v1/webhooks/test"]
+
+
+def test_a_message_no_secret_verifies_rereads_the_secret_and_survives_a_failing_api() -> None:
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    rotated = "whsec_" + base64.b64encode(b"r" * 32).decode()
+    api = WebhookReceiver().start()
+    api.script = [Route(json.dumps({"secret": secret}).encode(), 200, "application/json"),
+                  Route(json.dumps({"secret": rotated}).encode(), 200, "application/json"),
+                  Route(b"down", 503, "text/plain")]
+    out = io.StringIO()
+    options = ListenOptions(api_key="sw_key", api_url=api.url(""), port=0)
+    listener = Listener(options, sw.Client("sw_key", base_url=api.url(""), retries=sw.Retries(attempts=1)), out)
+    server = serve(listener)
+    url = f"http://127.0.0.1:{server.server_address[1]}{options.path}"
+    body = json.dumps({"type": "webhook.test", "timestamp": "2026-01-01T00:00:00Z", "data": {"id": "tst_1"}})
+    try:
+        listener._secrets_read_at -= SECRET_REFRESH_S  # as if it had read the secret a while ago
+        signed = signature_headers([rotated], "msg_rotated", int(time.time()), body)
+        assert httpx.post(url, content=body, headers=signed).status_code == 200  # the rotated secret, read again
+        listener._secrets_read_at -= SECRET_REFRESH_S
+        other = signature_headers(["whsec_" + base64.b64encode(b"o" * 32).decode()], "msg_o", int(time.time()), body)
+        assert httpx.post(url, content=body, headers=other).status_code == 400  # the API failed: still an answer
+    finally:
+        server.shutdown()
+        listener.close()
+        api.stop()
+    assert "could not read the signing secret again" in out.getvalue()
+    assert "REJECTED (no_matching_signature)" in out.getvalue() and "[msg_rotated]" in out.getvalue()
 
 
 def test_listen_says_when_its_port_is_taken() -> None:

@@ -14,6 +14,7 @@ from sightwire_client.errors import (
     EndpointDisabled,
     ImageNotRunnable,
     InvalidRequest,
+    InvalidResponse,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -46,7 +47,7 @@ from sightwire_client.webhooks import EventTracker, verify_webhook
 __all__ = [
     "APIError", "AsyncClient", "BadRequest", "Client", "Conflict", "Delivery", "DeliveryInFlight",
     "DeliveryStatus", "DeliverySuperseded", "EndpointDisabled", "EndpointHealth", "EndpointState",
-    "EventTracker", "EventType", "Group", "Image", "ImageNotRunnable", "InvalidRequest", "ModelInfo",
+    "EventTracker", "EventType", "Group", "Image", "ImageNotRunnable", "InvalidRequest", "InvalidResponse", "ModelInfo",
     "ModelStatus", "NewImage", "NotFound", "PayloadTooLarge", "Polling", "RateLimited", "Retries",
     "ServerError", "ServiceUnavailable", "SightwireError", "Status", "TransportError", "Unauthorized",
     "VerificationFailure", "WaitTimeout", "WebhookEvent", "WebhookSecret", "WebhookVerificationError",

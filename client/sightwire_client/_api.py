@@ -25,6 +25,7 @@ from sightwire_client._protocol import (
     Send,
     exchange,
     idempotency_headers,
+    parse,
     poll_until_finished,
     prefer_wait,
     preference_applied,
@@ -132,7 +133,7 @@ class Operations:
 
     def _call(self, model: type[M], send: Send) -> Operation[M]:
         response = yield from exchange(send, self._retries)
-        return model.model_validate_json(response.content)
+        return parse(model, response)
 
     def _post(self, model: type[M], path: str, body: Any, key: str | None, *, hold_s: float = 0.0) -> Operation[M]:
         headers = {**idempotency_headers(key), **prefer_wait(hold_s)}
@@ -243,7 +244,7 @@ class Operations:
         def fetch(hold_s: float) -> Operation[tuple[Any, bool]]:
             send = Send("GET", _path(kind, resource_id), headers=prefer_wait(hold_s), hold_s=hold_s)
             response = yield from exchange(send, self._retries)
-            return model.model_validate_json(response.content), preference_applied(response)
+            return parse(model, response), preference_applied(response)
 
         first = None if isinstance(resource, str) else resource
         return poll_until_finished(first, fetch, timeout, self._polling)

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from sightwire_client.errors import TransportError, WaitTimeout, error_from_response, retry_after_s
+from sightwire_client.errors import InvalidResponse, TransportError, WaitTimeout, error_from_response, retry_after_s
 from sightwire_client.models import Record, Resource
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 R = TypeVar("R", bound=Resource)
+M = TypeVar("M", bound=BaseModel)
 
 # Transport failures worth another try; others (an unsupported scheme, say) will not improve.
 TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -107,6 +109,17 @@ def exchange(send: Send, retries: Retries) -> Operation[httpx.Response]:
     if reply.is_error:
         raise error_from_response(reply)
     return reply
+
+
+def parse(model: type[M], response: httpx.Response) -> M:
+    """The response's record; ``InvalidResponse`` when the body is not one."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise InvalidResponse(
+            f"{response.request.method} {response.request.url.path} answered {response.status_code} with a body "
+            f"that is not a {model.__name__}: {exc.errors()[0]['msg']}", response
+        ) from exc
 
 
 def idempotency_headers(key: str | None) -> dict[str, str]:

@@ -20,6 +20,14 @@ class TransportError(SightwireError):
     """The API could not be reached (connection, timeout, protocol) after the retries allowed."""
 
 
+class InvalidResponse(SightwireError):
+    """A success whose body is not the record expected (a proxy's page, a server far newer)."""
+
+    def __init__(self, message: str, response: httpx.Response) -> None:
+        super().__init__(message)
+        self.response = response
+
+
 class APIError(SightwireError):
     """The API answered with an error (RFC 9457 problem details when it could)."""
 

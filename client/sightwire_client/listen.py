@@ -104,6 +104,13 @@ class Listener:
         with self._print_lock:
             print(line, file=self._out, flush=True)
 
+    def _count(self, key: str, counter: Counter[str] | None = None) -> int:
+        """Handlers run in threads: count under the lock; the new count."""
+        counter = self.counts if counter is None else counter
+        with self._print_lock:
+            counter[key] += 1
+            return counter[key]
+
     def close(self) -> None:
         self._forward.close()
         self._client.close()
@@ -115,8 +122,12 @@ class Listener:
             stale = time.monotonic() - self._secrets_read_at > SECRET_REFRESH_S
             if exc.reason is not VerificationFailure.NO_MATCHING_SIGNATURE or not stale:
                 raise
-        self._secrets = self._client.webhook_secret().all  # rotated since we started?
-        self._secrets_read_at = time.monotonic()
+            self._secrets_read_at = time.monotonic()
+            try:
+                self._secrets = self._client.webhook_secret().all  # rotated since we started?
+            except SightwireError as unread:
+                self.say(f"  could not read the signing secret again: {unread}")
+                raise exc from None
         return verify_webhook(body, headers, self._secrets, tolerance_s=self.options.tolerance_s)
 
     def receive(self, body: bytes, headers: list[tuple[str, str]]) -> Answer:
@@ -124,15 +135,13 @@ class Listener:
         try:
             event = self._verify(body, headers)
         except WebhookVerificationError as exc:
-            self.counts["rejected"] += 1
+            self._count("rejected")
             self.say(f"{now:%H:%M:%S}  REJECTED ({exc.reason}): {exc}  -> 400")
             return Answer(400, f"{exc}\n".encode(), (("content-type", "text/plain"),))
-        with self._print_lock:
-            self._attempts[event.id] += 1
-            attempt = self._attempts[event.id]
+        attempt = self._count(event.id, self._attempts)
         target = self.options.forward_to
         answer = self._pass_on(target, body, headers) if target else Answer(self.options.status)
-        self.counts["verified"] += 1
+        self._count("verified")
         line = summary(event, attempt, answer.status, now)
         # One write, so that the body stays under its line when events arrive together.
         self.say(f"{line}\n{json.dumps(json.loads(body), indent=2)}" if self.options.print_body else line)
@@ -193,10 +202,12 @@ def send_test(client: Client, url: str, say: Callable[[str], None]) -> bool:
     try:
         delivery = client.send_test_event(url)
     except InvalidRequest as exc:
-        if any(e.get("field") == "url" for e in exc.errors):
-            say(f"error: {exc.detail}\n  {ALLOWLIST_HINT.format(host=httpx.URL(url).host)}")
-            return False
-        raise
+        refused_url = any(e.get("field") == "url" for e in exc.errors)
+        say(f"error: {exc.detail}" + (f"\n  {ALLOWLIST_HINT.format(host=httpx.URL(url).host)}" if refused_url else ""))
+        return False
+    except SightwireError as exc:
+        say(f"error: could not send the test event: {exc}")
+        return False
     say(f"sent a webhook.test event (delivery {delivery.id})")
     return True
 
