@@ -80,6 +80,16 @@ def events(lines: list[str], kind: str) -> list[str]:
     return [line for line in lines if f"  {kind}  " in line]
 
 
+def body_under(lines: list[str], kind: str) -> dict | None:
+    """The JSON printed under the first ``kind`` line, once all of it has been read."""
+    found = events(lines, kind)
+    if not found:
+        return None
+    start = lines.index(found[0]) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i] == "}"), None)
+    return None if end is None or lines[start] != "{" else json.loads("\n".join(lines[start:end + 1]))
+
+
 @pytest.mark.integration
 def test_listen_verifies_prints_and_forwards_with_the_original_headers(
     stack: LocalStack, api_key: str, image_host: ImageHost, receiver: WebhookReceiver
@@ -90,16 +100,14 @@ def test_listen_verifies_prints_and_forwards_with_the_original_headers(
         assert listening.url.startswith("http://127.0.0.1:") and listening.url.endswith("/webhooks")
         image = client.submit_image(image_host.put("/listen/one.png", png_bytes(seed=70)), ["object_detection"],
                                     webhook_url=listening.url)
-        lines = listening.wait_for(lambda got: events(got, "image.completed") and events(got, "webhook.test")
-                                   and any('"type": "image.completed"' in text for text in got))
+        lines = listening.wait_for(lambda got: events(got, "webhook.test") and body_under(got, "image.completed"))
 
         [line] = events(lines, "image.completed")
         assert f"  {image.id}  complete  seq " in line and line.endswith("]") and "-> 201" in line
         seconds = float(re.search(r"  ([0-9.]+)s since created", line).group(1))  # type: ignore[union-attr]
         assert seconds >= 0
-        body_at = lines.index(line) + 1  # --print-body: the JSON right under its line
-        printed = json.loads("\n".join(lines[body_at:lines.index("}", body_at) + 1]))
-        assert printed["type"] == "image.completed" and printed["data"]["id"] == image.id
+        printed = body_under(lines, "image.completed")  # --print-body: the JSON right under its line
+        assert printed is not None and printed["type"] == "image.completed" and printed["data"]["id"] == image.id
         [test_line] = events(lines, "webhook.test")  # --test: its data has no status and no createdAt
         assert re.search(r"  webhook\.test  tst_\w+  -  seq 1  - since created  -> 201  \[msg_\w+\]$", test_line)
 
