@@ -21,6 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e client  # the light client (sightwire_client), for `sightwire listen`
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -19,6 +19,7 @@ from typing import Any
 
 from core.settings import Settings
 from core.store import Store
+from sightwire_client.listen import add_arguments as add_listen_arguments
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -94,6 +95,12 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    from sightwire_client.listen import options_from, run
+
+    return run(options_from(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from serve_app.demo import run_demo
 
@@ -128,6 +135,12 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--profile", choices=("tiny", "bench"), default="tiny",
                       help="tiny (tests, demo) or bench (mid-size shapes for benchmarks)")
     tiny.set_defaults(func=cmd_models_make_tiny)
+
+    listen = commands.add_parser(
+        "listen", help="a local receiver that verifies and prints your webhooks (and can forward them)"
+    )
+    add_listen_arguments(listen)
+    listen.set_defaults(func=cmd_listen)
 
     demo = commands.add_parser("demo", help="end-to-end demo with tiny models, offline")
     demo.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
