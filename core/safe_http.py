@@ -53,7 +53,14 @@ class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
 class PolicyTransport(httpx.AsyncHTTPTransport):
     """``AsyncHTTPTransport`` over a pool that connects only through ``PolicyNetworkBackend``."""
 
-    def __init__(self, policy: UrlPolicy, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        policy: UrlPolicy,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        network: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        """``network`` is what actually opens sockets once the policy chose the address
+        (default: anyio); tests pass one that keeps every connection on loopback."""
         super().__init__(trust_env=False, limits=limits)
         # httpx offers no public hook for the network backend; swap the pool it built for one
         # with the same settings and our backend.
@@ -62,7 +69,7 @@ class PolicyTransport(httpx.AsyncHTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=PolicyNetworkBackend(policy),
+            network_backend=PolicyNetworkBackend(policy, network),
         )
 
 

@@ -6,11 +6,12 @@ Requests forbid unknown fields so that a typo is a 422, not a silently ignored o
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 
@@ -79,6 +80,33 @@ def _dedupe(names: list[str]) -> list[str]:
 # Model names in a request: one to 32, duplicates dropped (order kept).
 ModelNames = Annotated[list[str], Field(min_length=1, max_length=32), AfterValidator(_dedupe)]
 
+IMAGE_EVENTS = (EventType.IMAGE_COMPLETED, EventType.IMAGE_FAILED, EventType.IMAGE_UPDATED)
+GROUP_EVENTS = (EventType.GROUP_COMPLETED, EventType.GROUP_UPDATED, EventType.GROUP_PROGRESS)
+
+
+def events_of(resource: str, allowed: tuple[EventType, ...]) -> Any:
+    """The type of a submission's ``webhookEvents``: only the event types ``resource`` sends,
+    each at most once (so the list is at most as long as ``allowed``). Anything else is a 422
+    naming the field: a filter that can never match is a client's mistake, not a no-op."""
+
+    def check(events: list[EventType]) -> list[EventType]:
+        foreign = list(dict.fromkeys(e.value for e in events if e not in allowed))
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)} not sent for {resource}; "
+                             f"choose from {', '.join(e.value for e in allowed)}")
+        repeated = [e.value for e, n in Counter(events).items() if n > 1]
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        return events
+
+    schema = {"type": "array", "items": {"type": "string", "enum": [e.value for e in allowed]},
+              "uniqueItems": True, "maxItems": len(allowed)}
+    return Annotated[list[EventType], Field(max_length=len(allowed)), AfterValidator(check), WithJsonSchema(schema)]
+
+
+ImageEvents = events_of("an image", IMAGE_EVENTS)
+GroupEvents = events_of("a group", GROUP_EVENTS)
+
 
 class ErrorInfo(Wire):
     code: ErrorCode
@@ -86,14 +114,14 @@ class ErrorInfo(Wire):
 
 
 class Submission(Wire):
-    """What every submission names: the models, where and which webhooks go, the client's data.
-    Length limits beyond these come from settings."""
+    """What every submission names: the models, where webhooks go, the client's data; each
+    kind adds ``webhook_events``, typed by the events it sends. Length limits beyond these come
+    from settings."""
 
     model_config = ConfigDict(extra="forbid")
 
     models: ModelNames
     webhook_url: str | None = None
-    webhook_events: list[EventType] | None = None
     metadata: dict[str, Any] | None = None
     external_id: str | None = Field(default=None, max_length=256)
 
@@ -102,6 +130,7 @@ class ImageCreate(Submission):
     """Body of ``POST /v1/images``."""
 
     url: str = Field(min_length=1)
+    webhook_events: ImageEvents | None = None
 
 
 class ModelResult(Wire):
@@ -182,6 +211,8 @@ class GroupImagesAdd(Wire):
 
 class GroupCreate(Submission, GroupImagesAdd):
     """Body of ``POST /v1/groups``: many images, one set of models, one webhook for the group."""
+
+    webhook_events: GroupEvents | None = None
 
 
 class GroupCounts(Wire):

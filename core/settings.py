@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,14 @@ RAY_NAMESPACE = "sightwire"  # every named actor and Serve app of Sightwire live
 DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
+class AppendFsync(StrEnum):
+    """When the embedded Redis fsyncs its AOF: what a power loss can cost (docs/operations.md)."""
+
+    ALWAYS = "always"  # every write: nothing acknowledged is lost, writes are slowest
+    EVERYSEC = "everysec"  # once a second (Redis' default): up to about a second of writes
+    NO = "no"  # when the OS flushes (often ~30 s on Linux): that much
+
+
 class Settings(BaseModel):
     """Every knob of a Sightwire deployment; each field maps to ``SIGHTWIRE_<FIELD>``."""
 
@@ -32,10 +41,11 @@ class Settings(BaseModel):
     models: str = "tiny"
     models_dir: Path = Path.home() / ".cache" / "sightwire" / "models"
     data_dir: Path = Path.home() / ".local" / "share" / "sightwire"
+    redis_appendfsync: AppendFsync = AppendFsync.EVERYSEC  # the embedded redis-server only
 
     allow_private_cidrs: tuple[IPNetwork, ...] = ()
     max_url_length: int = 2048
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = Field(1_048_576, ge=1)  # request body, counted as it arrives (any framing)
     max_metadata_bytes: int = 16_384
 
     max_image_bytes: int = 20 * 1024 * 1024
@@ -72,6 +82,8 @@ class Settings(BaseModel):
     webhook_response_read_bytes: int = Field(65_536, ge=0)  # read (and drop) this much of a reply
     delivery_retention_s: float = Field(30 * 24 * 3600.0, ge=0)  # finished deliveries; 0 keeps them
     webhook_secret_grace_s: float = Field(24 * 3600.0, ge=0)  # old secret still signs after rotation
+
+    readiness_interval_s: float = Field(1.0, gt=0)  # how often each API replica refreshes /readyz's snapshot
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -5,10 +5,12 @@ Two checks, at two moments:
 * ``check_url`` at request time: scheme, length, host present, no credentials, and, when the
   host is an address literal in any spelling (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``),
   the address itself. Cheap, so bad input is a 422 before anything is stored.
-* ``resolve`` at connect time: DNS is resolved, every address is checked, and the caller
-  connects to the checked address (see ``core.safe_http``), so DNS rebinding has no gap.
+* ``resolve`` at connect time: DNS is resolved (through the policy's ``resolver``), every
+  address is checked, and the caller connects to the checked address (see ``core.safe_http``),
+  so DNS rebinding has no gap.
 
-Private, loopback and other non-global ranges pass only through ``allow_private_cidrs``.
+The address rule is "globally routable unicast only": ``core.special_addresses`` lists every
+special-purpose range with its RFC. Non-global ranges pass only through ``allow_private_cidrs``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -23,11 +26,12 @@ import httpx
 from core.failures import Failure
 from core.schemas import ErrorCode
 from core.settings import IPNetwork, Settings
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from core.special_addresses import IPV6_GLOBAL_UNICAST, IPAddress, special_range
 
 ALLOWED_SCHEMES = ("http", "https")
-NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+# host, port → the addresses to check and connect to. The seam for DNS: tests inject one.
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
 class UrlRejected(Failure):
@@ -35,18 +39,15 @@ class UrlRejected(Failure):
         super().__init__(ErrorCode.URL_FORBIDDEN, message)
 
 
-def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses an IPv6 address smuggles: mapped, NAT64, 6to4 and Teredo forms."""
-    found: list[ipaddress.IPv4Address] = []
-    if ip.ipv4_mapped is not None:
-        found.append(ip.ipv4_mapped)
-    if any(ip in net for net in NAT64_PREFIXES):
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if ip.sixtofour is not None:
-        found.append(ip.sixtofour)
-    if ip.teredo is not None:
-        found.extend(ip.teredo)
-    return found
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    """The operating system's resolver, addresses in its order, duplicates dropped.
+
+    A lookup failure may be temporary, so it is ``fetch_failed``, not ``url_forbidden``."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Failure(ErrorCode.FETCH_FAILED, f"cannot resolve {host}: {exc.strerror}") from None
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
 
 
 def parse_address_literal(host: str) -> IPAddress | None:
@@ -68,23 +69,37 @@ class UrlPolicy:
     allow_private: tuple[IPNetwork, ...] = ()
     max_length: int = 2048
     allowed_schemes: tuple[str, ...] = field(default=ALLOWED_SCHEMES)
+    resolver: Resolver = field(default=system_resolver, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UrlPolicy:
         return cls(allow_private=settings.allow_private_cidrs, max_length=settings.max_url_length)
 
-    def is_allowed_address(self, ip: IPAddress) -> bool:
+    def refusal(self, ip: IPAddress) -> str | None:
+        """Why ``ip`` may not be reached (``None``: it may): the special range it is in."""
         if any(ip in net for net in self.allow_private if net.version == ip.version):
-            return True
-        if isinstance(ip, ipaddress.IPv6Address):
-            inner = embedded_ipv4(ip)
-            if inner:
-                return all(self.is_allowed_address(v4) for v4 in inner)
-        return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+            return None
+        row = special_range(ip)
+        if row is None:
+            if ip.version == 6 and ip not in IPV6_GLOBAL_UNICAST:
+                return "outside the global unicast space 2000::/3 (RFC 4291)"
+            return None
+        label = f"{row.name}, {row.rfc}"
+        if row.embedded is None:
+            return label
+        inner = row.embedded(ip) if isinstance(ip, ipaddress.IPv6Address) else ()
+        refused = [f"{v4} ({why})" for v4 in inner if (why := self.refusal(v4)) is not None]
+        if not inner or refused:
+            return f"{label}, embedding {', '.join(refused) or 'no address'}"
+        return None
+
+    def is_allowed_address(self, ip: IPAddress) -> bool:
+        return self.refusal(ip) is None
 
     def check_address(self, ip: IPAddress, host: str) -> None:
-        if not self.is_allowed_address(ip):
-            raise UrlRejected(f"{host} resolves to {ip}, a non-public address that is not allowlisted")
+        reason = self.refusal(ip)
+        if reason is not None:
+            raise UrlRejected(f"{host} resolves to {ip}, a non-public address ({reason}) that is not allowlisted")
 
     def check_url(self, url: str) -> httpx.URL:
         """Validate a URL without touching the network; raise ``UrlRejected`` with the reason."""
@@ -106,14 +121,9 @@ class UrlPolicy:
         return parsed
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
-        """Resolve ``host`` and check every address it has; all must pass, in resolver order.
-
-        A lookup failure may be temporary, so it is ``fetch_failed``, not ``url_forbidden``."""
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise Failure(ErrorCode.FETCH_FAILED, f"cannot resolve {host}: {exc.strerror}") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+        """Resolve ``host`` once and check every address it has; all must pass, in resolver
+        order. The caller connects to these addresses, never to the name again."""
+        addresses = await self.resolver(host, port)
         if not addresses:
             raise Failure(ErrorCode.FETCH_FAILED, f"{host} has no addresses")
         for ip in addresses:

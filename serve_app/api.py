@@ -1,42 +1,39 @@
 """The v1 HTTP API as a FastAPI app around an ``ApiContext``.
 
 ``create_app`` is plain FastAPI: the Serve ingress in ``serve_app.gateway`` builds it on each
-replica. Routes live in ``serve_app.routes``, one router per resource.
+replica. Routes live in ``serve_app.routes``, one router per resource. Around them: the body cap
+(``serve_app.body_limit``, enforced as the body arrives), the problem handlers (every error is
+problem+json) and, for the app's lifetime, the readiness refresh behind ``/readyz``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
-from redis.exceptions import RedisError
+from fastapi import FastAPI
 
+from serve_app.body_limit import BodyLimit
 from serve_app.context import ApiContext
-from serve_app.problems import Problem, install_problem_handlers
+from serve_app.problems import install_problem_handlers
 from serve_app.routes import groups, images, operations, webhooks
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with ctx.readiness.running():
+            yield
+
     app = FastAPI(
         title="Sightwire",
         version="1",
         description="Asynchronous computer-vision inference with signed webhooks.",
+        lifespan=lifespan,
     )
     app.state.ctx = ctx
-    install_problem_handlers(app)
+    install_problem_handlers(app, on_store_unreachable=ctx.readiness.store_unreachable)
     for router in (images.router, groups.router, operations.router, webhooks.router):
         app.include_router(router)
-
-    @app.middleware("http")
-    async def limits_and_outages(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > ctx.settings.max_body_bytes:
-            return Problem(413, "payload-too-large", "Request body too large",
-                           f"the limit is {ctx.settings.max_body_bytes} bytes").response(request.url.path)
-        try:
-            return await call_next(request)
-        except RedisError:
-            return Problem(503, "store-unavailable", "The store is unreachable; retry shortly",
-                           headers={"Retry-After": "1"}).response(request.url.path)
-
+    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)
     return app

@@ -1,4 +1,5 @@
-"""What every route needs, built once per API replica: settings, store, registry, models."""
+"""What every route needs, built once per API replica: settings, store, registry, models,
+and the readiness snapshot ``/readyz`` reads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from core.schemas import ModelInfo
 from core.settings import Settings
 from core.store import Store
 from core.urlpolicy import UrlPolicy
+from serve_app.readiness import Readiness
 
 READY_TIMEOUT_S = 2.0
 
@@ -24,10 +26,13 @@ class ApiContext:
     registry: Registry
     model_info: Callable[[str], Awaitable[ModelInfo]]
     policy: UrlPolicy = field(init=False)
+    readiness: Readiness = field(init=False)
     _infos: dict[str, ModelInfo] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policy = UrlPolicy.from_settings(self.settings)
+        self.readiness = Readiness(self.store.ping, self.models, interval_s=self.settings.readiness_interval_s,
+                                   timeout_s=READY_TIMEOUT_S)
 
     async def models(self) -> list[ModelInfo]:
         """Every model's info from its deployment; cached once all have answered."""

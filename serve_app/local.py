@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from core.settings import AppendFsync
+
 
 def free_port() -> int:
     """A TCP port that is free on loopback now (never 6379, which a system Redis may hold)."""
@@ -26,10 +28,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free loopback port, with AOF on, in its own directory."""
+    """A private ``redis-server`` on a free loopback port, in its own directory: AOF on, fsynced
+    as ``appendfsync`` says, and never evicting (``core.store.safety`` refuses anything else)."""
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, port: int | None = None, appendfsync: AppendFsync = AppendFsync.EVERYSEC
+    ) -> None:
         self.port = port or free_port()
+        self.appendfsync = AppendFsync(appendfsync)
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="sightwire-redis-")
         self.directory = Path(directory or self._tmp.name)  # type: ignore[union-attr]
         self._process: subprocess.Popen[bytes] | None = None
@@ -38,14 +44,19 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def arguments(self) -> list[str]:
+        """``redis-server``'s command line after the binary."""
+        return ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--appendonly", "yes", "--appendfsync", self.appendfsync.value, "--save", "",
+                "--maxmemory-policy", "noeviction", "--protected-mode", "yes"]
+
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; `make test` or `make demo` installs it")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
+            [binary, *self.arguments()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

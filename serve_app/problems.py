@@ -1,12 +1,20 @@
-"""RFC 9457 problem details: every error the API returns is ``application/problem+json``."""
+"""RFC 9457 problem details: every error the API returns is ``application/problem+json``.
+
+Exceptions that escape a route map to problems here, in one place: request validation (422, or
+400 for a body that is not JSON), HTTP errors, Redis unreachable (503 with ``Retry-After``: the
+client may retry) and anything else (500, logged; never retried blindly).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_BASE = "https://sightwire.dev/problems/"
@@ -61,8 +69,14 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 STATUS_TYPES = {401: "unauthorized", 404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
 
+# Redis errors that mean "the store cannot be reached now" (refused, reset, timed out, loading):
+# only these are a 503 worth retrying. A command error (``ResponseError``) is a bug: a 500.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 
-def install_problem_handlers(app: FastAPI) -> None:
+
+def install_problem_handlers(app: FastAPI, on_store_unreachable: Callable[[], None] = lambda: None) -> None:
+    """Register every mapping; ``on_store_unreachable`` hears of each failed store call."""
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return exc.response(request.url.path)
@@ -82,5 +96,20 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        problem = Problem(exc.status_code, STATUS_TYPES.get(exc.status_code, "http-error"), str(exc.detail))
+        problem = Problem(exc.status_code, STATUS_TYPES.get(exc.status_code, "http-error"), str(exc.detail),
+                          headers=exc.headers)
         return problem.response(request.url.path)
+
+    async def _store_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        on_store_unreachable()
+        return Problem(503, "store-unavailable", "The store is unreachable; retry shortly",
+                       headers={"Retry-After": "1"}).response(request.url.path)
+
+    for exc_type in STORE_UNREACHABLE:
+        app.add_exception_handler(exc_type, _store_unreachable)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the exception after this response is sent.
+        return Problem(500, "internal-error", "Internal server error", "the error was logged").response(
+            request.url.path)

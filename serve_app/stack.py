@@ -48,7 +48,8 @@ class LocalStack:
         self.host = host
         self.port = port
         self.num_cpus = num_cpus
-        self._redis = RedisServer(Path(settings.data_dir).expanduser() / "redis") if embedded_redis else None
+        redis_dir = Path(settings.data_dir).expanduser() / "redis"
+        self._redis = RedisServer(redis_dir, appendfsync=settings.redis_appendfsync) if embedded_redis else None
         self._owns_ray = False
 
     @property

@@ -145,4 +145,5 @@ async def test_listing_newest_first_with_cursor(api: httpx.AsyncClient, api_key:
                             headers=auth(api_key))).json()
     assert [i["id"] for i in first["data"] + second["data"]] == list(reversed(ids))
     bad = await api.get("/v1/images", params={"cursor": "%%%"}, headers=auth(api_key))
-    assert bad.status_code == 422
+    assert bad.status_code == 400  # issue 15: a malformed cursor is the client's error, not a validation 422
+    assert bad.json()["type"].endswith("/invalid-cursor")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.schemas import ImageCreate, ImageRecord, ImageStatus, ModelsAdd, Wire
 from serve_app.auth import Org
 from serve_app.context import ApiContext, context
-from serve_app.problems import Problem, invalid, not_found
+from serve_app.problems import Problem, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -23,17 +23,28 @@ class ImagePage(Wire):
     next_cursor: str | None = None
 
 
-def encode_cursor(position: dict[str, float]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
+class Cursor(BaseModel):
+    """Where a listing page ends. Opaque to clients (base64 JSON); both values go to Redis as
+    numbers, so a forged cursor with anything else is refused before it reaches the store."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-def decode_cursor(cursor: str | None) -> dict[str, float]:
-    if not cursor:
-        return {}
-    try:
-        return dict(json.loads(base64.urlsafe_b64decode(cursor.encode())))
-    except (ValueError, TypeError):
-        raise invalid("cursor", "not a cursor returned by this API") from None
+    before: Annotated[float, Field(allow_inf_nan=False)] | None = None  # newest-first: older than this
+    offset: Annotated[int, Field(ge=0, le=2**53)] | None = None  # a group's images: from this index
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(self.model_dump_json(exclude_none=True).encode()).decode()
+
+    @classmethod
+    def decode(cls, cursor: str | None) -> Cursor:
+        if not cursor:
+            return cls()
+        try:
+            return cls.model_validate_json(base64.urlsafe_b64decode(cursor.encode()))
+        except (ValueError, TypeError):  # not base64, not JSON, or not our fields and numbers
+            raise Problem(400, "invalid-cursor", "Invalid cursor",
+                          "not a cursor returned by this API; start again without one",
+                          errors=[{"field": "cursor", "message": "not a cursor returned by this API"}]) from None
 
 
 @router.post("", status_code=202, response_model=ImageRecord)
@@ -57,21 +68,21 @@ async def list_images(
     cursor: str | None = None,
 ) -> ImagePage:
     """Newest first (or a group's images in order); follow ``nextCursor`` for the next page."""
-    position = decode_cursor(cursor)
+    position = Cursor.decode(cursor)
     if group_id is not None:
         if await ctx.store.groups.ledger.get(group_id, org) is None:
             raise not_found(f"group {group_id}")
-        start = int(position.get("offset", 0))
+        start = position.offset or 0
         ids = await ctx.store.groups.ledger.image_ids(group_id, start, start + limit - 1)
-        following = {"offset": start + limit} if len(ids) == limit else None
+        following = Cursor(offset=start + limit) if len(ids) == limit else None
     else:
-        rows = await ctx.store.images.page(org, position.get("before"), limit)
+        rows = await ctx.store.images.page(org, position.before, limit)
         ids = [image_id for image_id, _ in rows]
-        following = {"before": rows[-1][1]} if len(rows) == limit else None
+        following = Cursor(before=rows[-1][1]) if len(rows) == limit else None
     records = await ctx.store.images.get_many(ids)
     if status is not None:
         records = [r for r in records if r.status is status]
-    return ImagePage(data=records, next_cursor=encode_cursor(following) if following else None)
+    return ImagePage(data=records, next_cursor=following.encode() if following else None)
 
 
 @router.get("/{image_id}", response_model=ImageRecord)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 
 from core.schemas import ModelInfo
 from serve_app.auth import Org
-from serve_app.context import READY_TIMEOUT_S, ApiContext, context
+from serve_app.context import ApiContext, context
 
 router = APIRouter()
 Ctx = Annotated[ApiContext, Depends(context)]
@@ -29,14 +27,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["operations"])
 async def readyz(ctx: Ctx) -> JSONResponse:
-    checks: dict[str, Any] = {}
-    try:
-        checks["redis"] = await asyncio.wait_for(ctx.store.ping(), READY_TIMEOUT_S)
-    except (RedisError, OSError, TimeoutError):
-        checks["redis"] = False
-    try:
-        checks["models"] = {m.name: m.version for m in await ctx.models()}
-    except Exception:  # a model still loading or failed: not ready yet
-        checks["models"] = False
-    ready = bool(checks["redis"]) and bool(checks["models"])
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    """200 once Redis answers and every model has answered once; 503 before. Read from the
+    replica's snapshot (``serve_app.readiness``), so it answers at once whatever is slow."""
+    snapshot = ctx.readiness.snapshot
+    return JSONResponse({"ready": snapshot.ready, "checks": snapshot.checks()},
+                        status_code=200 if snapshot.ready else 503)

@@ -1,0 +1,84 @@
+"""The request body cap, enforced in the ASGI layer while the body arrives (SPEC §2).
+
+A ``Content-Length`` over the cap is refused before anything is read. Any other body — chunked
+above all, which declares no length — is counted message by message as the app pulls it from
+``receive``: the message that crosses the cap is not handed to the app. Instead this layer
+answers 413 itself, at once, with ``Connection: close`` so the server stops reading the
+connection, and drops whatever the app sends after that (the app sees a failed body read and
+answers something, typically a 400, that nobody must receive). Handling it here rather than in
+a route means no route, dependency or framework body parser can read past the cap.
+
+Memory: under uvicorn the app reads at most the cap (plus the server's 64 KiB read-ahead). Ray
+Serve's proxy forwards body chunks to the replica as they arrive, without backpressure; what
+it reads ahead before the 413 goes out is discarded when the request ends (docs/security.md).
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.problems import Problem
+
+
+class BodyTooLarge(Exception):
+    """Raised to the app from ``receive`` once the body passed the cap."""
+
+
+def too_large(limit: int) -> Problem:
+    return Problem(413, "payload-too-large", "Request body too large", f"the limit is {limit} bytes",
+                   headers={"Connection": "close"})
+
+
+def declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class BodyLimit:
+    """ASGI middleware: at most ``max_bytes`` of request body reach the app."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = too_large(self.max_bytes)
+        length = declared_length(scope)
+        if length is not None and length > self.max_bytes:
+            await problem.response(scope["path"])(scope, receive, send)
+            return
+
+        received = 0
+        answered = False  # this layer sent the 413: the app's own response goes nowhere
+        started = False  # the app began a response before the cap tripped
+
+        async def limited_receive() -> Message:
+            nonlocal received, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    if not started and not answered:
+                        answered = True
+                        await problem.response(scope["path"])(scope, receive, send)
+                    raise BodyTooLarge(f"request body over {self.max_bytes} bytes")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            if not answered:  # the app had already started its response: nothing more to say
+                raise
