@@ -50,6 +50,18 @@ class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def policy_pool(policy: UrlPolicy, limits: httpx.Limits = DEFAULT_LIMITS) -> httpcore.AsyncConnectionPool:
+    """An httpcore connection pool that can reach only what ``policy`` allows (every connection
+    resolved, checked and pinned). The image fetcher's client and the notifier both use it."""
+    return httpcore.AsyncConnectionPool(
+        ssl_context=ssl.create_default_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=PolicyNetworkBackend(policy),
+    )
+
+
 class PolicyTransport(httpx.AsyncHTTPTransport):
     """``AsyncHTTPTransport`` over a pool that connects only through ``PolicyNetworkBackend``."""
 
@@ -57,13 +69,7 @@ class PolicyTransport(httpx.AsyncHTTPTransport):
         super().__init__(trust_env=False, limits=limits)
         # httpx offers no public hook for the network backend; swap the pool it built for one
         # with the same settings and our backend.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=PolicyNetworkBackend(policy),
-        )
+        self._pool = policy_pool(policy, limits)
 
 
 def safe_client(

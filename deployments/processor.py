@@ -231,7 +231,7 @@ class JobProcessor:
     def __init__(
         self, settings: Settings, models: dict[str, DeploymentHandle], bulk: RemoteFunction | None = None
     ) -> None:
-        self.processor = Processor(settings, models, notifier_handle(settings), bulk)
+        self.processor = Processor(settings, models, notifier_handle(), bulk)
         self.processor.start()
 
     async def depth(self) -> int:

@@ -141,7 +141,7 @@ async def _write_batch(
 def _wake(settings: Settings, notifier_name: str | None) -> None:
     from notifier import NOTIFIER_NAME, notifier_handle
 
-    notifier_handle(settings, name=notifier_name or NOTIFIER_NAME).wake.remote()
+    notifier_handle(notifier_name or NOTIFIER_NAME).wake.remote()
 
 
 def process_group(

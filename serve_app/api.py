@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from serve_app.context import ApiContext
 from serve_app.problems import Problem, install_problem_handlers
-from serve_app.routes import groups, images, operations, webhooks
+from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, webhooks
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -24,7 +24,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app)
-    for router in (images.router, groups.router, operations.router, webhooks.router):
+    routers = (images, groups, operations, deliveries, endpoints, secrets, webhooks)
+    for router in (module.router for module in routers):
         app.include_router(router)
 
     @app.middleware("http")

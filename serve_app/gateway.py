@@ -42,12 +42,15 @@ class ApiGateway:
 
 
 def build_app(settings: Settings) -> Application:
-    """Bind every deployment: one per model, the job processor, and the API in front."""
+    """Start the notifier and bind every deployment: one per model, the job processor, and the
+    API in front."""
     # Imported here: the model families pull in torch and transformers, which the API and
     # processor replicas (which import this module to unpickle ApiGateway) never need.
     from deployments.models import bind_models
+    from notifier import start_notifier
     from pipelines.group_run import process_group_remote
 
+    start_notifier(settings)  # the one place it is created; a rebuild finds the running one
     registry = load_registry(settings.models, settings.models_dir)
     models = bind_models(registry)
     # Large groups run as Ray Data pipelines: the processor launches this task for bulk jobs.

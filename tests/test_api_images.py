@@ -194,7 +194,7 @@ async def test_job_of_a_dead_worker_is_taken_up(
     assert job.image_id == record.id
 
     models = {"object_detection": serve.get_deployment_handle("model-object_detection", app_name=APP_NAME)}
-    processor = Processor(settings, models, notifier_handle(settings))
+    processor = Processor(settings, models, notifier_handle())
     processor.start()
     try:
         for _ in range(100):
