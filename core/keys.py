@@ -1,7 +1,7 @@
 """Redis key names, in one place so every component agrees on the layout.
 
-Python builds every key through ``Keys``; the delivery scripts (``core.delivery.scripts``) are
-given the same layout, derived from these methods, so Lua never spells a key name itself.
+Python builds every key through ``Keys``; the delivery scripts get the same names, derived from
+these methods when they are loaded (``core.delivery.scripts``), so Lua never spells one itself.
 
 Delivery layout (``P`` is the prefix):
 
@@ -25,7 +25,15 @@ from dataclasses import dataclass
 _HOLE = "\x00"  # stands for the id when a key's layout is handed to the scripts
 
 # Per-entity keys the delivery scripts build (method names of ``Keys``).
-SCRIPT_KEYS = ("delivery", "delivery_attempts", "endpoint", "endpoint_due", "endpoint_latest", "org_endpoints")
+SCRIPT_KEYS = (
+    "delivery",
+    "delivery_attempts",
+    "resource_deliveries",
+    "endpoint",
+    "endpoint_due",
+    "endpoint_latest",
+    "org_endpoints",
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class Keys:
 
 def script_layout() -> dict[str, tuple[str, str]]:
     """Each per-entity key of ``SCRIPT_KEYS`` as the text before and after its id, prefix left
-    out: a script builds ``prefix .. before .. id .. after``, which is what ``Keys`` returns."""
+    out: a script's ``K.<name>(id)`` becomes ``P .. before .. id .. after``, what ``Keys`` returns."""
     bare = Keys(prefix="")
     layout = {}
     for name in SCRIPT_KEYS:

@@ -38,19 +38,26 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 async def test_scripts_build_the_keys_python_names(store: Store) -> None:
     keys = Keys("swtest-layout")
-    body = "local out = {} for _, n in ipairs(cjson.decode(ARGV[2])) do out[#out + 1] = K[n]('x1') end return out"
+    body = "return {" + ", ".join(f"K.{name}(ARGV[2])" for name in SCRIPT_KEYS) + "}"
     argv = json.dumps({"prefix": keys.prefix})
-    source = scripts.compose(body)
-    built = await store.redis.eval(source, 2, keys.outbox, keys.outbox_wake, argv, json.dumps(SCRIPT_KEYS))
+    built = await store.redis.eval(scripts.compose(body), 2, keys.outbox, keys.outbox_wake, argv, "x1")
     assert [b.decode() for b in built] == [getattr(keys, name)("x1") for name in SCRIPT_KEYS]
 
 
 @pytest.mark.parametrize("enum", [DeliveryStatus, EndpointState, DisabledReason, Outcome, RetryResult])
 async def test_scripts_see_the_python_enum_values(store: Store, enum: type) -> None:
-    body = f"local out = {{}} for k, v in pairs({enum.__name__}) do out[#out + 1] = k .. '=' .. v end return out"
-    argv = json.dumps({"prefix": "swtest"})
-    seen = await store.redis.eval(scripts.compose(body), 2, "k1", "k2", argv)
-    assert sorted(s.decode() for s in seen) == sorted(f"{m.name}={m.value}" for m in enum)
+    body = "return {" + ", ".join(f"{enum.__name__}.{m.name}" for m in enum) + "}"
+    seen = await store.redis.eval(scripts.compose(body), 2, "k1", "k2", json.dumps({"prefix": "swtest"}))
+    assert [s.decode() for s in seen] == [m.value for m in enum]
+
+
+def test_a_name_the_loader_cannot_fill_in_stops_the_load() -> None:
+    with pytest.raises(KeyError):
+        scripts.compose("return Outcome.NOT_A_MEMBER")
+    with pytest.raises(KeyError):
+        scripts.compose("return K.not_a_key(A.id)")
+    with pytest.raises(ValueError, match="cannot expand"):
+        scripts.compose("return K.delivery(string.lower(A.id))")
 
 
 def image(status: ImageStatus, sequence: int = 3, **extra: object) -> ImageRecord:

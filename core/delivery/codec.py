@@ -24,8 +24,9 @@ def _int(value: str | None) -> int:
     return int(float(value)) if value else 0
 
 
-def delivery_fields(delivery: Delivery) -> dict[str, str]:
-    """A new delivery as hash fields (the ones a new delivery has; the scripts add the rest)."""
+def delivery_fields(delivery: Delivery) -> tuple[str, ...]:
+    """A new delivery as flat hash field/value pairs (the fields a new delivery has; the scripts
+    add the rest)."""
     values: dict[str, Any] = {
         "id": delivery.id,
         "webhook_id": delivery.webhook_id,
@@ -41,7 +42,7 @@ def delivery_fields(delivery: Delivery) -> dict[str, str]:
         "next_attempt_at": delivery.next_attempt_at.timestamp() if delivery.next_attempt_at else "",
         "endpoint_id": delivery.endpoint_id or "",
     }
-    return {key: str(value) for key, value in values.items()}
+    return tuple(item for key, value in values.items() for item in (key, str(value)))
 
 
 def delivery_from_hash(raw: dict[bytes, bytes] | bytes) -> Delivery | None:

@@ -53,5 +53,6 @@ class Endpoints:
         """Close the breaker and release every held delivery; ``None`` for an unknown endpoint.
 
         Returns how many deliveries were released (made due now)."""
-        released = int(await self._scripts.run(scripts.ENABLE, eid=endpoint_id(org, url), now=now.timestamp()))
+        call = scripts.Call({"eid": endpoint_id(org, url), "now": now.timestamp()})
+        released = int(await self._scripts.run(scripts.ENABLE, call))
         return None if released < 0 else released

@@ -28,6 +28,7 @@ from core.delivery.codec import delivery_fields, delivery_from_hash
 from core.delivery.endpoints import endpoint_id, endpoint_of
 from core.delivery.outcomes import Outcome, RetryResult
 from core.delivery.policy import BreakerPolicy
+from core.delivery.scripts import Call
 from core.events import Announcement
 from core.keys import Keys
 from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryView, EndpointState
@@ -109,12 +110,9 @@ class Outbox:
             resource_id=a.resource_id, sequence=a.sequence, body=a.body, created_at=a.at, next_attempt_at=a.at,
             endpoint_id=eid,
         )
-        pipe.hset(self._keys.delivery(delivery.id), mapping=delivery_fields(delivery))
-        pipe.rpush(self._keys.resource_deliveries(a.resource_id), delivery.id)
-        self._scripts.queue(
-            pipe, scripts.ENQUEUE, id=delivery.id, eid=eid, resource_id=a.resource_id, org=a.org, url=a.url,
-            now=a.at.timestamp(), retention_s=self.retention_s,
-        )
+        args = {"id": delivery.id, "eid": eid, "resource_id": a.resource_id, "org": a.org, "url": a.url,
+                "now": a.at.timestamp(), "retention_s": self.retention_s}
+        self._scripts.queue(pipe, scripts.ENQUEUE, Call(args, delivery_fields(delivery)))
         return delivery
 
     async def claim(
@@ -125,10 +123,10 @@ class Outbox:
         dropped from the queue; waiting deliveries marked superseded are finished as such."""
         if budget <= 0:
             return Claim([], 0, await self.next_due_at(), 0)
-        claimed, superseded, nxt, missing = await self._scripts.run(
-            scripts.CLAIM, now=now.timestamp(), lease_until=now.timestamp() + lease_s, budget=budget,
-            endpoint_room=endpoint_room, room=busy, retention_s=self.retention_s,
-        )
+        claimed, superseded, nxt, missing = await self._scripts.run(scripts.CLAIM, Call({
+            "now": now.timestamp(), "lease_until": now.timestamp() + lease_s, "budget": budget,
+            "endpoint_room": endpoint_room, "room": busy, "retention_s": self.retention_s,
+        }))
         return Claim(_leased(claimed), int(superseded), _moment(nxt) if nxt else None, int(missing))
 
     async def record(self, records: Sequence[AttemptRecord], breaker: BreakerPolicy) -> list[Recorded | BaseException]:
@@ -139,7 +137,7 @@ class Outbox:
         An attempt is applied only if its delivery is still pending with ``delivery.attempts``
         attempts (else it is only logged: ``stale``); ``delivery`` itself is not modified."""
         policy = breaker.script_args()
-        replies = await self._scripts.run_many(scripts.RECORD, [self._record_args(r, policy) for r in records])
+        replies = await self._scripts.run_many(scripts.RECORD, [self._record_call(r, policy) for r in records])
         results: list[Recorded | BaseException] = []
         for reply in replies:
             if isinstance(reply, BaseException):
@@ -150,13 +148,13 @@ class Outbox:
                                     int(pending), _leased(nxt)))
         return results
 
-    def _record_args(self, r: AttemptRecord, breaker: dict[str, float]) -> dict[str, Any]:
+    def _record_call(self, r: AttemptRecord, breaker: dict[str, float]) -> Call:
         d, attempt = r.delivery, r.attempt
         at = attempt.at.timestamp()
         args: dict[str, Any] = {
-            "id": d.id, "eid": endpoint_of(d), "attempts": d.attempts, "attempt": attempt.to_json(), "now": at,
-            "succeeded": attempt.succeeded, "slowdown_s": r.slowdown_s, "gone": r.gone, "breaker": breaker,
-            "retention_s": self.retention_s, "take_next": r.take_next, "lease_until": at + r.lease_s,
+            "id": d.id, "eid": endpoint_of(d), "attempts": d.attempts, "now": at, "succeeded": attempt.succeeded,
+            "slowdown_s": r.slowdown_s, "gone": r.gone, "breaker": breaker, "retention_s": self.retention_s,
+            "take_next": r.take_next, "lease_until": at + r.lease_s,
         }
         if attempt.status_code is not None:
             args["status_code"] = attempt.status_code
@@ -164,19 +162,19 @@ class Outbox:
             args["error"] = attempt.error
         if r.next_at is not None:
             args["retry_at"] = r.next_at.timestamp()
-        return args
+        return Call(args, (attempt.to_json(),))
 
     async def retry(self, delivery: Delivery, now: datetime) -> RetryResult:
         """Make ``delivery`` due now, or say why not."""
-        result = await self._scripts.run(scripts.RETRY, id=delivery.id, eid=endpoint_of(delivery), now=now.timestamp())
+        call = Call({"id": delivery.id, "eid": endpoint_of(delivery), "now": now.timestamp()})
+        result = await self._scripts.run(scripts.RETRY, call)
         return RetryResult(result.decode())
 
     async def supersede(self, delivery: Delivery, now: datetime) -> bool:
         """Finish a claimed, pending delivery as superseded (a newer update of it was claimed)."""
-        return bool(await self._scripts.run(
-            scripts.SUPERSEDE, id=delivery.id, eid=endpoint_of(delivery), now=now.timestamp(),
-            retention_s=self.retention_s,
-        ))
+        call = Call({"id": delivery.id, "eid": endpoint_of(delivery), "now": now.timestamp(),
+                     "retention_s": self.retention_s})
+        return bool(await self._scripts.run(scripts.SUPERSEDE, call))
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -1,19 +1,14 @@
--- Shared by every delivery script; prepended to each, after the constants Python generates
--- (KEY_LAYOUT from core.keys; DeliveryStatus, EndpointState, DisabledReason, Outcome and
--- RetryResult from the Python enums of the same names).
+-- Shared by every delivery script; prepended to each when it is loaded. K.<name>(id) and
+-- <Enum>.<MEMBER> are filled in then, from core.keys and the Python enums of the same names
+-- (DeliveryStatus, EndpointState, DisabledReason, Outcome, RetryResult).
 --
 -- Every script is called with KEYS = {the ready index, the wake list} and one JSON table of
--- named arguments in ARGV[1] (decoded as A; A.prefix is the key prefix). Times are Unix seconds.
+-- named arguments in ARGV[1] (decoded as A; A.prefix is the key prefix, P); data a script
+-- stores verbatim follows raw in ARGV[2..]. Times are Unix seconds.
 
 local A = cjson.decode(ARGV[1])
+local P = A.prefix
 local INDEX, WAKE = KEYS[1], KEYS[2]
-
--- K.<name>(id): the key core.keys.Keys.<name>(id) names, for every name of KEY_LAYOUT.
-local K = {}
-for name, parts in pairs(KEY_LAYOUT) do
-  local head, tail = A.prefix .. parts[1], parts[2]
-  K[name] = function(id) return head .. id .. tail end
-end
 
 -- A hash field as a number, 0 when unset or empty.
 local function num(x)
@@ -36,10 +31,10 @@ local function reindex(eid, now)
   redis.call('ZADD', INDEX, score, eid)
 end
 
--- Tell the notifier there is work (it waits on the list with BLPOP); one token is enough.
+-- Tell the notifier there is work (it waits on the list with BLPOP); one token is enough, so
+-- none is added while one waits.
 local function wake()
-  redis.call('RPUSH', WAKE, '1')
-  redis.call('LTRIM', WAKE, 0, 0)
+  if redis.call('EXISTS', WAKE) == 0 then redis.call('RPUSH', WAKE, '1') end
 end
 
 -- Keep a finished delivery and its attempt log for A.retention_s seconds (0: forever).
@@ -79,7 +74,8 @@ end
 -- breaker probe, the first one whatever its due time. Waiting deliveries found superseded are
 -- finished as such and ids without a record are dropped from the queue. Appends each leased
 -- record, as one JSON object (one string parses much faster than the hash's many fields), to
--- `out`; returns the leased, superseded and missing counts.
+-- `out`; returns the leased, superseded and missing counts. Each record is read once, whole:
+-- the one read decides and is what is returned.
 local function take_due(eid, now, lease, take, probing, out)
   local due = K.endpoint_due(eid)
   local ids
@@ -92,21 +88,21 @@ local function take_due(eid, now, lease, take, probing, out)
   for _, id in ipairs(ids) do
     if n >= take then break end
     local dkey = K.delivery(id)
-    local d = redis.call('HMGET', dkey, 'status', 'superseded_by', 'lease_until')
-    if not d[1] then
+    local flat, d = redis.call('HGETALL', dkey), {}
+    for i = 1, #flat, 2 do d[flat[i]] = flat[i + 1] end
+    if not d.status then
       redis.call('ZREM', due, id)
       missing = missing + 1
-    elseif d[1] ~= DeliveryStatus.PENDING then
+    elseif d.status ~= DeliveryStatus.PENDING then
       redis.call('ZREM', due, id)
-    elseif d[2] and d[2] ~= '' then
+    elseif d.superseded_by and d.superseded_by ~= '' then
       supersede(eid, id)
       superseded = superseded + 1
-    elseif num(d[3]) <= now then
+    elseif num(d.lease_until) <= now then
       redis.call('ZADD', due, lease, id)
       redis.call('HSET', dkey, 'lease_until', lease)
-      local flat, record = redis.call('HGETALL', dkey), {}
-      for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-      out[#out + 1] = cjson.encode(record)
+      d.lease_until = nil  -- read before the lease; no reader needs it
+      out[#out + 1] = cjson.encode(d)
       n = n + 1
       if probing then
         redis.call('HSET', K.endpoint(eid), 'state', EndpointState.HALF_OPEN, 'probe', id, 'probe_until', lease)

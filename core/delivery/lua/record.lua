@@ -1,11 +1,11 @@
 -- Record one attempt: the log, the delivery's new state, the breaker, in one step. Applied only
 -- while the delivery is pending with the attempt count the sender claimed it with; otherwise the
 -- attempt is logged and nothing else changes (another sender, or a manual change, came first).
--- A: id, eid, attempts (as claimed), attempt (its log entry, JSON), now, succeeded,
---    status_code?, error?, retry_at? (absent: the schedule is used up), slowdown_s, gone,
---    breaker {failure_threshold, cooldown_s, max_cooldown_s, disable_after_s}, retention_s,
---    take_next (how many next due deliveries of the endpoint to lease in the same step),
---    lease_until (their lease)
+-- A: id, eid, attempts (as claimed), now, succeeded, status_code?, error?, retry_at? (absent:
+--    the schedule is used up), slowdown_s, gone, breaker {failure_threshold, cooldown_s,
+--    max_cooldown_s, disable_after_s}, retention_s, take_next (how many next due deliveries of
+--    the endpoint to lease in the same step), lease_until (their lease)
+-- ARGV[2]: the attempt's log entry (JSON)
 local id, eid, now = A.id, A.eid, A.now
 local dkey, ek, due = K.delivery(id), K.endpoint(eid), K.endpoint_due(eid)
 local d = redis.call('HMGET', dkey, 'status', 'attempts', 'superseded_by', 'resource_id')
@@ -13,7 +13,7 @@ if not d[1] then
   redis.call('ZREM', due, id)
   return {Outcome.MISSING, '', 0, {}}
 end
-redis.call('RPUSH', K.delivery_attempts(id), A.attempt)
+redis.call('RPUSH', K.delivery_attempts(id), ARGV[2])
 if d[1] ~= DeliveryStatus.PENDING or tonumber(d[2]) ~= A.attempts then
   return {Outcome.STALE, redis.call('HGET', ek, 'state') or EndpointState.CLOSED, redis.call('ZCARD', due), {}}
 end
@@ -23,15 +23,15 @@ local eset = {}
 local function put(t, ...)
   for _, v in ipairs({...}) do t[#t + 1] = v end
 end
-local e = redis.call('HMGET', ek, 'state', 'failing_since', 'trips', 'probe', 'slow_until')
+local e = redis.call('HMGET', ek, 'state', 'failing_since', 'trips', 'probe', 'slow_until',
+  'consecutive_failures', 'delivered', 'failed')
 local state = e[1] or EndpointState.CLOSED
 local slow_until = num(e[5])
 local was_probe = e[4] == id
 if was_probe then put(eset, 'probe', '', 'probe_until', '') end
 local outcome, released = nil, false
 if A.succeeded then
-  put(eset, 'consecutive_failures', 0, 'failing_since', '', 'last_success_at', now)
-  redis.call('HINCRBY', ek, 'delivered', 1)
+  put(eset, 'consecutive_failures', 0, 'failing_since', '', 'last_success_at', now, 'delivered', num(e[7]) + 1)
   if state == EndpointState.OPEN or state == EndpointState.HALF_OPEN then
     put(eset, 'state', EndpointState.CLOSED, 'open_until', '', 'trips', 0)
     state = EndpointState.CLOSED
@@ -41,13 +41,13 @@ if A.succeeded then
   redis.call('ZREM', due, id)
   outcome = Outcome.DELIVERED
 else
-  local fails = redis.call('HINCRBY', ek, 'consecutive_failures', 1)
+  local fails = num(e[6]) + 1
   local since = num(e[2])
   if since == 0 then
     since = now
     put(eset, 'failing_since', now)
   end
-  put(eset, 'last_failure_at', now, 'last_status_code', status_code, 'last_error', err)
+  put(eset, 'consecutive_failures', fails, 'last_failure_at', now, 'last_status_code', status_code, 'last_error', err)
   if state ~= EndpointState.DISABLED then
     local reason = nil
     if A.gone then reason = DisabledReason.GONE
@@ -84,7 +84,7 @@ else
     outcome = Outcome.RETRYING
   else
     put(dset, 'status', DeliveryStatus.FAILED, 'next_attempt_at', '')
-    redis.call('HINCRBY', ek, 'failed', 1)
+    put(eset, 'failed', num(e[8]) + 1)
     redis.call('ZREM', due, id)
     outcome = Outcome.FAILED
   end
