@@ -37,6 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from core.events import Events
 from core.schemas import EventType, WebhookPayload, utcnow
 from core.settings import Settings
 from core.store import Store
@@ -48,6 +49,7 @@ from serve_app.local import RedisServer, free_port
 RATIO_TARGET = 0.70
 P99_TARGET_MS = 20.0
 ORG = "org_bench"
+EVENTS = Events()  # the default payload cap, as the store would apply it
 
 # -- the receiver (own process) ----------------------------------------------------------------
 
@@ -139,8 +141,7 @@ async def queue(store: Store, url: str, n: int, payload_bytes: int, batch: int =
         async with store.redis.pipeline(transaction=True) as pipe:
             for i in range(start, min(n, start + batch)):
                 data = data_for(i, payload_bytes)
-                store.outbox.add(pipe, org=ORG, url=url, event=EventType.IMAGE_COMPLETED, resource_id=data["id"],
-                                 sequence=1, data=data)
+                store.outbox.add(pipe, EVENTS.announcement(ORG, url, EventType.IMAGE_COMPLETED, data["id"], 1, data))
             await pipe.execute()
 
 
@@ -245,8 +246,7 @@ def run_enqueuer(settings_json: str, url: str, rate: float, seconds: float, payl
                 await asyncio.sleep(delay)
             async with store.redis.pipeline(transaction=True) as pipe:
                 data = data_for(i, payload_bytes, enqueued=time.time())
-                store.outbox.add(pipe, org=ORG, url=url, event=EventType.IMAGE_COMPLETED, resource_id=data["id"],
-                                 sequence=1, data=data)
+                store.outbox.add(pipe, EVENTS.announcement(ORG, url, EventType.IMAGE_COMPLETED, data["id"], 1, data))
                 await pipe.execute()
         out.put((n, n / (time.perf_counter() - started), (time.process_time() - cpu) / n))
         await store.close()

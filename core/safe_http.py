@@ -50,6 +50,24 @@ class PolicyNetworkBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def policy_pool(
+    policy: UrlPolicy,
+    limits: httpx.Limits = DEFAULT_LIMITS,
+    network: httpcore.AsyncNetworkBackend | None = None,
+) -> httpcore.AsyncConnectionPool:
+    """An httpcore connection pool that can reach only what ``policy`` allows (every connection
+    resolved, checked and pinned). The image fetcher's client and the notifier both use it.
+    ``network`` is what actually opens sockets once the policy chose the address (default:
+    anyio); tests pass one that keeps every connection on loopback."""
+    return httpcore.AsyncConnectionPool(
+        ssl_context=ssl.create_default_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=PolicyNetworkBackend(policy, network),
+    )
+
+
 class PolicyTransport(httpx.AsyncHTTPTransport):
     """``AsyncHTTPTransport`` over a pool that connects only through ``PolicyNetworkBackend``."""
 
@@ -59,18 +77,10 @@ class PolicyTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits = DEFAULT_LIMITS,
         network: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
-        """``network`` is what actually opens sockets once the policy chose the address
-        (default: anyio); tests pass one that keeps every connection on loopback."""
         super().__init__(trust_env=False, limits=limits)
         # httpx offers no public hook for the network backend; swap the pool it built for one
         # with the same settings and our backend.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=PolicyNetworkBackend(policy, network),
-        )
+        self._pool = policy_pool(policy, limits, network)
 
 
 def safe_client(

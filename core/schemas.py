@@ -311,17 +311,16 @@ class DeliveryStatus(StrEnum):
     SUPERSEDED = "superseded"  # a newer state of the same resource replaced it before it was sent
 
 
-class Delivery(Wire):
-    """One webhook message to one endpoint; ``webhook_id`` stays the same on every attempt."""
+class DeliveryView(Wire):
+    """A delivery as the API shows it: what was sent where, and how far it got (no body, no org)."""
 
     id: str
     webhook_id: str
-    org_id: str
+    endpoint_id: str | None = None
     url: str
     event_type: EventType
     resource_id: str
     sequence: int
-    body: str
     status: DeliveryStatus = DeliveryStatus.PENDING
     attempts: int = 0
     created_at: datetime
@@ -329,8 +328,14 @@ class Delivery(Wire):
     delivered_at: datetime | None = None
     last_status_code: int | None = None
     last_error: str | None = None
-    endpoint_id: str | None = None
     superseded_by: str | None = None
+
+
+class Delivery(DeliveryView):
+    """One webhook message to one endpoint; ``webhook_id`` stays the same on every attempt."""
+
+    org_id: str
+    body: str
 
 
 class Attempt(Wire):
@@ -353,6 +358,13 @@ class EndpointState(StrEnum):
     DISABLED = "disabled"
 
 
+class DisabledReason(StrEnum):
+    """Why an endpoint was disabled: it answered 410, or it failed past the disable window."""
+
+    GONE = "gone"
+    FAILING = "failing"
+
+
 class EndpointHealth(Wire):
     url: str
     consecutive_failures: int = 0
@@ -367,29 +379,14 @@ class EndpointHealth(Wire):
     last_status_code: int | None = None
     last_error: str | None = None
     disabled_at: datetime | None = None
-    disabled_reason: str | None = None
+    disabled_reason: DisabledReason | None = None
     held: int = 0  # pending deliveries not attempted because the breaker is open or disabled
     pending: int = 0
     delivered: int = 0
     failed: int = 0
 
 
-class DeliveryLog(Wire):
-    """A delivery as the delivery log shows it: its state and every attempt, without the body."""
+class DeliveryLog(DeliveryView):
+    """A delivery as the delivery log shows it: its state and (the newest) attempts."""
 
-    id: str
-    webhook_id: str
-    endpoint_id: str | None = None
-    url: str
-    event_type: EventType
-    resource_id: str
-    sequence: int
-    status: DeliveryStatus
-    attempts: int
-    created_at: datetime
-    next_attempt_at: datetime | None = None
-    delivered_at: datetime | None = None
-    last_status_code: int | None = None
-    last_error: str | None = None
-    superseded_by: str | None = None
     attempt_log: list[Attempt] = Field(default_factory=list)

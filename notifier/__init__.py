@@ -1,7 +1,9 @@
-"""Webhook delivery: the notifier actor, Standard Webhooks signing and the retry schedule."""
+"""Webhook delivery's sending half: the notifier actor, its loop, one HTTP attempt, signing.
 
-from notifier.actor import NAMESPACE, NOTIFIER_NAME, Notifier, notifier_handle
-from notifier.retry import next_attempt_delay
+The durable half (outbox, endpoints, breaker, policy) is ``core.delivery``.
+"""
+
+from notifier.actor import NAMESPACE, NOTIFIER_NAME, Notifier, notifier_handle, start_notifier
 from notifier.sender import send_attempt
 from notifier.signing import sign, signature_headers
 
@@ -9,9 +11,9 @@ __all__ = [
     "NAMESPACE",
     "NOTIFIER_NAME",
     "Notifier",
-    "next_attempt_delay",
     "notifier_handle",
     "send_attempt",
     "sign",
     "signature_headers",
+    "start_notifier",
 ]

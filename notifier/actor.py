@@ -2,8 +2,12 @@
 
 One instance per cluster sends every webhook. It needs no state of its own to survive a
 restart: the outbox, the leases and every endpoint's circuit breaker are in Redis
-(``notifier.loop``, ``core.store.outbox``). Its metrics are exported through Ray's metrics agent
+(``notifier.loop``, ``core.delivery``). Its metrics are exported through Ray's metrics agent
 (``notifier.metrics``).
+
+The application builder creates it, once (``start_notifier``, called by
+``serve_app.gateway.build_app``). Nothing else needs a handle: every write that makes a delivery
+due pushes a wake token the loop waits on.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ NAMESPACE = RAY_NAMESPACE
 
 @ray.remote
 class Notifier:
-    """Async actor: its event loop runs the delivery loop; ``wake`` makes it look at once."""
+    """Async actor: its event loop runs the delivery loop; ``wake`` makes it look at once (writers
+    need not call it: their wake token does the same)."""
 
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -47,10 +52,10 @@ class Notifier:
         return {"outcomes": dict(self._loop.metrics.counts), "in_flight": self._loop.in_flight}
 
 
-def notifier_handle(settings: Settings, name: str = NOTIFIER_NAME) -> ActorHandle:
-    """The cluster's notifier, created on first use. Later callers get the running one, which
-    keeps the settings (and so the key prefix) it was created with; ``name`` lets tests run a
-    notifier of their own beside the application's."""
+def start_notifier(settings: Settings, name: str = NOTIFIER_NAME) -> ActorHandle:
+    """Create the cluster's notifier, or return the running one of that name (which keeps the
+    settings, and so the key prefix, it was created with). ``name`` lets tests run a notifier of
+    their own beside the application's."""
     return Notifier.options(  # type: ignore[attr-defined]
         name=name,
         namespace=NAMESPACE,
@@ -60,3 +65,8 @@ def notifier_handle(settings: Settings, name: str = NOTIFIER_NAME) -> ActorHandl
         max_task_retries=-1,
         num_cpus=0,
     ).remote(settings)
+
+
+def notifier_handle(name: str = NOTIFIER_NAME) -> ActorHandle:
+    """The running notifier (``ValueError`` when none was started)."""
+    return ray.get_actor(name, namespace=NAMESPACE)

@@ -1,9 +1,10 @@
 """The delivery loop: claim due deliveries from the Redis outbox, send them, record the outcome.
 
-All durable state is in Redis (``core.store.outbox``, ``core.store.endpoints``): the queues, the
-leases, every endpoint's circuit breaker. The loop holds only what it is sending now, a
-per-endpoint concurrency cap it adapts, and a short-lived cache of signing secrets, so a
-restarted notifier carries on exactly where the last one stopped.
+All durable state is in Redis (``core.delivery``): the queues, the leases, every endpoint's
+circuit breaker. The loop holds only what it is sending now, per endpoint (``notifier.lanes``),
+and a short-lived cache of signing secrets, so a restarted notifier carries on exactly where the
+last one stopped. The rules (retry schedule, breaker numbers, slow-down) are
+``core.delivery.policy``.
 
 Isolation: at most ``endpoint_concurrency`` sends to one endpoint at once (halved while the
 endpoint asks us to slow down, grown back by one per success), at most ``max_in_flight`` in
@@ -11,13 +12,13 @@ all, and the claim takes from each endpoint only what it may send now. A hanging
 holds a few slots until its timeouts open its breaker, and never the ones other endpoints use.
 
 Ordering: per resource and endpoint one send at a time. A newer update claimed while an older
-one is being sent waits here (parked) and goes when the older one ends; updates waiting in the
-outbox are coalesced when queued (``Outbox.add`` supersedes the older one), so a receiver sees
-rising ``sequence`` numbers and the newest state last.
+one is being sent waits in its lane (parked) and goes when the older one ends; updates waiting
+in the outbox are coalesced when queued (``Outbox.add`` supersedes the older one), so a
+receiver sees rising ``sequence`` numbers and the newest state last.
 
-Wake-ups: every write that makes work due pushes a token on a Redis list that the loop waits on
-(``BLPOP``), so a delivery is picked up within a millisecond of its transaction whoever wrote
-it; ``wake()`` (the actor method) does the same in-process, and the loop also looks every
+Wake-ups: every write that makes work due (enqueue, manual retry, enable) pushes a token on a
+Redis list that the loop waits on (``BLPOP``), so a delivery is picked up within a millisecond
+of its transaction whoever wrote it, with no handle on the notifier; the loop also looks every
 ``notifier_poll_s`` on its own.
 """
 
@@ -28,27 +29,26 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+import httpx
 from redis.exceptions import RedisError
 
+from core.delivery import AttemptRecord, BreakerPolicy, DeliveryPolicy, Outbox, Outcome, Recorded
+from core.safe_http import policy_pool
 from core.schemas import Attempt, Delivery, EndpointHealth, EndpointState, utcnow
 from core.settings import Settings
 from core.store import Store
-from core.store.endpoints import STATE_VALUE, endpoint_id
-from core.store.outbox import AttemptRecord, BreakerPolicy, Outbox, Recorded
 from core.urlpolicy import UrlPolicy
+from notifier.lanes import Lane, Lanes
 from notifier.metrics import NotifierMetrics
-from notifier.retry import next_attempt_delay
-from notifier.sender import policy_pool, send_attempt
+from notifier.sender import send_attempt
 
 log = logging.getLogger("sightwire.notifier")
 
 MIN_SLEEP_S = 0.005  # a floor so an entry due "now" but not claimable cannot spin the loop
 SECRETS_TTL_S = 1.0  # how stale a signing secret may be (rotation keeps the old one valid anyway)
-SLOWDOWN_STATUSES = frozenset({429, 502, 503, 504})
 METRICS_REFRESH_S = 5.0
 WAKE_WAIT_S = 1.0
 STOP_STEP_S = 10.0
@@ -73,33 +73,24 @@ class DeliveryLoop:
             )
         self.settings = settings
         self.store = store or Store.from_settings(settings)
-        self.store.outbox.retention_s = settings.delivery_retention_s
+        self.policy = DeliveryPolicy.from_settings(settings)
         self.max_in_flight = max_in_flight or settings.notifier_max_in_flight
         self.endpoint_concurrency = endpoint_concurrency or settings.endpoint_concurrency
-        self.pool = policy_pool(UrlPolicy.from_settings(settings), max_connections=self.max_in_flight)
-        self.breaker = BreakerPolicy(
-            failure_threshold=settings.breaker_failure_threshold,
-            cooldown_s=settings.breaker_cooldown_s,
-            max_cooldown_s=settings.breaker_max_cooldown_s,
-            disable_after_s=settings.endpoint_disable_after_s,
+        self.lanes = Lanes(self.endpoint_concurrency, self.max_in_flight)
+        limits = httpx.Limits(
+            max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight, keepalive_expiry=None
         )
+        self.pool = policy_pool(UrlPolicy.from_settings(settings), limits)
         self.rng = rng or random.Random()
         self.metrics = NotifierMetrics()
-        self.endpoints: dict[str, tuple[EndpointState | None, int]] = {}  # last seen state, pending
         self._wake = asyncio.Event()
-        self._sending: dict[str, asyncio.Task[None]] = {}
-        self._claimed: set[str] = set()  # sending or parked: ours until it ends
-        self._active: Counter[str] = Counter()  # sends in flight per endpoint
-        self._caps: dict[str, int] = {}  # endpoints whose cap is lowered (slow-down)
-        self._busy: set[tuple[str, str]] = set()  # (endpoint, resource) with a send in flight
-        self._parked: dict[tuple[str, str], Delivery] = {}
         self._secrets: dict[str, tuple[float, list[str]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._metrics_at = 0.0
         self._starved = False  # the last claim had no room for everything due
-        self._recorder = Recorder(self.store.outbox, self.breaker)
+        self._recorder = Recorder(self.store.outbox, self.policy.breaker)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -113,12 +104,12 @@ class DeliveryLoop:
 
     @property
     def in_flight(self) -> int:
-        return len(self._sending)
+        return self.lanes.in_flight
 
     async def stop(self) -> None:
         """Cancel the loop and its sends (their leases expire, so they are retried later)."""
         self._stopping = True  # and no new sends start from here on
-        tasks = [*self._tasks, *self._sending.values(), *self._background, *self._recorder.flushes]
+        tasks = [*self._tasks, *self.lanes.tasks(), *self._background, *self._recorder.flushes]
         for task in tasks:
             task.cancel()
         for step in (asyncio.gather(*tasks, return_exceptions=True), self.pool.aclose(), self.store.close()):
@@ -153,8 +144,9 @@ class DeliveryLoop:
             self._wake.clear()
 
     async def _waker(self) -> None:
-        """Turn the outbox's wake tokens (pushed by every enqueue) into an immediate claim."""
-        key = self.store.outbox.ep_keys.wake
+        """Turn the outbox's wake tokens (pushed by every write that makes work due) into an
+        immediate claim."""
+        key = self.store.keys.outbox_wake
         while not self._stopping:
             try:
                 async with asyncio.timeout(WAKE_WAIT_S + 5):
@@ -168,21 +160,18 @@ class DeliveryLoop:
     async def _claim(self) -> float:
         """Claim what may be sent now and start it; returns how long to wait at most."""
         poll = self.settings.notifier_poll_s
-        budget = self.max_in_flight - len(self._sending)
+        budget = self.lanes.free
         self._starved = budget <= 0
         if self._starved:
             return poll  # a finishing send wakes the loop
-        busy = {eid: self._cap(eid) - n for eid, n in self._active.items() if n > 0}
-        for eid, cap in self._caps.items():
-            busy.setdefault(eid, cap)
         claim = await self.store.outbox.claim(
-            utcnow(), self.settings.delivery_lease_s, budget, self.endpoint_concurrency, busy
+            utcnow(), self.settings.delivery_lease_s, budget, self.endpoint_concurrency, self.lanes.room()
         )
-        self.metrics.outcome("superseded", claim.superseded)
+        self.metrics.outcome(Outcome.SUPERSEDED, claim.superseded)
         self._starved = len(claim.deliveries) >= budget  # maybe more is due: look again when a slot frees
         if claim.missing:
             log.warning("dropped %d outbox entries whose delivery record is gone", claim.missing)
-        fresh = [d for d in claim.deliveries if d.id not in self._claimed]
+        fresh = [d for d in claim.deliveries if not self.lanes.holds(d)]
         await self._prefetch_secrets({d.org_id for d in fresh})
         for delivery in fresh:
             self._dispatch(delivery)
@@ -190,52 +179,36 @@ class DeliveryLoop:
             return poll
         return min(poll, max(MIN_SLEEP_S, (claim.next_due - utcnow()).total_seconds()))
 
-    def _cap(self, eid: str) -> int:
-        return self._caps.get(eid, self.endpoint_concurrency)
-
     def _dispatch(self, delivery: Delivery) -> None:
-        key = (self._eid(delivery), delivery.resource_id)
-        if key not in self._busy:
-            self._start(delivery)
+        """Send ``delivery`` now, or park it while an older update of its resource is being sent."""
+        lane = self.lanes.lane(delivery)
+        if not lane.busy(delivery.resource_id):
+            self._start(lane, delivery)
             return
-        older = self._parked.get(key)
-        if older is not None and older.sequence > delivery.sequence:
-            older, delivery = delivery, older  # keep the newer one parked
-        self._parked[key] = delivery
-        self._claimed.add(delivery.id)
+        older = lane.park(delivery)
         if older is not None:
-            self._claimed.discard(older.id)
             self._spawn(self._supersede(older))
 
-    def _start(self, delivery: Delivery, recheck: bool = False) -> None:
+    def _start(self, lane: Lane, delivery: Delivery, recheck: bool = False) -> None:
         if self._stopping:
             return  # its lease ends and it is sent after the restart
-        eid = self._eid(delivery)
-        self._claimed.add(delivery.id)
-        self._busy.add((eid, delivery.resource_id))
-        self._active[eid] += 1
-        task = asyncio.get_running_loop().create_task(self._deliver(delivery, recheck), name=f"deliver-{delivery.id}")
-        self._sending[delivery.id] = task
-        task.add_done_callback(lambda t, d=delivery: self._finished(d, t))
-        self.metrics.in_flight(len(self._sending))
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(lane, delivery, recheck), name=f"deliver-{delivery.id}"
+        )
+        self.lanes.start(lane, delivery, task)
+        task.add_done_callback(lambda t, d=delivery: self._finished(lane, d, t))
+        self.metrics.in_flight(self.lanes.in_flight)
 
-    def _finished(self, delivery: Delivery, task: asyncio.Task[tuple[list[Delivery], bool]]) -> None:
-        eid = self._eid(delivery)
-        key = (eid, delivery.resource_id)
-        self._sending.pop(delivery.id, None)
-        self._claimed.discard(delivery.id)
-        self._busy.discard(key)
-        self._active[eid] -= 1
-        if self._active[eid] <= 0:
-            del self._active[eid]
-        parked = self._parked.pop(key, None)
+    def _finished(self, lane: Lane, delivery: Delivery, task: asyncio.Task[tuple[list[Delivery], bool]]) -> None:
+        self.lanes.finish(lane, delivery)
+        parked = lane.parked.pop(delivery.resource_id, None)
         if parked is not None:
-            self._start(parked, recheck=True)
+            self._start(lane, parked, recheck=True)
         successors, fed = ([], False) if task.cancelled() or task.exception() else task.result()
         for successor in successors:
-            if successor.id not in self._claimed:
+            if not self.lanes.holds(successor):
                 self._dispatch(successor)
-        self.metrics.in_flight(len(self._sending))
+        self.metrics.in_flight(self.lanes.in_flight)
         if not fed or self._starved:
             self._wake.set()  # a slot is free for whatever else is due, and a retry may be due soon
 
@@ -244,13 +217,9 @@ class DeliveryLoop:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    @staticmethod
-    def _eid(delivery: Delivery) -> str:
-        return delivery.endpoint_id or endpoint_id(delivery.org_id, delivery.url)
-
     # -- one delivery -------------------------------------------------------------------------
 
-    async def _deliver(self, delivery: Delivery, recheck: bool) -> tuple[list[Delivery], bool]:
+    async def _deliver(self, lane: Lane, delivery: Delivery, recheck: bool) -> tuple[list[Delivery], bool]:
         """Send one delivery and record it. Returns the endpoint's next due deliveries, leased
         in the same step as the record (so a busy endpoint is fed without a separate claim), and
         whether that settles what this slot does next; if not (no successor was asked for, or
@@ -265,9 +234,9 @@ class DeliveryLoop:
                 self.settings.webhook_response_read_bytes,
             )
             self.metrics.latency(attempt.latency_ms)
-            slowdown = self._slowdown(attempt)
-            next_at = None if attempt.succeeded else self._retry_at(delivery.attempts + 1, slowdown)
-            recorded, asked_next = await self._record(delivery, attempt, next_at, slowdown)
+            pause = self.policy.slowdown.pause_s(attempt)
+            next_at = None if attempt.succeeded else self.policy.retry.next_at(delivery.attempts + 1, pause, self.rng)
+            recorded, asked_next = await self._record(lane, delivery, attempt, next_at, pause)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -276,84 +245,60 @@ class DeliveryLoop:
             return [], False
         if recorded is None:
             return [], False
-        self._adapt(self._eid(delivery), attempt, slowdown)
-        self._note(delivery, recorded)
-        if recorded.outcome == "delivered":
+        self._adapt(lane, attempt, pause)
+        self._note(lane, recorded)
+        if recorded.outcome is Outcome.DELIVERED:
             log.debug("delivered %s to %s (attempt %d)", delivery.id, delivery.url, delivery.attempts + 1)
         else:
             log.info("attempt %d of %s to %s: %s (%s); endpoint %s",
-                     delivery.attempts + 1, delivery.id, delivery.url, recorded.outcome, attempt.error,
+                     delivery.attempts + 1, delivery.id, delivery.url, recorded.outcome.value, attempt.error,
                      recorded.state.value if recorded.state else "?")
-        return recorded.next, asked_next and recorded.outcome == "delivered"
+        return recorded.next, asked_next and recorded.outcome is Outcome.DELIVERED
 
     async def _record(
-        self, delivery: Delivery, attempt: Attempt, next_at: datetime | None, slowdown: float
+        self, lane: Lane, delivery: Delivery, attempt: Attempt, next_at: datetime | None, pause: float
     ) -> tuple[Recorded | None, bool]:
         """Record the attempt, retrying through a short Redis outage (a restart): giving up
         (``None``) means the lease expires and the receiver gets the same message again. The
         flag says whether the endpoint's next due delivery was asked for in the same step."""
         deadline = time.monotonic() + self.settings.delivery_lease_s / 2
-        pause = 0.1
-        eid = self._eid(delivery)
+        wait = 0.1
         # The slot this send frees may go to the endpoint's next delivery, unless a parked update
         # of the same resource takes it, or the endpoint's cap was lowered meanwhile.
-        room = min(self._cap(eid) - self._active[eid] + 1, self.max_in_flight - len(self._sending) + 1)
-        take_next = 1 if room >= 1 and (eid, delivery.resource_id) not in self._parked else 0
-        record = AttemptRecord(delivery, attempt, next_at, slowdown, attempt.status_code == 410, take_next,
+        room = min(lane.room + 1, self.lanes.free + 1)
+        take_next = 1 if room >= 1 and delivery.resource_id not in lane.parked else 0
+        record = AttemptRecord(delivery, attempt, next_at, pause, self.policy.is_gone(attempt), take_next,
                                self.settings.delivery_lease_s)
         while True:
             try:
                 return await self._recorder.record(record), bool(take_next)
             except (RedisError, OSError) as exc:
                 _reraise_cancellation(exc)
-                if self._stopping or time.monotonic() + pause > deadline:
+                if self._stopping or time.monotonic() + wait > deadline:
                     log.warning("delivery %s not recorded, retried after its lease: %s", delivery.id, exc)
                     return None, False
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 2.0)
 
     async def _supersede(self, delivery: Delivery) -> None:
         with contextlib.suppress(RedisError, OSError):  # else its lease ends and the claim does it
             if await self.store.outbox.supersede(delivery, utcnow()):
-                self.metrics.outcome("superseded")
+                self.metrics.outcome(Outcome.SUPERSEDED)
 
-    def _slowdown(self, attempt: Attempt) -> float:
-        """Seconds the endpoint asked us to pause: its ``Retry-After`` (clamped), or the default
-        pause for 429/502/503/504 without one; 0 for anything else."""
-        status = attempt.status_code
-        if attempt.succeeded or status is None:
-            return 0.0
-        if attempt.retry_after_s is not None and (status in SLOWDOWN_STATUSES or status >= 500):
-            return min(max(attempt.retry_after_s, self.settings.retry_after_min_s), self.settings.retry_after_max_s)
-        if status in SLOWDOWN_STATUSES:
-            return self.settings.slowdown_s
-        return 0.0
-
-    def _adapt(self, eid: str, attempt: Attempt, slowdown: float) -> None:
+    def _adapt(self, lane: Lane, attempt: Attempt, pause: float) -> None:
         """Halve the endpoint's concurrency when it asks us to slow down; grow it back by one
         per success."""
-        if slowdown > 0:
-            self._caps[eid] = max(1, self._cap(eid) // 2)
-        elif attempt.succeeded and eid in self._caps:
-            grown = self._caps[eid] + 1
-            if grown >= self.endpoint_concurrency:
-                del self._caps[eid]
-            else:
-                self._caps[eid] = grown
+        if pause > 0:
+            self.lanes.slow_down(lane)
+        elif attempt.succeeded and lane.cap < lane.full_cap:
+            self.lanes.regrow(lane)
 
-    def _note(self, delivery: Delivery, recorded: Recorded) -> None:
+    def _note(self, lane: Lane, recorded: Recorded) -> None:
         self.metrics.outcome(recorded.outcome)
         if recorded.state is not None:
-            eid = self._eid(delivery)
-            self.endpoints[eid] = (recorded.state, recorded.pending)
+            lane.state, lane.pending = recorded.state, recorded.pending
             held = recorded.pending if recorded.state is not EndpointState.CLOSED else 0
-            self.metrics.endpoint(eid, STATE_VALUE[recorded.state], held)
-
-    def _retry_at(self, attempts_made: int, slowdown: float) -> datetime | None:
-        delay = next_attempt_delay(
-            attempts_made, self.settings.retry_schedule_s, self.settings.retry_jitter, self.rng
-        )
-        return None if delay is None else utcnow() + timedelta(seconds=max(delay, slowdown))
+            self.metrics.endpoint(lane.eid, recorded.state, held)
 
     # -- secrets and health ---------------------------------------------------------------------
 
@@ -374,17 +319,17 @@ class DeliveryLoop:
     async def _refresh_endpoints(self) -> None:
         """Held counts and breaker states for the metrics, also of endpoints not attempted now."""
         self._metrics_at = time.monotonic()
-        for eid in list(self.endpoints):
-            health = await self.store.outbox.endpoints.get(eid)
+        for lane in self.lanes.seen():
+            health = await self.store.endpoints.get(lane.eid)
             if health is None:
-                self.endpoints.pop(eid, None)
+                self.lanes.forget(lane)
                 continue
-            self.endpoints[eid] = (health.state, health.pending)
-            self.metrics.endpoint(eid, STATE_VALUE[health.state], health.held)
+            lane.state, lane.pending = health.state, health.pending
+            self.metrics.endpoint(lane.eid, health.state, health.held)
 
     async def endpoint_health(self) -> list[EndpointHealth]:
         """Fresh health of every endpoint this loop has sent to."""
-        found = [await self.store.outbox.endpoints.get(eid) for eid in list(self.endpoints)]
+        found = [await self.store.endpoints.get(lane.eid) for lane in self.lanes.seen()]
         return [h for h in found if h is not None]
 
 
@@ -429,7 +374,7 @@ class Recorder:
 
     async def _send(self, batch: list[tuple[AttemptRecord, asyncio.Future[Recorded]]]) -> None:
         try:
-            results = await self._outbox.record_attempts([r for r, _ in batch], self._breaker)
+            results = await self._outbox.record([r for r, _ in batch], self._breaker)
         except Exception as exc:  # connection lost: every caller retries on its own
             for _, future in batch:
                 if not future.done():

@@ -22,6 +22,11 @@ from typing import Any
 
 import ray
 
+from core.delivery import Outcome
+from core.schemas import EndpointState
+
+# Breaker state as a number, for the gauge.
+STATE_VALUE = {EndpointState.CLOSED: 0, EndpointState.HALF_OPEN: 1, EndpointState.OPEN: 2, EndpointState.DISABLED: 3}
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 
 
@@ -57,20 +62,20 @@ class NotifierMetrics:
                 "sightwire_webhook_in_flight", description="Webhook sends in progress."
             )
 
-    def outcome(self, outcome: str, n: int = 1) -> None:
+    def outcome(self, outcome: Outcome, n: int = 1) -> None:
         if n <= 0:
             return
-        self.counts[outcome] += n
+        self.counts[outcome.value] += n
         if self._ray:
-            self._deliveries.inc(n, tags={"outcome": outcome})
+            self._deliveries.inc(n, tags={"outcome": outcome.value})
 
     def latency(self, latency_ms: float) -> None:
         if self._ray:
             self._latency.observe(latency_ms)
 
-    def endpoint(self, eid: str, state_value: int, held: int) -> None:
+    def endpoint(self, eid: str, state: EndpointState, held: int) -> None:
         if self._ray:
-            self._breaker.set(state_value, tags={"endpoint": eid})
+            self._breaker.set(STATE_VALUE[state], tags={"endpoint": eid})
             self._held.set(held, tags={"endpoint": eid})
 
     def in_flight(self, n: int) -> None:

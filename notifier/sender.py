@@ -7,15 +7,14 @@ are read (and dropped): a small reply read to its end leaves the connection reus
 endpoint streaming a large body cannot hold memory or time (its connection is closed instead).
 
 Requests go straight to an httpcore connection pool whose every connection passes the URL
-policy (``core.safe_http.PolicyNetworkBackend``: resolved, checked, pinned). No client sits on
-top: no cookie jar carries state from one delivery to the next, redirects cannot be followed,
-and the per-request cost is about half that of ``httpx.AsyncClient``'s layers.
+policy (``core.safe_http.policy_pool``: resolved, checked, pinned). No client sits on top: no
+cookie jar carries state from one delivery to the next, redirects cannot be followed, and the
+per-request cost is about half that of ``httpx.AsyncClient``'s layers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -24,9 +23,7 @@ import httpcore
 import httpx
 
 from core.failures import Failure
-from core.safe_http import PolicyNetworkBackend
 from core.schemas import Attempt, Delivery, utcnow
-from core.urlpolicy import UrlPolicy
 from notifier.signing import signature_headers
 
 USER_AGENT = "Sightwire-Webhooks/1"
@@ -59,16 +56,6 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if moment.tzinfo is None:
         return None
     return max(0.0, moment.timestamp() - (time.time() if now is None else now))
-
-
-def policy_pool(policy: UrlPolicy, max_connections: int = 100) -> httpcore.AsyncConnectionPool:
-    """A connection pool that can reach only what ``policy`` allows (pinned to checked addresses)."""
-    return httpcore.AsyncConnectionPool(
-        ssl_context=ssl.create_default_context(),
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        network_backend=PolicyNetworkBackend(policy),
-    )
 
 
 async def _drain(response: httpcore.Response, limit: int, timeout_s: float) -> None:

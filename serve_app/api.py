@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from serve_app.body_limit import BodyLimit
 from serve_app.context import ApiContext
 from serve_app.problems import install_problem_handlers
-from serve_app.routes import groups, images, operations, webhooks
+from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, webhooks
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -33,7 +33,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app, on_store_unreachable=ctx.readiness.store_unreachable)
-    for router in (images.router, groups.router, operations.router, webhooks.router):
+    routers = (images, groups, operations, deliveries, endpoints, secrets, webhooks)
+    for router in (module.router for module in routers):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)
     return app

@@ -11,8 +11,8 @@ from core.registry import Registry, load_registry
 from core.schemas import ModelInfo
 from core.settings import Settings
 from core.store import Store
+from core.store.safety import verify_store_config
 from deployments.processor import JobProcessor
-from notifier import notifier_handle
 from serve_app.api import create_app
 from serve_app.context import ApiContext
 
@@ -43,15 +43,17 @@ class ApiGateway:
 
 
 def build_app(settings: Settings) -> Application:
-    """Bind every deployment: one per model, the job processor, and the API in front; start the
-    notifier actor (it is no deployment: one detached actor per cluster)."""
+    """Start the notifier and bind every deployment: one per model, the job processor, and the
+    API in front."""
     # Imported here: the model runners pull in torch and transformers, which the API and
     # processor replicas (which import this module to unpickle ApiGateway) never need.
     from deployments.serving import bind_models
+    from notifier import start_notifier
     from pipelines.group_run import process_group_remote
 
+    verify_store_config(settings)  # refuse an evicting Redis before anything is deployed
+    start_notifier(settings)  # the one place it is created; a rebuild finds the running one
     registry = load_registry(settings.models, settings.models_dir)
-    notifier_handle(settings)  # the notifier actor, created once here (placeholder for the notifier owner's line)
     models = bind_models(registry)
     # Large groups run as Ray Data pipelines: the processor launches this task for bulk jobs.
     processor = JobProcessor.options(num_replicas=1).bind(settings, models, process_group_remote)

@@ -19,7 +19,7 @@ from ray import serve
 from core.registry import LOCAL_PROFILES
 from core.settings import Settings
 from models.tiny import ensure_local_profile
-from notifier import NAMESPACE, NOTIFIER_NAME
+from notifier import NAMESPACE, notifier_handle
 from serve_app.gateway import APP_NAME, build_app
 from serve_app.local import RedisServer
 
@@ -95,7 +95,7 @@ class LocalStack:
         runtime_file(self.settings).unlink(missing_ok=True)
         serve.shutdown()
         with contextlib.suppress(ValueError):  # no notifier was started
-            ray.kill(ray.get_actor(NOTIFIER_NAME, namespace=NAMESPACE), no_restart=True)
+            ray.kill(notifier_handle(), no_restart=True)
         if self._owns_ray:
             ray.shutdown()
         if self._redis is not None:

@@ -55,7 +55,7 @@ async def test_counts_aggregates_and_events(group_store: Store, org: str) -> Non
     store = group_store
     group = await store.groups.create(org, group_request(4))
     assert group.status is ImageStatus.QUEUED and group.counts.total == 4 and group.counts.pending == 4
-    ids = await store.groups.ledger.image_ids(group.id)
+    ids = await store.groups.image_ids(group.id)
     assert len(ids) == 4
 
     first = await finish(store, ids[0], "kitchen", 2, 3, 1.0)
@@ -84,7 +84,7 @@ async def test_adding_models_replaces_contributions(group_store: Store, org: str
     store = group_store
     group = await store.groups.create(org, group_request(1, webhook_events=[EventType.GROUP_COMPLETED,
                                                                              EventType.GROUP_UPDATED]))
-    [image_id] = await store.groups.ledger.image_ids(group.id)
+    [image_id] = await store.groups.image_ids(group.id)
     await finish(store, image_id, "kitchen", 2, 2, 1.0)
     record, added = await store.groups.add_models(group.id, org, ["object_detection", "condition_score"])
     assert added == ["object_detection"]
@@ -102,7 +102,7 @@ async def test_adding_models_replaces_contributions(group_store: Store, org: str
 async def test_add_images_reopens_the_group(group_store: Store, org: str) -> None:
     store = group_store
     group = await store.groups.create(org, group_request(1))
-    [first] = await store.groups.ledger.image_ids(group.id)
+    [first] = await store.groups.image_ids(group.id)
     await finish(store, first, "kitchen", 3, 3, 1.0)
     grown = await store.groups.add_images(group.id, org, [GroupImage(url="http://example.com/new.jpg")])
     assert grown.counts.total == 2 and grown.status is ImageStatus.PROCESSING
@@ -129,7 +129,7 @@ async def test_big_group_payload_goes_out_thin(settings: Settings, org: str) -> 
                                                             "webhook_payload_cap_bytes": 2_000}))
     try:
         group = await store.groups.create(org, group_request(12))
-        ids = await store.groups.ledger.image_ids(group.id)
+        ids = await store.groups.image_ids(group.id)
         for image_id in ids:
             deliveries = await finish(store, image_id, "kitchen", 3, 3, 1.0)
         [completed] = deliveries

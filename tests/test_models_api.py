@@ -23,7 +23,7 @@ from core.store import Store
 from core.tokens import new_id
 from deployments.processor import Processor
 from imaging import DecodedImage
-from notifier import NAMESPACE, notifier_handle
+from notifier import NAMESPACE, start_notifier
 from serve_app.gateway import APP_NAME
 from serve_app.stack import LocalStack
 from tests.conftest import png_bytes
@@ -161,7 +161,7 @@ async def test_one_model_failing_leaves_the_others_results(
     )
     handles = {name: serve.get_deployment_handle(f"model-{name}", app_name=APP_NAME) for name in ALL_MODELS}
     notifier_name = new_id("notifier-partial")
-    notifier_handle(settings, name=notifier_name)  # woken by the outbox's token, not by the processor
+    start_notifier(settings, name=notifier_name)  # woken by the outbox's token, not by the processor
     processor = Processor(settings, handles, timeouts={"room_classification": 0.001})
     processor.start()
     try:

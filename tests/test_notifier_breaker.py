@@ -18,6 +18,8 @@ from datetime import datetime
 
 import pytest
 
+from core.delivery import AttemptRecord, BreakerPolicy
+from core.events import Events
 from core.schemas import (
     Attempt,
     Delivery,
@@ -35,22 +37,15 @@ from core.tokens import new_id
 from notifier.loop import DeliveryLoop
 from notifier.sender import retry_after_seconds
 from serve_app.local import free_port
+from tests import test_notifier_delivery as base
 from tests.support.servers import LoopbackServer, Route, WebhookReceiver
 from tests.test_notifier_delivery import ended, queue, wait_until
 
 StartLoop = Callable[..., Awaitable[DeliveryLoop]]
 
-
-@pytest.fixture
-def iso_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"key_prefix": new_id("t")})
-
-
-@pytest.fixture
-async def iso_store(iso_settings: Settings) -> AsyncIterator[Store]:
-    store = Store.from_settings(iso_settings)
-    yield store
-    await store.close()
+# The same per-test prefix and store fixtures as test_notifier_delivery.
+iso_settings = base.iso_settings
+iso_store = base.iso_store
 
 
 @pytest.fixture
@@ -134,10 +129,10 @@ async def test_outage_is_bounded_by_the_breaker_then_everything_arrives(
     outage_started = time.monotonic()
 
     async def opened() -> bool:
-        return (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.OPEN
+        return (await iso_store.endpoints.health(org, url)).state is EndpointState.OPEN
 
     await wait_until(opened, timeout_s=5)
-    health = await iso_store.outbox.endpoint_health(org, url)
+    health = await iso_store.endpoints.health(org, url)
     assert health.held >= n - threshold - cap and health.consecutive_failures >= threshold
     assert health.last_error == "connection refused" and health.failing_since is not None
     await asyncio.sleep(1.0)
@@ -166,7 +161,7 @@ async def test_outage_is_bounded_by_the_breaker_then_everything_arrives(
         assert {d.webhook_id for d in deliveries} <= set(received)
         delivered_twice = len(received) - got_500 - n
         print(f"received all {n} distinct webhook-ids; {delivered_twice} duplicate deliveries")
-        health = await iso_store.outbox.endpoint_health(org, url)
+        health = await iso_store.endpoints.health(org, url)
         assert health.state is EndpointState.CLOSED and health.held == 0 and health.consecutive_failures == 0
         assert health.last_success_at is not None and health.delivered == n
         assert loop.metrics.counts["delivered"] == n and loop.metrics.counts["held"] > 0
@@ -221,7 +216,7 @@ async def test_gone_disables_and_enable_releases_in_order(
     await wait_until(lambda: asyncio.sleep(0, len(receiver.received) == 1))
 
     async def disabled() -> bool:
-        return (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.DISABLED
+        return (await iso_store.endpoints.health(org, url)).state is EndpointState.DISABLED
 
     await wait_until(disabled)
     resource = new_id("img")
@@ -229,30 +224,29 @@ async def test_gone_disables_and_enable_releases_in_order(
     others = [await queue(iso_store, org, url, n=i) for i in range(3)]
     await asyncio.sleep(0.5)  # several polls: nothing is attempted while disabled
     assert len(receiver.received) == 1
-    health = await iso_store.outbox.endpoint_health(org, url)
+    health = await iso_store.endpoints.health(org, url)
     assert health.disabled_reason == "gone" and health.last_status_code == 410
     assert health.held == 1 + 1 + 3  # the first, the newest update (coalesced), three others
     assert [(await iso_store.outbox.get(d.id)).status for d in later] == [  # type: ignore[union-attr]
         DeliveryStatus.SUPERSEDED, DeliveryStatus.SUPERSEDED, DeliveryStatus.PENDING,
     ]
 
-    released = await iso_store.outbox.endpoints.enable(org, url, utcnow())
+    released = await iso_store.endpoints.enable(org, url, utcnow())
     assert released == 5
     for d in (first, later[-1], *others):
         assert (await ended(iso_store, d.id)).status is DeliveryStatus.DELIVERED
     sequences = [json.loads(r.body)["data"].get("sequence") for r in receiver.received
                  if json.loads(r.body)["data"].get("id") == resource]
     assert sequences == [3]
-    assert (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.CLOSED
+    assert (await iso_store.endpoints.health(org, url)).state is EndpointState.CLOSED
     assert loop.metrics.counts["superseded"] == 0  # coalesced when queued, not at the claim
 
 
 async def queue_update(store: Store, org: str, url: str, resource: str, sequence: int) -> Delivery:
     async with store.redis.pipeline(transaction=True) as pipe:
-        delivery = store.outbox.add(
-            pipe, org=org, url=url, event=EventType.IMAGE_UPDATED,
-            resource_id=resource, sequence=sequence, data={"id": resource, "sequence": sequence},
-        )
+        delivery = store.outbox.add(pipe, Events().announcement(
+            org, url, EventType.IMAGE_UPDATED, resource, sequence, {"id": resource, "sequence": sequence},
+        ))
         await pipe.execute()
     return delivery
 
@@ -276,7 +270,7 @@ async def test_retry_after_is_honoured_and_clamped(
     assert 1.4 <= times[2] - times[1] < 3.0  # Retry-After: 86400 clamped to 1.5 s
     attempts = await iso_store.outbox.attempts(a.id) + await iso_store.outbox.attempts(b.id)
     assert sorted(x.retry_after_s or 0 for x in attempts)[-2:] == [1.0, 86400.0]
-    health = await iso_store.outbox.endpoint_health(org, url)
+    health = await iso_store.endpoints.health(org, url)
     assert health.state is EndpointState.CLOSED and health.slowed_until is not None
 
 
@@ -336,17 +330,18 @@ async def test_claim_drops_missing_records_and_record_applies_once(
     await iso_store.redis.delete(iso_store.keys.delivery(gone.id))
     claim = await outbox.claim(utcnow(), 5.0, 10, 8, {})
     assert [d.id for d in claim.deliveries] == [kept.id] and claim.missing == 1
-    assert await iso_store.redis.zscore(outbox.ep_keys.due(kept.endpoint_id or ""), gone.id) is None
+    assert await iso_store.redis.zscore(iso_store.keys.endpoint_due(kept.endpoint_id or ""), gone.id) is None
     [claimed] = claim.deliveries
     now = utcnow()
     failure = Attempt(at=now, status_code=500, latency_ms=1.0, error="HTTP 500", succeeded=False)
-    first = await outbox.record_attempt(claimed, failure, now)
-    second = await outbox.record_attempt(claimed, failure, now)
+    record = AttemptRecord(claimed, failure, now)
+    [first] = await outbox.record([record], BreakerPolicy())
+    [second] = await outbox.record([record], BreakerPolicy())
     assert (first.outcome, second.outcome) == ("retrying", "stale")
     after = await outbox.get(kept.id)
     assert after is not None and after.attempts == 1 and after.status is DeliveryStatus.PENDING
     assert len(await outbox.attempts(kept.id)) == 2  # both attempts are in the log
-    assert (await outbox.endpoint_health(org, url)).consecutive_failures == 1
+    assert (await iso_store.endpoints.health(org, url)).consecutive_failures == 1
     assert isinstance(await outbox.next_due_at(), datetime)
 
 
@@ -365,7 +360,7 @@ async def test_breaker_state_survives_a_notifier_restart(
     deliveries = [await queue(iso_store, org, url, n=i) for i in range(6)]
 
     async def opened() -> bool:
-        return (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.OPEN
+        return (await iso_store.endpoints.health(org, url)).state is EndpointState.OPEN
 
     await wait_until(opened, timeout_s=5)
     await first.stop()
@@ -373,7 +368,7 @@ async def test_breaker_state_survives_a_notifier_restart(
     await start_loop(iso_settings, **options)
     await asyncio.sleep(0.5)  # well within the cool-down: nothing is attempted
     assert await attempt_count(iso_store, deliveries) == attempts_before
-    health = await iso_store.outbox.endpoint_health(org, url)
+    health = await iso_store.endpoints.health(org, url)
     assert health.state is EndpointState.OPEN and health.held == 6 and health.open_until is not None
 
     async def probed() -> bool:
@@ -382,7 +377,7 @@ async def test_breaker_state_survives_a_notifier_restart(
     await wait_until(probed, timeout_s=5)
     await asyncio.sleep(0.3)
     assert await attempt_count(iso_store, deliveries) == attempts_before + 1  # one probe
-    assert (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.OPEN  # it failed: open again
+    assert (await iso_store.endpoints.health(org, url)).state is EndpointState.OPEN  # it failed: open again
 
 
 async def test_failing_past_the_disable_window_disables(
@@ -394,10 +389,10 @@ async def test_failing_past_the_disable_window_disables(
     d = await queue(iso_store, org, url)
 
     async def disabled() -> bool:
-        return (await iso_store.outbox.endpoint_health(org, url)).state is EndpointState.DISABLED
+        return (await iso_store.endpoints.health(org, url)).state is EndpointState.DISABLED
 
     await wait_until(disabled, timeout_s=6)
-    health = await iso_store.outbox.endpoint_health(org, url)
+    health = await iso_store.endpoints.health(org, url)
     assert health.disabled_reason == "failing" and health.held == 1
     assert health.failing_since is not None and health.disabled_at is not None
     assert (health.disabled_at - health.failing_since).total_seconds() >= 1.0

@@ -18,11 +18,13 @@ import ray
 from ray.actor import ActorHandle
 from standardwebhooks import Webhook
 
+import notifier
+from core.events import Events
 from core.schemas import Delivery, DeliveryStatus, EventType
 from core.settings import Settings
 from core.store import Store
 from core.tokens import new_id
-from notifier import NAMESPACE, notifier_handle
+from notifier import NAMESPACE
 from serve_app.local import RedisServer, free_port
 from tests.support.servers import Route, WebhookReceiver
 
@@ -61,7 +63,7 @@ def start_notifier(ray_session: None) -> Iterator[StartNotifier]:
 
     async def start(settings: Settings) -> ActorHandle:
         names.append(new_id("notifier-test"))
-        handle = notifier_handle(settings, name=names[-1])
+        handle = notifier.start_notifier(settings, name=names[-1])
         assert await handle.ping.remote() is True
         return handle
 
@@ -74,10 +76,9 @@ def start_notifier(ray_session: None) -> Iterator[StartNotifier]:
 async def queue(store: Store, org: str, url: str, **data: Any) -> Delivery:
     """Put a delivery in the outbox the way the product does: inside a transaction."""
     async with store.redis.pipeline(transaction=True) as pipe:
-        delivery = store.outbox.add(
-            pipe, org=org, url=url, event=EventType.IMAGE_COMPLETED, resource_id=new_id("img"),
-            sequence=1, data={"id": "img_x", "status": "complete", **data},
-        )
+        delivery = store.outbox.add(pipe, Events().announcement(
+            org, url, EventType.IMAGE_COMPLETED, new_id("img"), 1, {"id": "img_x", "status": "complete", **data},
+        ))
         await pipe.execute()
     return delivery
 
@@ -143,7 +144,7 @@ async def test_retries_server_errors_with_stable_id(
     assert [a.succeeded for a in attempts] == [False, False, True]
     assert attempts[0].error == "HTTP 500"
     assert final.status is DeliveryStatus.DELIVERED and final.attempts == 3
-    health = await iso_store.outbox.endpoint_health(org, receiver.url("/hook"))
+    health = await iso_store.endpoints.health(org, receiver.url("/hook"))
     assert health.consecutive_failures == 0 and health.last_success_at is not None
 
 
@@ -223,7 +224,7 @@ async def test_refused_endpoint_retries_then_fails(
     assert final.status is DeliveryStatus.FAILED
     assert final.next_attempt_at is None and final.last_error == "connection refused"
     assert await iso_store.outbox.next_due_at() is None
-    assert (await iso_store.outbox.endpoint_health(org, url)).consecutive_failures == len(schedule)
+    assert (await iso_store.endpoints.health(org, url)).consecutive_failures == len(schedule)
     (seen,) = await handle.endpoint_health.remote()
     assert seen["url"] == url and seen["consecutiveFailures"] == len(schedule)
 

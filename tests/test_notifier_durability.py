@@ -14,6 +14,7 @@ from collections import Counter
 import httpx
 import ray
 
+from core.events import Events
 from core.schemas import DeliveryStatus, EventType
 from core.settings import Settings
 from core.store import Store
@@ -44,8 +45,8 @@ async def queue_many(store: Store, org: str, url: str, n: int, batch: int = 100)
         async with store.redis.pipeline(transaction=True) as pipe:
             for i in range(start, min(n, start + batch)):
                 resource = new_id("img")
-                d = store.outbox.add(pipe, org=org, url=url, event=EventType.IMAGE_COMPLETED, resource_id=resource,
-                                     sequence=1, data={"id": resource, "n": i, "sequence": 1})
+                d = store.outbox.add(pipe, Events().announcement(
+                    org, url, EventType.IMAGE_COMPLETED, resource, 1, {"id": resource, "n": i, "sequence": 1}))
                 ids[d.webhook_id] = d.id
             await pipe.execute()
     return ids

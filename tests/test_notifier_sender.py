@@ -9,11 +9,12 @@ import httpcore
 import pytest
 from standardwebhooks import Webhook
 
+from core.safe_http import policy_pool
 from core.schemas import Delivery, EventType, utcnow
 from core.settings import Settings
 from core.tokens import new_id, new_webhook_secret
 from core.urlpolicy import UrlPolicy
-from notifier.sender import policy_pool, send_attempt
+from notifier.sender import send_attempt
 from serve_app.local import free_port
 from tests.support.servers import Route, WebhookReceiver
 

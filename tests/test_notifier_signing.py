@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from core.delivery.policy import next_attempt_delay
 from core.tokens import new_webhook_secret
-from notifier.retry import next_attempt_delay
 from notifier.signing import sign, signature_headers
 
 BODY = json.dumps({"type": "image.completed", "timestamp": "2026-01-01T00:00:00Z", "data": {"id": "img_1"}})

@@ -26,7 +26,7 @@ from core.schemas import (
 from core.settings import Settings
 from core.store import Store
 from core.tokens import new_id
-from notifier import NAMESPACE, notifier_handle
+from notifier import NAMESPACE, start_notifier
 from pipelines import bulk
 from pipelines.dataset import row_status
 from pipelines.group_run import process_group
@@ -176,7 +176,7 @@ async def test_group_run_skips_finished_images_and_resumes(
             await store.images.mark_started(image_id, 1, 1)
             await store.images.write_model_result(image_id, MODEL, earlier)
             await store.images.finalize(image_id)
-        notifier_handle(group_settings, name=notifier_name)
+        start_notifier(group_settings, name=notifier_name)
 
         processed = await asyncio.to_thread(process_group, group_settings, group.id, ids)
 

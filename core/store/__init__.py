@@ -1,7 +1,8 @@
-"""The Redis store: accounts, image records, the job queue and the webhook outbox.
+"""The Redis store: accounts, image records, groups, the job queue, and the webhook outbox and
+endpoints (``core.delivery``).
 
-``Store`` bundles them over one asyncio Redis connection pool. Each part owns its keys
-(``core.store.keys``); writes that must commit together share one transaction.
+``Store`` bundles them over one asyncio Redis connection pool. Every key name comes from
+``core.keys``; writes that must commit together share one transaction.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from core.delivery import Endpoints, Outbox
+from core.events import Events
+from core.keys import Keys
 from core.settings import Settings
 from core.store.accounts import Accounts
 from core.store.groups import GroupStore
 from core.store.images import ImageStore
 from core.store.jobs import Job, JobQueue
-from core.store.keys import Keys
 from core.store.ledger import GroupLedger
-from core.store.outbox import Outbox
 
 
 class Store:
@@ -26,9 +28,11 @@ class Store:
         self.keys = Keys(settings.key_prefix)
         self.accounts = Accounts(redis, self.keys)
         self.jobs = JobQueue(redis, self.keys)
-        self.outbox = Outbox(redis, self.keys, settings.webhook_payload_cap_bytes, settings.delivery_retention_s)
-        ledger = GroupLedger(redis, self.keys, self.outbox, settings.group_progress_interval_s)
-        self.images = ImageStore(redis, self.keys, self.jobs, self.outbox, ledger)
+        self.outbox = Outbox(redis, self.keys, settings.delivery_retention_s)
+        self.endpoints = Endpoints(redis, self.keys)
+        events = Events.from_settings(settings)
+        ledger = GroupLedger(redis, self.keys, self.outbox, events)
+        self.images = ImageStore(redis, self.keys, self.jobs, self.outbox, ledger, events)
         self.groups = GroupStore(redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold)
 
     @classmethod

@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
 
+from core.keys import Keys
 from core.schemas import utcnow
-from core.store.keys import Keys
+from core.store.transactions import watched
 from core.tokens import hash_api_key, new_api_key, new_webhook_secret
 
 
@@ -82,22 +83,15 @@ class Accounts:
         seconds (at once gone if 0). Expired secrets are dropped. Returns the valid entries."""
         key = self._keys.org_secrets(org)
         await self.webhook_secrets(org)  # the org has a current secret to rotate
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    now = utcnow()
-                    entries = _live(_entries(await pipe.get(key)), now)
-                    until = now + timedelta(seconds=grace_s)
-                    kept = [
-                        {**e, "expiresAt": min(_expiry(e) or until, until).isoformat()}
-                        for e in entries
-                        if grace_s > 0
-                    ]
-                    fresh = {"secret": new_webhook_secret(), "createdAt": now.isoformat()}
-                    pipe.multi()
-                    pipe.set(key, json.dumps([fresh, *kept]))
-                    await pipe.execute()
-                    return [fresh, *kept]
-                except WatchError:
-                    continue
+
+        async def rotate(pipe: Pipeline) -> list[dict[str, Any]]:
+            now = utcnow()
+            entries = _live(_entries(await pipe.get(key)), now)
+            until = now + timedelta(seconds=grace_s)
+            kept = [{**e, "expiresAt": min(_expiry(e) or until, until).isoformat()} for e in entries if grace_s > 0]
+            fresh = {"secret": new_webhook_secret(), "createdAt": now.isoformat()}
+            pipe.multi()
+            pipe.set(key, json.dumps([fresh, *kept]))
+            return [fresh, *kept]
+
+        return await watched(self._redis, [key], rotate)

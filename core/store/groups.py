@@ -19,10 +19,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from core.keys import Keys
 from core.schemas import GroupCreate, GroupImage, GroupRecord
 from core.store.images import ImageStore
 from core.store.jobs import JobQueue
-from core.store.keys import Keys
 from core.store.ledger import GroupLedger
 from core.store.records import decode, new_group_fields, new_image_fields
 
@@ -91,11 +91,17 @@ class GroupStore:
             await pipe.execute()
         return await self.ledger.get(group_id)  # type: ignore[return-value]
 
-    async def get(self, group_id: str, org: str) -> GroupRecord | None:
+    async def get(self, group_id: str, org: str, *, image_ids: bool = True) -> GroupRecord | None:
+        """The org's group, with its image ids unless ``image_ids`` is false (a lookup that only
+        needs the group need not read up to ``max_group_images`` ids)."""
         record = await self.ledger.get(group_id, org)
-        if record is not None:
+        if record is not None and image_ids:
             record.image_ids = await self.ledger.image_ids(group_id)
         return record
+
+    async def image_ids(self, group_id: str, start: int = 0, stop: int = -1) -> list[str]:
+        """The group's image ids in the order they were added (``stop`` inclusive)."""
+        return await self.ledger.image_ids(group_id, start, stop)
 
     async def add_images(self, group_id: str, org: str, images: list[GroupImage]) -> GroupRecord | None:
         """Grow a group: only the new images run; the group re-opens until they finish."""

@@ -15,31 +15,27 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
-from core.schemas import Delivery, ErrorInfo, EventType, ImageCreate, ImageRecord, ImageStatus, ModelResult, utcnow
+from core.delivery import Outbox
+from core.events import Events, image_event
+from core.keys import Keys
+from core.schemas import Delivery, ErrorInfo, ImageCreate, ImageRecord, ModelResult, utcnow
 from core.store.jobs import JobQueue
-from core.store.keys import Keys
 from core.store.ledger import GroupLedger
-from core.store.outbox import Outbox
 from core.store.records import MODEL_FIELD, decode, image_record, new_image_fields
-
-
-def completion_event(record: ImageRecord, announced_before: bool) -> EventType:
-    if announced_before:
-        return EventType.IMAGE_UPDATED
-    if record.status is ImageStatus.FAILED:
-        return EventType.IMAGE_FAILED
-    return EventType.IMAGE_COMPLETED
+from core.store.transactions import watched
 
 
 class ImageStore:
-    def __init__(self, redis: Redis, keys: Keys, jobs: JobQueue, outbox: Outbox, ledger: GroupLedger) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, jobs: JobQueue, outbox: Outbox, ledger: GroupLedger, events: Events
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._jobs = jobs
         self._outbox = outbox
         self._ledger = ledger
+        self._events = events
 
     def index(self, pipe: Pipeline, org: str, image_id: str, fields: dict[str, Any]) -> None:
         """Write a new image and its place in the org's listing (inside the caller's pipeline)."""
@@ -87,24 +83,24 @@ class ImageStore:
         Returns the updated record and the models added (possibly none), or ``None`` when the
         image does not exist for ``org``."""
         key = self._keys.image(image_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    fields = decode(await pipe.hgetall(key))
-                    if not fields or fields["org"] != org:
-                        await pipe.reset()
-                        return None
-                    pipe.multi()
-                    added = self.queue_models(pipe, image_id, fields, models)
-                    if not added:
-                        await pipe.reset()
-                        return image_record(image_id, fields), []
-                    self._jobs.add(pipe, image_id, added)
-                    await pipe.execute()
-                    return await self.get(image_id), added  # type: ignore[return-value]
-                except WatchError:
-                    continue
+
+        async def add(pipe: Pipeline) -> tuple[dict[str, str], list[str]] | None:
+            fields = decode(await pipe.hgetall(key))
+            if not fields or fields["org"] != org:
+                return None
+            pipe.multi()
+            added = self.queue_models(pipe, image_id, fields, models)
+            if added:
+                self._jobs.add(pipe, image_id, added)
+            return fields, added
+
+        outcome = await watched(self._redis, [key], add)
+        if outcome is None:
+            return None
+        fields, added = outcome
+        if not added:
+            return image_record(image_id, fields), []
+        return await self.get(image_id), added  # type: ignore[return-value]
 
     def queue_models(self, pipe: Pipeline, image_id: str, fields: dict[str, str], models: list[str]) -> list[str]:
         """Queue the ``models`` the image lacks (in the caller's transaction); returns them.
@@ -140,45 +136,28 @@ class ImageStore:
         await self._update(image_id, {"started": "1", "error": error.to_json()})
 
     async def finalize(self, image_id: str) -> tuple[ImageRecord, list[Delivery]]:
-        """Announce a finished image once per state.
+        """Announce a finished image once per state (``core.events`` decides what).
 
         In one transaction: mark the state notified, put the image's webhook in the outbox and,
         for a group image, move it into its count and aggregates. Then settle the group, which
         announces the group's own events. Safe to repeat: an announced state adds nothing."""
         key = self._keys.image(image_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    fields = decode(await pipe.hgetall(key))
-                    record = image_record(image_id, fields)
-                    notified_seq = int(fields["notified_seq"])
-                    if not record.status.is_terminal or record.sequence == notified_seq:
-                        await pipe.reset()
-                        deliveries: list[Delivery] = []
-                        break
-                    pipe.multi()
-                    pipe.hset(key, "notified_seq", record.sequence)
-                    deliveries = self._announce(pipe, fields, record, announced_before=notified_seq > 0)
-                    if record.group_id:
-                        self._ledger.count(pipe, record.group_id, record, fields)
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
+
+        async def announce(pipe: Pipeline) -> tuple[ImageRecord, list[Delivery]]:
+            fields = decode(await pipe.hgetall(key))
+            record = image_record(image_id, fields)
+            event = image_event(record, int(fields["notified_seq"]))
+            if event is None:
+                return record, []
+            pipe.multi()
+            pipe.hset(key, "notified_seq", record.sequence)
+            announcement = self._events.announce(fields["org"], record, event)
+            deliveries = [self._outbox.add(pipe, announcement)] if announcement else []
+            if record.group_id:
+                self._ledger.count(pipe, record.group_id, record, fields)
+            return record, deliveries
+
+        record, deliveries = await watched(self._redis, [key], announce)
         if record.group_id and record.status.is_terminal:
             deliveries += await self._ledger.settle(record.group_id)
         return record, deliveries
-
-    def _announce(
-        self, pipe: Pipeline, fields: dict[str, str], record: ImageRecord, announced_before: bool
-    ) -> list[Delivery]:
-        event = completion_event(record, announced_before)
-        if not record.webhook_url or (record.webhook_events is not None and event not in record.webhook_events):
-            return []
-        return [
-            self._outbox.add(
-                pipe, org=fields["org"], url=record.webhook_url, event=event, resource_id=record.id,
-                sequence=record.sequence, data=record.model_dump(mode="json", by_alias=True),
-            )
-        ]

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from core.store.keys import Keys
+from core.keys import Keys
 
 GROUP = "processors"
 

@@ -1,11 +1,10 @@
 """A group's ledger: its counts and aggregate sums, moved as each image finishes, and the
-group events that follow from them.
+announcements that follow from them.
 
 ``count`` runs inside an image's finalize transaction and only increments (HINCRBY and
 HINCRBYFLOAT commute), so thousands of images can finish at once without locking the group.
-``settle`` then decides, under a WATCH of the group, whether there is something to announce:
-``group.completed`` the first time every image is done, ``group.updated`` for later changes, and
-``group.progress`` at most once per ``group_progress_interval_s`` in between.
+``settle`` then asks ``core.events``, under a WATCH of the group, whether there is something to
+announce, and writes it with the marks of what was announced.
 """
 
 from __future__ import annotations
@@ -15,15 +14,14 @@ import time
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from core import aggregates
-from core.schemas import Delivery, EventType, GroupRecord, ImageRecord, ImageSummary, utcnow
-from core.store.keys import Keys
-from core.store.outbox import Outbox
-from core.store.records import decode, group_record, image_record
-
-SUMMARY_LIMIT = 2_000  # beyond this many images a group payload goes out thin anyway
+from core.delivery import Outbox
+from core.events import Events, wants_summaries
+from core.keys import Keys
+from core.schemas import Delivery, GroupRecord, ImageRecord, ImageSummary, utcnow
+from core.store.records import decode, group_marks, group_record, image_record, marks_fields
+from core.store.transactions import watched
 
 
 def summary(record: ImageRecord) -> ImageSummary:
@@ -42,11 +40,11 @@ def summary(record: ImageRecord) -> ImageSummary:
 
 
 class GroupLedger:
-    def __init__(self, redis: Redis, keys: Keys, outbox: Outbox, progress_interval_s: float) -> None:
+    def __init__(self, redis: Redis, keys: Keys, outbox: Outbox, events: Events) -> None:
         self._redis = redis
         self._keys = keys
         self._outbox = outbox
-        self._progress_interval_s = progress_interval_s
+        self._events = events
 
     def count(self, pipe: Pipeline, group_id: str, record: ImageRecord, fields: dict[str, str]) -> None:
         """Move a finished image into its count and replace its aggregate contribution."""
@@ -99,40 +97,19 @@ class GroupLedger:
     async def settle(self, group_id: str) -> list[Delivery]:
         """Announce what changed in the group since its last announcement, if anything."""
         key = self._keys.group(group_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    fields = decode(await pipe.hgetall(key))
-                    sums = decode(await pipe.hgetall(self._keys.group_sums(group_id)))
-                    record = group_record(group_id, fields, sums)
-                    event, updates = self._due_event(record, fields)
-                    if event is None:
-                        await pipe.reset()
-                        return []
-                    if event is not EventType.GROUP_PROGRESS and record.counts.total <= SUMMARY_LIMIT:
-                        record.images = await self.summaries(group_id)
-                    pipe.multi()
-                    pipe.hset(key, mapping=updates)
-                    deliveries = []
-                    wanted = record.webhook_events is None or event in record.webhook_events
-                    if record.webhook_url and wanted:
-                        deliveries.append(self._outbox.add(
-                            pipe, org=fields["org"], url=record.webhook_url, event=event, resource_id=group_id,
-                            sequence=record.sequence, data=record.model_dump(mode="json", by_alias=True),
-                        ))
-                    await pipe.execute()
-                    return deliveries
-                except WatchError:
-                    continue
 
-    def _due_event(self, record: GroupRecord, fields: dict[str, str]) -> tuple[EventType | None, dict]:
-        if record.sequence == int(fields["notified_seq"]):
-            return None, {}
-        if record.status.is_terminal:
-            event = EventType.GROUP_UPDATED if fields.get("announced") == "1" else EventType.GROUP_COMPLETED
-            return event, {"notified_seq": record.sequence, "announced": 1}
-        now = time.time()
-        if now - float(fields.get("progress_at", 0)) < self._progress_interval_s:
-            return None, {}
-        return EventType.GROUP_PROGRESS, {"notified_seq": record.sequence, "progress_at": now}
+        async def announce(pipe: Pipeline) -> list[Delivery]:
+            fields = decode(await pipe.hgetall(key))
+            sums = decode(await pipe.hgetall(self._keys.group_sums(group_id)))
+            record = group_record(group_id, fields, sums)
+            due = self._events.group_due(record, group_marks(fields), time.time())
+            if due is None:
+                return []
+            if wants_summaries(due.event, record):
+                record.images = await self.summaries(group_id)
+            pipe.multi()
+            pipe.hset(key, mapping=marks_fields(due.marks))
+            announcement = self._events.announce(fields["org"], record, due.event)
+            return [self._outbox.add(pipe, announcement)] if announcement else []
+
+        return await watched(self._redis, [key], announce)

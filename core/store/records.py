@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from core import aggregates
+from core.events import GroupMarks
 from core.schemas import (
     ErrorInfo,
     EventType,
@@ -139,3 +140,21 @@ def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) ->
         created_at=datetime.fromisoformat(fields["created_at"]),
         updated_at=datetime.fromisoformat(fields["updated_at"]),
     )
+
+
+def group_marks(fields: dict[str, str]) -> GroupMarks:
+    """What the group last announced, from its hash."""
+    return GroupMarks(
+        notified_seq=int(fields["notified_seq"]),
+        completed_sent=fields.get("announced") == "1",
+        progress_at=float(fields.get("progress_at", 0)),
+    )
+
+
+def marks_fields(marks: GroupMarks) -> dict[str, Any]:
+    """The hash fields that store ``marks``."""
+    return {
+        "notified_seq": marks.notified_seq,
+        "announced": int(marks.completed_sent),
+        "progress_at": marks.progress_at,
+    }

@@ -1,0 +1,27 @@
+-- Write and queue a new delivery (inside the caller's MULTI). A waiting delivery of the same
+-- resource to the same endpoint is superseded now; one being sent is marked, and is superseded
+-- (not retried) when its attempt ends.
+-- A: id, eid, resource_id, org, url, now, retention_s; ARGV[2..]: the record's field/value pairs
+redis.call('HSET', K.delivery(A.id), unpack(ARGV, 2))
+redis.call('RPUSH', K.resource_deliveries(A.resource_id), A.id)
+local ek, latest = K.endpoint(A.eid), K.endpoint_latest(A.eid)
+if redis.call('HSETNX', ek, 'state', EndpointState.CLOSED) == 1 then
+  redis.call('HSET', ek, 'org', A.org, 'url', A.url, 'created_at', A.now)
+  redis.call('SADD', K.org_endpoints(A.org), A.eid)
+end
+local old = redis.call('HGET', latest, A.resource_id)
+if old and old ~= A.id then
+  local o = redis.call('HMGET', K.delivery(old), 'status', 'lease_until')
+  if o[1] == DeliveryStatus.PENDING then
+    if num(o[2]) > A.now then
+      redis.call('HSET', K.delivery(old), 'superseded_by', A.id)
+    else
+      supersede(A.eid, old, A.id)
+    end
+  end
+end
+redis.call('HSET', latest, A.resource_id, A.id)
+redis.call('ZADD', K.endpoint_due(A.eid), A.now, A.id)
+reindex(A.eid, A.now)
+wake()
+return 1

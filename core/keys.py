@@ -1,0 +1,108 @@
+"""Redis key names, in one place so every component agrees on the layout.
+
+Python builds every key through ``Keys``; the delivery scripts get the same names, derived from
+these methods when they are loaded (``core.delivery.scripts``), so Lua never spells one itself.
+
+Delivery layout (``P`` is the prefix):
+
+``P:outbox``              ZSET endpoint id → when it next has something to send (the ready index
+                          the notifier claims from; open or slowed endpoints are scored at the end
+                          of their pause, disabled ones are absent)
+``P:outbox:wake``         LIST a single token pushed by every write that makes work due
+``P:dlv:{id}``            HASH one delivery (``core.delivery.codec``); ``…:attempts`` LIST its log
+``P:res:{id}:deliveries`` LIST every delivery of one image or group, oldest first
+``P:ep:{eid}``            HASH an endpoint's breaker state, failure counts, last success/failure
+``P:ep:{eid}:due``        ZSET delivery id → due time (every pending delivery of the endpoint; one
+                          being sent is scored at the end of its lease)
+``P:ep:{eid}:latest``     HASH resource id → newest delivery id (coalescing and ordering)
+``P:org:{org}:endpoints`` SET the org's endpoint ids
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_HOLE = "\x00"  # stands for the id when a key's layout is handed to the scripts
+
+# Per-entity keys the delivery scripts build (method names of ``Keys``).
+SCRIPT_KEYS = (
+    "delivery",
+    "delivery_attempts",
+    "resource_deliveries",
+    "endpoint",
+    "endpoint_due",
+    "endpoint_latest",
+    "org_endpoints",
+)
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "sw"
+
+    def api_key(self, key_hash: str) -> str:
+        return f"{self.prefix}:apikey:{key_hash}"
+
+    def org_secrets(self, org: str) -> str:
+        return f"{self.prefix}:org:{org}:secrets"
+
+    def image(self, image_id: str) -> str:
+        return f"{self.prefix}:img:{image_id}"
+
+    def org_images(self, org: str) -> str:
+        return f"{self.prefix}:org:{org}:images"
+
+    def group(self, group_id: str) -> str:
+        return f"{self.prefix}:grp:{group_id}"
+
+    def group_images(self, group_id: str) -> str:
+        return f"{self.prefix}:grp:{group_id}:images"
+
+    def group_sums(self, group_id: str) -> str:
+        return f"{self.prefix}:grp:{group_id}:sums"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    # -- webhook delivery ----------------------------------------------------------------------
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}:outbox"
+
+    @property
+    def outbox_wake(self) -> str:
+        return f"{self.prefix}:outbox:wake"
+
+    def resource_deliveries(self, resource_id: str) -> str:
+        return f"{self.prefix}:res:{resource_id}:deliveries"
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}:dlv:{delivery_id}"
+
+    def delivery_attempts(self, delivery_id: str) -> str:
+        return f"{self.prefix}:dlv:{delivery_id}:attempts"
+
+    def endpoint(self, eid: str) -> str:
+        return f"{self.prefix}:ep:{eid}"
+
+    def endpoint_due(self, eid: str) -> str:
+        return f"{self.prefix}:ep:{eid}:due"
+
+    def endpoint_latest(self, eid: str) -> str:
+        return f"{self.prefix}:ep:{eid}:latest"
+
+    def org_endpoints(self, org: str) -> str:
+        return f"{self.prefix}:org:{org}:endpoints"
+
+
+def script_layout() -> dict[str, tuple[str, str]]:
+    """Each per-entity key of ``SCRIPT_KEYS`` as the text before and after its id, prefix left
+    out: a script's ``K.<name>(id)`` becomes ``P .. before .. id .. after``, what ``Keys`` returns."""
+    bare = Keys(prefix="")
+    layout = {}
+    for name in SCRIPT_KEYS:
+        before, after = getattr(bare, name)(_HOLE).split(_HOLE)
+        layout[name] = (before, after)
+    return layout
