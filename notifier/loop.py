@@ -35,7 +35,8 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError
 
-from core.delivery import AttemptRecord, BreakerPolicy, DeliveryPolicy, Outbox, Outcome, Recorded
+from core.coalesce import Coalescer
+from core.delivery import AttemptRecord, DeliveryPolicy, Outcome, Recorded
 from core.safe_http import policy_pool
 from core.schemas import Attempt, Delivery, EndpointHealth, EndpointState, utcnow
 from core.settings import Settings
@@ -90,7 +91,12 @@ class DeliveryLoop:
         self._stopping = False
         self._metrics_at = 0.0
         self._starved = False  # the last claim had no room for everything due
-        self._recorder = Recorder(self.store.outbox, self.policy.breaker)
+        # Finished attempts go to Redis together: one batch on its way at a time, the attempts
+        # finishing meanwhile in the next (each still its own atomic script).
+        breaker = self.policy.breaker
+        self._recorder: Coalescer[AttemptRecord, Recorded] = Coalescer(
+            lambda records: self.store.outbox.record(records, breaker), max_items=None, max_in_flight=1
+        )
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,10 +115,14 @@ class DeliveryLoop:
     async def stop(self) -> None:
         """Cancel the loop and its sends (their leases expire, so they are retried later)."""
         self._stopping = True  # and no new sends start from here on
-        tasks = [*self._tasks, *self.lanes.tasks(), *self._background, *self._recorder.flushes]
+        tasks = [*self._tasks, *self.lanes.tasks(), *self._background]
         for task in tasks:
             task.cancel()
-        for step in (asyncio.gather(*tasks, return_exceptions=True), self.pool.aclose(), self.store.close()):
+        steps = (
+            asyncio.gather(*tasks, return_exceptions=True), self._recorder.aclose(), self.pool.aclose(),
+            self.store.close(),
+        )
+        for step in steps:
             try:
                 async with asyncio.timeout(STOP_STEP_S):
                     await step
@@ -271,7 +281,7 @@ class DeliveryLoop:
                                self.settings.delivery_lease_s)
         while True:
             try:
-                return await self._recorder.record(record), bool(take_next)
+                return await self._recorder.submit(record), bool(take_next)
             except (RedisError, OSError) as exc:
                 _reraise_cancellation(exc)
                 if self._stopping or time.monotonic() + wait > deadline:
@@ -339,55 +349,3 @@ def _reraise_cancellation(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
-
-
-class Recorder:
-    """Records finished attempts in as few Redis round trips as possible, each still its own
-    atomic script: at most one batch is on its way at a time, and attempts finishing meanwhile
-    go together in the next one (like Nagle's algorithm: no wait when idle, batches under load)."""
-
-    def __init__(self, outbox: Outbox, breaker: BreakerPolicy) -> None:
-        self._outbox = outbox
-        self._breaker = breaker
-        self._pending: list[tuple[AttemptRecord, asyncio.Future[Recorded]]] = []
-        self._flushing = False
-        self.flushes: set[asyncio.Task[None]] = set()
-
-    async def record(self, record: AttemptRecord) -> Recorded:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Recorded] = loop.create_future()
-        self._pending.append((record, future))
-        if not self._flushing:
-            self._flushing = True
-            task = loop.create_task(self._flush())
-            self.flushes.add(task)
-            task.add_done_callback(self.flushes.discard)
-        return await future
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._send(batch)
-        finally:
-            self._flushing = False  # no await between the last check and this: nothing is left behind
-
-    async def _send(self, batch: list[tuple[AttemptRecord, asyncio.Future[Recorded]]]) -> None:
-        try:
-            results = await self._outbox.record([r for r, _ in batch], self._breaker)
-        except Exception as exc:  # connection lost: every caller retries on its own
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 import sightwire_client as sw
 from core import schemas
-from serve_app.routes import webhooks
+from serve_app import schemas as api
 from sightwire_client import models
 
 IMAGE = {"id": "img_1", "object": "image", "url": "http://x/a.png", "models": {}, "sequence": 1,
@@ -22,8 +22,8 @@ RECORDS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (schemas.GroupCounts, models.GroupCounts), (schemas.GroupAggregates, models.GroupAggregates),
     (schemas.AggregateBucket, models.AggregateBucket), (schemas.ImageSummary, models.ImageSummary),
     (schemas.DeliveryLog, models.Delivery), (schemas.Attempt, models.Attempt),
-    (webhooks.EndpointEnabled, models.EndpointHealth), (webhooks.WebhookSecret, models.WebhookSecret),
-    (webhooks.SecretInfo, models.SecretInfo), (schemas.ModelInfo, models.ModelInfo),
+    (api.EndpointEnabled, models.EndpointHealth), (api.WebhookSecret, models.WebhookSecret),
+    (api.SecretInfo, models.SecretInfo), (schemas.ModelInfo, models.ModelInfo),
     (schemas.GroupImage, models.NewImage),
 ]
 STATES: list[tuple[type[StrEnum], type[StrEnum]]] = [

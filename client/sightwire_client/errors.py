@@ -55,7 +55,7 @@ class APIError(SightwireError):
 
 
 class BadRequest(APIError):
-    """400: the body could not be read (malformed JSON)."""
+    """400: the body or a parameter could not be read (malformed JSON, a forged cursor)."""
 
 
 class Unauthorized(APIError):
@@ -134,6 +134,7 @@ class WebhookVerificationError(SightwireError):
 # The one table: a problem's ``type`` (its last path segment) first, then the status.
 PROBLEMS: dict[str | int, type[APIError]] = {
     "malformed-json": BadRequest,
+    "invalid-cursor": BadRequest,
     "unauthorized": Unauthorized,
     "not-found": NotFound,
     "delivery-superseded": DeliverySuperseded,
@@ -144,6 +145,7 @@ PROBLEMS: dict[str | int, type[APIError]] = {
     "validation-error": InvalidRequest,
     "rate-limited": RateLimited,
     "store-unavailable": ServiceUnavailable,
+    "internal-error": ServerError,
     400: BadRequest,
     401: Unauthorized,
     404: NotFound,
