@@ -2,6 +2,9 @@
 
 ``LocalStack`` is what ``sightwire serve`` and ``sightwire demo`` run, and what the integration
 tests start once per session. Ray's GCS gets a free port from ``ray.init`` (never 6379).
+With ``show_logs`` (``sightwire serve``) the processor's, the notifier's and the models' log lines
+are streamed to this terminal (``serve_app.worker_logs``); either way ``logs_dir`` is the Ray
+session's log folder, where every process's full output stays.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from core.registry import LOCAL_PROFILES
 from core.settings import Settings
 from deployments.tiny import ensure_local_profile
 from notifier import NAMESPACE, NOTIFIER_NAME
+from serve_app import worker_logs
 from serve_app.gateway import APP_NAME, build_app
 from serve_app.local import RedisServer
 
@@ -43,11 +47,14 @@ class LocalStack:
         port: int = 8000,
         embedded_redis: bool = False,
         num_cpus: int | None = None,
+        show_logs: bool = False,
     ) -> None:
         self.settings = settings
         self.host = host
         self.port = port
         self.num_cpus = num_cpus
+        self.show_logs = show_logs
+        self.logs_dir: Path | None = None
         self._redis = RedisServer(Path(settings.data_dir).expanduser() / "redis") if embedded_redis else None
         self._owns_ray = False
 
@@ -62,9 +69,15 @@ class LocalStack:
         if self.settings.models in LOCAL_PROFILES:  # tiny, bench: built here, random weights
             ensure_local_profile(self.settings.models_dir, self.settings.models)
         if not ray.is_initialized():
-            ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
-                     log_to_driver=False)
+            if self.show_logs:
+                worker_logs.configure()
+            context = ray.init(
+                address="local", num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
+                log_to_driver=self.show_logs,
+                runtime_env={"worker_process_setup_hook": worker_logs.HOOK} if self.show_logs else None,
+            )
             self._owns_ray = True
+            self.logs_dir = Path(context.address_info["session_dir"]) / "logs"
         serve.start(http_options={"host": self.host, "port": self.port})
         serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/", blocking=False)
         self.wait_ready(ready_timeout_s)
