@@ -36,6 +36,22 @@ def runtime_file(settings: Settings) -> Path:
     return Path(settings.data_dir).expanduser() / RUNTIME_FILE
 
 
+def wait_ready(url: str, timeout_s: float) -> None:
+    """Until the Sightwire at ``url`` answers ``/readyz`` with 200 (here or on a cluster)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"Sightwire was not ready after {timeout_s}s: {last}")
+
+
 class LocalStack:
     """Start with ``start()``, stop with ``stop()`` (or use it as a context manager)."""
 
@@ -85,18 +101,7 @@ class LocalStack:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"{self.url}/readyz", timeout=5)
-                if response.status_code == 200:
-                    return
-                last = response.text
-            except httpx.HTTPError as exc:
-                last = str(exc)
-            time.sleep(0.5)
-        raise RuntimeError(f"Sightwire was not ready after {timeout_s}s: {last}")
+        wait_ready(self.url, timeout_s)
 
     def _write_runtime_file(self) -> None:
         path = runtime_file(self.settings)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import yaml
 from standardwebhooks import Webhook
 
 from serve_app.local import RedisServer, free_port
+from serve_app.stack import wait_ready as wait_until_ready
 from tests.conftest import png_bytes
 from tests.support.ray_cluster import BIN, RayCluster
 from tests.support.servers import ImageHost, WebhookReceiver
@@ -77,19 +77,11 @@ def cli(cluster: RayCluster, *args: str, env: dict[str, str] | None = None) -> s
 
 
 def wait_ready(cluster: RayCluster, url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{url}/readyz", timeout=5)
-            if response.status_code == 200:
-                return
-            last = response.text
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(1)
-    status = cli(cluster, str(BIN / "serve"), "status", "--address", cluster.dashboard_url)
-    pytest.fail(f"not ready after {READY_TIMEOUT_S}s ({last}); serve status:\n{status}")
+    try:
+        wait_until_ready(url, READY_TIMEOUT_S)
+    except RuntimeError as exc:
+        status = cli(cluster, str(BIN / "serve"), "status", "--address", cluster.dashboard_url)
+        pytest.fail(f"{exc}; serve status:\n{status}")
 
 
 def test_serve_deploy_ships_code_and_settings_to_a_multi_node_cluster(

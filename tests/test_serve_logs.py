@@ -1,9 +1,9 @@
 """``sightwire serve`` shows the processor's, the notifier's and the models' log lines in its terminal.
 
 The command runs as a child process (its own local Ray) with one tiny model and a private Redis.
-Once ready, its output must hold the model replica's and the notifier's INFO lines and say
-where the log folder is; then Redis is stopped for a moment, and the processor's warning about
-it must appear too, prefixed by Ray with the replica it came from.
+Once ready, its output must hold the model replica's and the notifier's INFO lines (each
+prefixed by Ray with the process it came from) and say where the log folder is; then Redis is
+stopped for a moment, and the processor's warning about it must appear too.
 """
 
 from __future__ import annotations
@@ -80,11 +80,11 @@ def test_sightwire_serve_shows_processor_notifier_and_model_logs(tmp_path: Path,
     output = Output(serve)
     try:
         output.wait_for(r"^Sightwire ready on ", 240)
+        output.wait_for(r"object_detection.*sightwire\.models: .* loaded on cpu", 60)
+        output.wait_for(r"Notifier.*sightwire\.notifier: notifier loop started", 60)
         logs_line = output.wait_for(r"^logs: ", 5)
         logs_dir = Path(re.search(r"in (\S+) \(Serve", logs_line).group(1))
         assert (logs_dir / "serve").is_dir(), logs_line
-        output.wait_for(r"object_detection.*sightwire\.models: .* loaded on cpu", 60)
-        output.wait_for(r"Notifier.*sightwire\.notifier: notifier loop started", 60)
 
         redis.stop()
         output.wait_for(r"JobProcessor.*WARNING sightwire\.processor: redis unavailable", 60)
