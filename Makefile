@@ -1,27 +1,30 @@
 # Set-up is idempotent: each target below installs what it needs on a fresh machine.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+# PYTHON: the interpreter for a new .venv (default: the newest of 3.13/3.12/3.11 found for which
+# the torch build can be had). TORCH: cpu (default; the +cpu build on Linux) or cuda (GPU nodes).
+# The rules are in tools/make_venv.py and docs/operations.md.
+PYTHON ?=
+TORCH ?= cpu
+BOOTSTRAP := $(shell command -v python3 || command -v python3.13 || command -v python3.12 || command -v python3.11)
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sightwire-installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv redis demo serve test lint bench clean
+.PHONY: help venv redis demo serve test lint bench package clean
 
 help:
 	@echo "make demo   - end-to-end demo with the tiny models (offline)"
 	@echo "make test   - the whole test suite"
 	@echo "make serve  - run Sightwire on http://127.0.0.1:8000 (MODELS=tiny|pretrained|PATH)"
 	@echo "make lint   - ruff"
+	@echo "make package - dist/sightwire-VERSION.zip: the code for a cluster's runtime_env (docs/operations.md)"
+	@echo "set-up: make [PYTHON=python3.1x] [TORCH=cpu|cuda] venv"
 
-# CPU torch is installed first, by exact version, so nothing pulls a multi-GB CUDA build.
-$(STAMP): requirements.lock pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -m pip install -q --no-deps -e client  # the light client (sightwire_client), for `sightwire listen`
+# torch is installed first, by exact version and build (+cpu unless TORCH=cuda), so the lock's
+# torch==VERSION is already met and nothing pulls the multi-GB CUDA build by default.
+$(STAMP): requirements.lock pyproject.toml tools/make_venv.py
+	$(BOOTSTRAP) tools/make_venv.py --venv $(VENV) --torch $(TORCH) $(if $(PYTHON),--python $(PYTHON))
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -51,5 +54,8 @@ lint: venv
 bench: venv redis
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; PYTHONPATH=. $(BIN)/python $$b || exit 1; done
 
+package: venv
+	$(BIN)/python tools/package.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist

@@ -58,13 +58,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     embedded = not (os.environ.get("REDIS_URL") or os.environ.get("SIGHTWIRE_REDIS_URL"))
-    stack = LocalStack(settings, host=args.host, port=args.port, embedded_redis=embedded)
+    stack = LocalStack(settings, host=args.host, port=args.port, embedded_redis=embedded, show_logs=True)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     print(f"starting Sightwire (models: {settings.models}) ...", flush=True)
     stack.start()
     print(f"Sightwire ready on {stack.url}  (REDIS_URL={stack.settings.redis_url})", flush=True)
+    if stack.logs_dir is not None:
+        serve_logs = stack.logs_dir / "serve"
+        print(f"logs: here, and every process's in {stack.logs_dir} (Serve's in {serve_logs})", flush=True)
     try:
         stopping.wait()
     finally:

@@ -2,6 +2,9 @@
 
 ``LocalStack`` is what ``sightwire serve`` and ``sightwire demo`` run, and what the integration
 tests start once per session. Ray's GCS gets a free port from ``ray.init`` (never 6379).
+With ``show_logs`` (``sightwire serve``) the processor's, the notifier's and the models' log lines
+are streamed to this terminal (``serve_app.worker_logs``); either way ``logs_dir`` is the Ray
+session's log folder, where every process's full output stays.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from core.registry import LOCAL_PROFILES
 from core.settings import Settings
 from models.tiny import ensure_local_profile
 from notifier import NAMESPACE, notifier_handle
+from serve_app import worker_logs
 from serve_app.gateway import APP_NAME, build_app
 from serve_app.local import RedisServer
 
@@ -30,6 +34,22 @@ RUNTIME_FILE = "serve.json"
 
 def runtime_file(settings: Settings) -> Path:
     return Path(settings.data_dir).expanduser() / RUNTIME_FILE
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    """Until the Sightwire at ``url`` answers ``/readyz`` with 200 (here or on a cluster)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"Sightwire was not ready after {timeout_s}s: {last}")
 
 
 class LocalStack:
@@ -43,11 +63,14 @@ class LocalStack:
         port: int = 8000,
         embedded_redis: bool = False,
         num_cpus: int | None = None,
+        show_logs: bool = False,
     ) -> None:
         self.settings = settings
         self.host = host
         self.port = port
         self.num_cpus = num_cpus
+        self.show_logs = show_logs
+        self.logs_dir: Path | None = None
         redis_dir = Path(settings.data_dir).expanduser() / "redis"
         self._redis = RedisServer(redis_dir, appendfsync=settings.redis_appendfsync) if embedded_redis else None
         self._owns_ray = False
@@ -63,9 +86,15 @@ class LocalStack:
         if self.settings.models in LOCAL_PROFILES:  # tiny, bench: built here, random weights
             ensure_local_profile(self.settings.models_dir, self.settings.models)
         if not ray.is_initialized():
-            ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
-                     log_to_driver=False)
+            if self.show_logs:
+                worker_logs.configure()
+            context = ray.init(
+                address="local", num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
+                log_to_driver=self.show_logs,
+                runtime_env={"worker_process_setup_hook": worker_logs.HOOK} if self.show_logs else None,
+            )
             self._owns_ray = True
+            self.logs_dir = Path(context.address_info["session_dir"]) / "logs"
         serve.start(http_options={"host": self.host, "port": self.port})
         serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/", blocking=False)
         self.wait_ready(ready_timeout_s)
@@ -73,18 +102,7 @@ class LocalStack:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"{self.url}/readyz", timeout=5)
-                if response.status_code == 200:
-                    return
-                last = response.text
-            except httpx.HTTPError as exc:
-                last = str(exc)
-            time.sleep(0.5)
-        raise RuntimeError(f"Sightwire was not ready after {timeout_s}s: {last}")
+        wait_ready(self.url, timeout_s)
 
     def _write_runtime_file(self) -> None:
         path = runtime_file(self.settings)
