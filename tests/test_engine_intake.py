@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -16,6 +16,7 @@ from core.store.fair_queue import DeadLetters, FairQueue, QueuedJob, QueueKeys, 
 from core.tokens import new_id
 from deployments.engine.intake import Intake, IntakeLimits
 from serve_app.local import RedisServer
+from tests.support.queues import fill, image_of
 
 
 class Work:
@@ -45,36 +46,16 @@ class Work:
         self.exhausted.append(job)
 
 
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def keys() -> QueueKeys:
-    return QueueKeys(prefix=new_id("swi"), queue="online")
-
-
 def limits(**overrides: float) -> IntakeLimits:
     values = {"max_in_flight": 8, "org_max_in_flight": 8, "reclaim_interval_s": 0.1, "idle_s": 0.5,
               "retry_delay_s": 0.1} | overrides
     return IntakeLimits(**values)  # type: ignore[arg-type]
 
 
-def make(redis: Redis, keys: QueueKeys, work: Work, lease_s: float = 5.0, max_attempts: int = 3,
+def make(redis: Redis, queue_keys: QueueKeys, work: Work, lease_s: float = 5.0, max_attempts: int = 3,
          **overrides: float) -> Intake:
-    queue = FairQueue(redis, keys, lease_s=lease_s, max_attempts=max_attempts)
-    return Intake("test", queue, DeadLetters(redis, keys), limits(**overrides), work.run, work.on_exhausted)
-
-
-async def fill(redis: Redis, queue: FairQueue, org: str, n: int) -> list[str]:
-    async with redis.pipeline(transaction=True) as pipe:
-        for i in range(n):
-            queue.enqueue(pipe, org, {"image": f"{org}/{i}"})
-        await pipe.execute()
-    return [f"{org}/{i}" for i in range(n)]
+    queue = FairQueue(redis, queue_keys, lease_s=lease_s, max_attempts=max_attempts)
+    return Intake("test", queue, DeadLetters(redis, queue_keys), limits(**overrides), work.run, work.on_exhausted)
 
 
 async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -85,11 +66,11 @@ async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 async def test_a_replica_holds_no_more_than_its_credit_and_the_backlog_stays_queued(
-    redis: Redis, keys: QueueKeys
+    redis: Redis, queue_keys: QueueKeys
 ) -> None:
     work = Work()
     work.gate.clear()
-    intake = make(redis, keys, work, max_in_flight=4)
+    intake = make(redis, queue_keys, work, max_in_flight=4)
     await fill(redis, intake.queue, "org_a", 20)
     intake.start()
     try:
@@ -105,10 +86,10 @@ async def test_a_replica_holds_no_more_than_its_credit_and_the_backlog_stays_que
         await intake.stop()
 
 
-async def test_one_org_holds_at_most_its_share_of_a_replica(redis: Redis, keys: QueueKeys) -> None:
+async def test_one_org_holds_at_most_its_share_of_a_replica(redis: Redis, queue_keys: QueueKeys) -> None:
     work = Work()
     work.gate.clear()
-    intake = make(redis, keys, work, max_in_flight=8, org_max_in_flight=3)
+    intake = make(redis, queue_keys, work, max_in_flight=8, org_max_in_flight=3)
     await fill(redis, intake.queue, "org_a", 10)
     intake.start()
     try:
@@ -121,10 +102,10 @@ async def test_one_org_holds_at_most_its_share_of_a_replica(redis: Redis, keys: 
         await intake.stop()
 
 
-async def test_a_slow_job_with_a_live_heartbeat_is_not_run_twice(redis: Redis, keys: QueueKeys) -> None:
+async def test_a_slow_job_with_a_live_heartbeat_is_not_run_twice(redis: Redis, queue_keys: QueueKeys) -> None:
     work = Work()
     work.gate.clear()
-    first, second = make(redis, keys, work, lease_s=0.3), make(redis, keys, work, lease_s=0.3)
+    first, second = make(redis, queue_keys, work, lease_s=0.3), make(redis, queue_keys, work, lease_s=0.3)
     await fill(redis, first.queue, "org_a", 1)
     first.start()
     await until(lambda: work.runs["org_a/0"] == 1)
@@ -140,12 +121,13 @@ async def test_a_slow_job_with_a_live_heartbeat_is_not_run_twice(redis: Redis, k
         await second.stop()
 
 
-async def test_the_jobs_of_a_dead_replica_restart_within_a_lease(redis: Redis, keys: QueueKeys) -> None:
+async def test_the_jobs_of_a_dead_replica_restart_within_a_lease(redis: Redis, queue_keys: QueueKeys) -> None:
     work = Work()
-    queue = FairQueue(redis, keys, lease_s=0.5, max_attempts=3)
-    images = await fill(redis, queue, "org_a", 5)
+    queue = FairQueue(redis, queue_keys, lease_s=0.5, max_attempts=3)
+    await fill(redis, queue, "org_a", 5)
+    images = [image_of("org_a", i) for i in range(5)]
     await queue.claim(new_token(), 5, {}, 10)  # a replica claims them all, then is killed
-    survivor = make(redis, keys, work, lease_s=0.5)
+    survivor = make(redis, queue_keys, work, lease_s=0.5)
     started = time.monotonic()
     survivor.start()
     try:
@@ -157,11 +139,11 @@ async def test_the_jobs_of_a_dead_replica_restart_within_a_lease(redis: Redis, k
 
 
 async def test_a_failing_job_is_logged_with_its_job_and_retried(
-    redis: Redis, keys: QueueKeys, caplog: pytest.LogCaptureFixture
+    redis: Redis, queue_keys: QueueKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     work = Work()
     work.fail = {"org_a/1"}
-    intake = make(redis, keys, work)
+    intake = make(redis, queue_keys, work)
     await fill(redis, intake.queue, "org_a", 3)
     with caplog.at_level(logging.ERROR, logger="sightwire.engine.intake"):
         intake.start()
@@ -175,15 +157,15 @@ async def test_a_failing_job_is_logged_with_its_job_and_retried(
 
 
 async def test_a_job_past_its_attempts_fails_through_the_callback_then_is_buried(
-    redis: Redis, keys: QueueKeys, caplog: pytest.LogCaptureFixture
+    redis: Redis, queue_keys: QueueKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     work = Work()
     work.exhausted_fails = 1  # the first try to fail the image itself fails: it is tried again
-    queue = FairQueue(redis, keys, lease_s=0.2, max_attempts=1)
+    queue = FairQueue(redis, queue_keys, lease_s=0.2, max_attempts=1)
     await fill(redis, queue, "org_a", 1)
     await queue.claim(new_token(), 1, {}, 10)  # its only attempt dies with its replica
-    intake = make(redis, keys, work, lease_s=0.2, max_attempts=1)
-    dead = DeadLetters(redis, keys)
+    intake = make(redis, queue_keys, work, lease_s=0.2, max_attempts=1)
+    dead = DeadLetters(redis, queue_keys)
     with caplog.at_level(logging.ERROR, logger="sightwire.supervise"):
         intake.start()
         try:
@@ -204,10 +186,10 @@ async def test_every_loop_survives_the_store_going_away(caplog: pytest.LogCaptur
     """Intake, heartbeat and reclaimer all fail while Redis is down, and all go on after."""
     private = RedisServer().start()
     client = Redis.from_url(private.url)  # no client-side retries: the loops see every failure
-    keys = QueueKeys(prefix=new_id("swr"), queue="online")
+    queue_keys = QueueKeys(prefix=new_id("swr"), queue="online")
     work = Work()
     work.gate.clear()
-    intake = make(client, keys, work, lease_s=3.0)
+    intake = make(client, queue_keys, work, lease_s=3.0)
     try:
         with caplog.at_level(logging.WARNING, logger="sightwire.supervise"):
             intake.start()
@@ -232,10 +214,10 @@ async def test_every_loop_survives_the_store_going_away(caplog: pytest.LogCaptur
         private.cleanup()
 
 
-async def test_stop_gives_running_jobs_back_at_once(redis: Redis, keys: QueueKeys) -> None:
+async def test_stop_gives_running_jobs_back_at_once(redis: Redis, queue_keys: QueueKeys) -> None:
     work = Work()
     work.gate.clear()
-    intake = make(redis, keys, work, lease_s=30)
+    intake = make(redis, queue_keys, work, lease_s=30)
     await fill(redis, intake.queue, "org_a", 3)
     intake.start()
     await until(lambda: len(intake.held) == 3)

@@ -4,46 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from core.store.fair_queue import DeadLetters, FairQueue, QueueKeys, new_token
-from core.tokens import new_id
-from serve_app.local import RedisServer
+from tests.support.queues import fill
 
 BIG = 1_000
 
 
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
+def queue(redis: Redis, queue_keys: QueueKeys, lease_s: float = 15.0, max_attempts: int = 3) -> FairQueue:
+    return FairQueue(redis, queue_keys, lease_s=lease_s, max_attempts=max_attempts)
 
 
-@pytest.fixture
-def keys() -> QueueKeys:
-    return QueueKeys(prefix=new_id("swq"), queue="online")
-
-
-def queue(redis: Redis, keys: QueueKeys, lease_s: float = 15.0, max_attempts: int = 3) -> FairQueue:
-    return FairQueue(redis, keys, lease_s=lease_s, max_attempts=max_attempts)
-
-
-async def fill(redis: Redis, jobs: FairQueue, org: str, n: int) -> list[str]:
-    async with redis.pipeline(transaction=True) as pipe:
-        ids = [jobs.enqueue(pipe, org, {"image": f"img_{org}_{i}", "models": ["m"]}) for i in range(n)]
-        await pipe.execute()
-    return ids
-
-
-async def test_a_job_commits_with_the_transaction_that_queues_it(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_a_job_commits_with_the_transaction_that_queues_it(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     token = new_token()
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(f"{keys.prefix}:img:1", "status", "queued")
+        pipe.hset(f"{queue_keys.prefix}:img:1", "status", "queued")
         job_id = jobs.enqueue(pipe, "org_a", {"image": "img_1", "models": ["a", "b"]})
         assert await jobs.claim(token, 10, {}, BIG) == []  # nothing before EXEC
         await pipe.execute()
@@ -53,17 +32,17 @@ async def test_a_job_commits_with_the_transaction_that_queues_it(redis: Redis, k
     assert job.enqueued_ms <= time.time() * 1000 + 1000
 
 
-async def test_one_orgs_backlog_does_not_delay_anothers_jobs(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_one_orgs_backlog_does_not_delay_anothers_jobs(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     await fill(redis, jobs, "org_a", 100)
     await fill(redis, jobs, "org_b", 3)
     claimed = await jobs.claim(new_token(), 8, {}, BIG)
     assert [j.org for j in claimed] == ["org_a", "org_b"] * 3 + ["org_a", "org_a"]
 
 
-async def test_the_round_is_shared_by_every_replica(redis: Redis, keys: QueueKeys) -> None:
+async def test_the_round_is_shared_by_every_replica(redis: Redis, queue_keys: QueueKeys) -> None:
     """Two replicas claiming one job at a time still alternate the orgs: the round is global."""
-    jobs = queue(redis, keys)
+    jobs = queue(redis, queue_keys)
     await fill(redis, jobs, "org_a", 10)
     await fill(redis, jobs, "org_b", 10)
     replicas = [new_token(), new_token()]
@@ -71,8 +50,8 @@ async def test_the_round_is_shared_by_every_replica(redis: Redis, keys: QueueKey
     assert orgs == ["org_a", "org_b"] * 4
 
 
-async def test_weights_scale_an_orgs_share(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_weights_scale_an_orgs_share(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     await jobs.set_weight("org_a", 3)
     await jobs.set_weight("org_c", 0.5)
     for org in ("org_a", "org_b", "org_c"):
@@ -86,8 +65,8 @@ async def test_weights_scale_an_orgs_share(redis: Redis, keys: QueueKeys) -> Non
         await jobs.set_weight("org_b", 0)
 
 
-async def test_room_bounds_what_one_org_gets_from_a_claim(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_room_bounds_what_one_org_gets_from_a_claim(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     await fill(redis, jobs, "org_a", 20)
     await fill(redis, jobs, "org_b", 20)
     token = new_token()
@@ -99,19 +78,19 @@ async def test_room_bounds_what_one_org_gets_from_a_claim(redis: Redis, keys: Qu
     assert depth.queued == {"org_a": 18, "org_b": 10} and depth.leased == 12 and depth.total == 28
 
 
-async def test_ack_needs_the_lease_owner(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_ack_needs_the_lease_owner(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     [job_id] = await fill(redis, jobs, "org_a", 1)
     owner = new_token()
     await jobs.claim(owner, 1, {}, BIG)
     assert await jobs.ack(new_token(), [job_id]) == 0
     assert await jobs.ack(owner, [job_id]) == 1
-    assert not await redis.exists(keys.job(job_id)) and await redis.zcard(keys.leases) == 0
+    assert not await redis.exists(queue_keys.job(job_id)) and await redis.zcard(queue_keys.leases) == 0
     assert await jobs.ack(owner, [job_id]) == 0
 
 
-async def test_an_expired_lease_goes_back_to_the_front_of_its_queue(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys, lease_s=0.2)
+async def test_an_expired_lease_goes_back_to_the_front_of_its_queue(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys, lease_s=0.2)
     first, *_ = await fill(redis, jobs, "org_a", 3)
     dead_replica, survivor = new_token(), new_token()
     [claimed] = await jobs.claim(dead_replica, 1, {}, BIG)
@@ -125,9 +104,9 @@ async def test_an_expired_lease_goes_back_to_the_front_of_its_queue(redis: Redis
     assert await jobs.ack(dead_replica, [first]) == 0
 
 
-async def test_a_renewed_lease_is_never_taken_over(redis: Redis, keys: QueueKeys) -> None:
+async def test_a_renewed_lease_is_never_taken_over(redis: Redis, queue_keys: QueueKeys) -> None:
     """A job slower than the lease, whose replica is alive, is not run twice."""
-    jobs = queue(redis, keys, lease_s=0.3)
+    jobs = queue(redis, queue_keys, lease_s=0.3)
     [job_id] = await fill(redis, jobs, "org_a", 1)
     worker, other = new_token(), new_token()
     await jobs.claim(worker, 1, {}, BIG)
@@ -139,8 +118,8 @@ async def test_a_renewed_lease_is_never_taken_over(redis: Redis, keys: QueueKeys
     assert await jobs.ack(worker, [job_id]) == 1
 
 
-async def test_retry_later_brings_a_failed_job_back_after_the_pause(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_retry_later_brings_a_failed_job_back_after_the_pause(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     [job_id] = await fill(redis, jobs, "org_a", 1)
     token = new_token()
     await jobs.claim(token, 1, {}, BIG)
@@ -153,10 +132,10 @@ async def test_retry_later_brings_a_failed_job_back_after_the_pause(redis: Redis
 
 
 async def test_a_job_past_its_attempts_becomes_a_dead_letter_an_operator_can_requeue(
-    redis: Redis, keys: QueueKeys
+    redis: Redis, queue_keys: QueueKeys
 ) -> None:
-    jobs = queue(redis, keys, lease_s=0.1, max_attempts=2)
-    dead = DeadLetters(redis, keys)
+    jobs = queue(redis, queue_keys, lease_s=0.1, max_attempts=2)
+    dead = DeadLetters(redis, queue_keys)
     [job_id] = await fill(redis, jobs, "org_a", 1)
     reclaimer = new_token()
     for attempt in (1, 2):
@@ -166,7 +145,7 @@ async def test_a_job_past_its_attempts_becomes_a_dead_letter_an_operator_can_req
         reclaimed = await jobs.reclaim(reclaimer)
     assert reclaimed.requeued == 0
     [exhausted] = reclaimed.exhausted
-    assert (exhausted.id, exhausted.attempts, exhausted.payload["image"]) == (job_id, 2, "img_org_a_0")
+    assert (exhausted.id, exhausted.attempts, exhausted.payload["image"]) == (job_id, 2, "org_a/0")
     assert await jobs.claim(new_token(), 1, {}, BIG) == []  # leased to the reclaimer, not queued
     assert await dead.bury(new_token(), job_id, "attempts") is None  # only the lease owner buries
     entry = await dead.bury(reclaimer, job_id, "attempts")
@@ -174,15 +153,17 @@ async def test_a_job_past_its_attempts_becomes_a_dead_letter_an_operator_can_req
     [letter] = await dead.list()
     assert (letter.entry, letter.job_id, letter.org, letter.attempts, letter.reason) == (
         entry, job_id, "org_a", 2, "attempts")
-    assert not await redis.exists(keys.job(job_id)) and await redis.zcard(keys.leases) == 0
+    assert not await redis.exists(queue_keys.job(job_id)) and await redis.zcard(queue_keys.leases) == 0
     assert await dead.requeue(entry) == job_id
     assert await dead.count() == 0 and await dead.requeue(entry) is None
     [back] = await jobs.claim(new_token(), 1, {}, BIG)
     assert back.id == job_id and back.attempts == 1 and back.payload == letter.payload
 
 
-async def test_a_reclaimer_that_dies_before_burying_leaves_the_job_to_the_next(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys, lease_s=0.1, max_attempts=1)
+async def test_a_reclaimer_that_dies_before_burying_leaves_the_job_to_the_next(
+    redis: Redis, queue_keys: QueueKeys
+) -> None:
+    jobs = queue(redis, queue_keys, lease_s=0.1, max_attempts=1)
     [job_id] = await fill(redis, jobs, "org_a", 1)
     await jobs.claim(new_token(), 1, {}, BIG)
     await asyncio.sleep(0.15)
@@ -191,10 +172,10 @@ async def test_a_reclaimer_that_dies_before_burying_leaves_the_job_to_the_next(r
     assert [j.id for j in (await jobs.reclaim(new_token())).exhausted] == [job_id]
 
 
-async def test_released_jobs_go_back_unattempted_and_wake_a_replica(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_released_jobs_go_back_unattempted_and_wake_a_replica(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     ids = await fill(redis, jobs, "org_a", 3)
-    await redis.delete(keys.wake)
+    await redis.delete(queue_keys.wake)
     token = new_token()
     claimed = await jobs.claim(token, 2, {}, BIG)
     assert await jobs.release(token, [j.id for j in claimed]) == 2
@@ -204,9 +185,9 @@ async def test_released_jobs_go_back_unattempted_and_wake_a_replica(redis: Redis
 
 
 async def test_an_enqueue_wakes_a_waiting_replica_and_a_claim_passes_the_token_on(
-    redis: Redis, keys: QueueKeys
+    redis: Redis, queue_keys: QueueKeys
 ) -> None:
-    jobs = queue(redis, keys)
+    jobs = queue(redis, queue_keys)
     waiter = asyncio.create_task(jobs.wait_and_claim(new_token(), 1, {}, BIG, idle_s=5))
     await asyncio.sleep(0.2)
     started = time.monotonic()
@@ -218,9 +199,9 @@ async def test_an_enqueue_wakes_a_waiting_replica_and_a_claim_passes_the_token_o
     assert not await jobs.wait(0.1)  # nothing left, no token
 
 
-async def test_a_job_whose_record_was_deleted_is_dropped(redis: Redis, keys: QueueKeys) -> None:
-    jobs = queue(redis, keys)
+async def test_a_job_whose_record_was_deleted_is_dropped(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
     gone, kept = await fill(redis, jobs, "org_a", 2)
-    await redis.delete(keys.job(gone))
+    await redis.delete(queue_keys.job(gone))
     assert [j.id for j in await jobs.claim(new_token(), 5, {}, BIG)] == [kept]
     assert (await jobs.depth()).total == 0
