@@ -126,7 +126,8 @@ class FairLimiter:
         state = self._flows.get(flow)
         return state.held if state else 0
 
-    def waiting(self) -> int:
+    def waiters(self) -> int:
+        """Acquisitions waiting now, all flows together."""
         return sum(len(queue) for state in self._flows.values() for queue in state.queues.values())
 
     # -- bookkeeping -------------------------------------------------------------------------

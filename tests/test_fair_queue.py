@@ -205,3 +205,14 @@ async def test_a_job_whose_record_was_deleted_is_dropped(redis: Redis, queue_key
     await redis.delete(queue_keys.job(gone))
     assert [j.id for j in await jobs.claim(new_token(), 5, {}, BIG)] == [kept]
     assert (await jobs.depth()).total == 0
+
+
+async def test_a_large_group_is_queued_in_chunks_in_one_transaction(redis: Redis, queue_keys: QueueKeys) -> None:
+    jobs = queue(redis, queue_keys)
+    async with redis.pipeline(transaction=True) as pipe:
+        ids = jobs.enqueue_many(pipe, "org_a", [{"image": f"img_{i}"} for i in range(2_500)])
+        assert len(pipe.command_stack) == 3  # one script call per 1,000 jobs
+        await pipe.execute()
+    assert (await jobs.depth()).queued == {"org_a": 2_500}
+    first = await jobs.claim(new_token(), 3, {}, BIG)
+    assert [j.id for j in first] == ids[:3] and [j.payload["image"] for j in first] == ["img_0", "img_1", "img_2"]

@@ -91,7 +91,7 @@ async def test_a_flow_holds_at_most_its_cap() -> None:
     assert sorted(recorder.order) == ["org_a", "org_a", "org_a", "org_b"]
     assert limiter.held("org_a") == 3 and limiter.free == 6
     await recorder.release_all_one_by_one()
-    assert limiter.free == 10 and limiter.waiting() == 0
+    assert limiter.free == 10 and limiter.waiters() == 0
 
 
 async def test_a_budget_keeps_capacity_for_a_large_request_over_later_small_ones() -> None:
@@ -139,7 +139,7 @@ async def test_a_cancelled_waiter_leaves_no_trace() -> None:
     await settle()
     waiting.cancel()
     await settle()
-    assert limiter.waiting() == 0
+    assert limiter.waiters() == 0
     holder.release()
     assert limiter.free == 1
     async with limiter.hold("org_c") as grant:

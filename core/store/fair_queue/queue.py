@@ -3,8 +3,8 @@
 One Redis layout (``keys.QueueKeys``) and one Lua script per operation (``lua/``), so every step
 is atomic and every replica claims through the same round, which makes the fairness global:
 
-* ``enqueue`` (inside the record's transaction) appends the job to its org's queue, puts the
-  org in the round if it was not, and leaves a wake token for idle replicas;
+* ``enqueue`` / ``enqueue_many`` (inside the record's transaction) append jobs to their org's
+  queue, put the org in the round if it was not, and leave a wake token for idle replicas;
 * ``claim`` takes up to ``want`` jobs by deficit round-robin (each org ``quantum x weight`` per
   visit), never more of one org than the caller's ``room`` for it, and leases each to the
   caller's token; every claim counts as an attempt;
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from core.store.fair_queue.scripts import Scripts
 from core.tokens import new_id
 
 MIN_WEIGHT = 1 / 64  # every org with queued work gets a turn within 64 rounds
+ENQUEUE_CHUNK = 1_000  # jobs per enqueue script call (Lua's unpack has a stack limit near 8,000)
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,19 @@ class FairQueue:
 
     def enqueue(self, pipe: Pipeline, org: str, payload: Mapping[str, Any]) -> str:
         """Queue a job inside the caller's transaction; returns its id."""
-        job_id = new_id("job")
+        return self.enqueue_many(pipe, org, [payload])[0]
+
+    def enqueue_many(self, pipe: Pipeline, org: str, payloads: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Queue many jobs of one org inside the caller's transaction (a group's images): one
+        script call per ``ENQUEUE_CHUNK`` jobs; returns their ids, in order."""
         k = self.keys
-        Scripts.queue(pipe, "enqueue", [k.job(job_id), k.org_queue(org), k.ring, k.wake],
-                      base=k.base, id=job_id, org=org, payload=json.dumps(payload))
-        return job_id
+        ids: list[str] = []
+        batch = list(payloads)
+        for start in range(0, len(batch), ENQUEUE_CHUNK):
+            jobs = [[new_id("job"), json.dumps(p)] for p in batch[start:start + ENQUEUE_CHUNK]]
+            Scripts.queue(pipe, "enqueue", [k.org_queue(org), k.ring, k.wake], base=k.base, org=org, jobs=jobs)
+            ids += [job_id for job_id, _ in jobs]
+        return ids
 
     async def claim(self, token: str, want: int, room: Mapping[str, int], default_room: int) -> list[QueuedJob]:
         """Up to ``want`` jobs, fairly across orgs, at most ``room[org]`` (else ``default_room``)

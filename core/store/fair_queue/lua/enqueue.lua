@@ -1,8 +1,13 @@
--- KEYS: job, org queue, ring, wake. A: base, id, org, payload.
--- Runs inside the caller's MULTI, so the job commits with the record that needs it.
-redis.call('HSET', KEYS[1], 'org', A.org, 'payload', A.payload, 'attempts', 0, 'enq', now_ms())
-if redis.call('RPUSH', KEYS[2], A.id) == 1 then
-  redis.call('RPUSH', KEYS[3], A.org)
+-- KEYS: org queue, ring, wake. A: base, org, jobs ([[id, payload JSON], ...], at most ~1,000).
+-- Runs inside the caller's MULTI, so the jobs commit with the records that need them.
+local now = now_ms()
+local ids = {}
+for i, job in ipairs(A.jobs) do
+  redis.call('HSET', job_key(job[1]), 'org', A.org, 'payload', job[2], 'attempts', 0, 'enq', now)
+  ids[i] = job[1]
 end
-wake(KEYS[4])
-return 1
+if redis.call('RPUSH', KEYS[1], unpack(ids)) == #ids then  -- the queue was empty: join the round
+  redis.call('RPUSH', KEYS[2], A.org)
+end
+wake(KEYS[3])
+return #ids
