@@ -25,23 +25,25 @@ import asyncio
 import ipaddress
 import json
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import ray
 
 from benchmarks.common import (
+    HOST,
     BareLoop,
+    ImageHost,
+    Receiver,
     bench_registry,
     cpu_by_process,
     cpu_delta,
     decoded_images,
     jpeg_variants,
     machine,
+    open_loop,
     percentile,
+    throughput,
     tree_cpu_seconds,
 )
 from core.settings import RAY_NAMESPACE, Settings
@@ -50,112 +52,12 @@ from serve_app.local import free_port
 from serve_app.stack import LocalStack
 
 TARGET = 0.90
-HOST = "127.0.0.1"
-
-
-class Receiver:
-    """A loopback webhook endpoint recording when each image's final webhook arrived."""
-
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        self.statuses: dict[str, str] = {}
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                now = time.perf_counter()
-                data = json.loads(body)["data"]
-                with outer.lock:
-                    outer.arrived.setdefault(data["id"], now)
-                    outer.statuses[data["id"]] = data["status"]
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.server.server_address[1]}/hook"
-
-    async def wait(self, ids: list[str], timeout_s: float) -> None:
-        deadline = time.perf_counter() + timeout_s
-        while not all(i in self.arrived for i in ids):
-            if time.perf_counter() > deadline:
-                missing = sum(i not in self.arrived for i in ids)
-                raise RuntimeError(f"{missing} of {len(ids)} webhooks missing after {timeout_s}s")
-            await asyncio.sleep(0.02)
-
-
-class ImageHost:
-    def __init__(self, images: list[bytes]) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                body = images[int(self.path.strip("/").split(".")[0]) % len(images)]
-                self.send_response(200)
-                self.send_header("content-type", "image/jpeg")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, i: int) -> str:
-        return f"http://{HOST}:{self.server.server_address[1]}/{i}.jpg"
-
-
-async def post(client: httpx.AsyncClient, key: str, url: str, models: list[str], hook: str) -> tuple[str, float]:
-    sent = time.perf_counter()
-    response = await client.post("/v1/images", json={"url": url, "models": models, "webhookUrl": hook},
-                                 headers={"Authorization": f"Bearer {key}"})
-    response.raise_for_status()
-    return response.json()["id"], sent
-
-
-async def throughput(base: str, key: str, host: ImageHost, receiver: Receiver, models: list[str], count: int,
-                     concurrency: int, offset: int) -> float:
-    limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        async def one(i: int) -> str:
-            async with limit:
-                return (await post(client, key, host.url(offset + i), models, receiver.url))[0]
-
-        started = time.perf_counter()
-        ids = await asyncio.gather(*(one(i) for i in range(count)))
-        await receiver.wait(ids, timeout_s=600)
-    elapsed = max(receiver.arrived[i] for i in ids) - started
-    failed = [receiver.statuses[i] for i in ids if receiver.statuses[i] != "complete"]
-    if failed:
-        raise RuntimeError(f"{len(failed)} images did not complete: {set(failed)}")
-    return count / elapsed
 
 
 async def latency(base: str, key: str, host: ImageHost, receiver: Receiver, models: list[str], rate: float,
                   seconds: float, offset: int) -> list[float]:
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        tasks = []
-        started = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(post(client, key, host.url(offset + i), models, receiver.url)))
-        sent = await asyncio.gather(*tasks)
-        await receiver.wait([i for i, _ in sent], timeout_s=600)
+    sent = await open_loop(base, key, lambda i: host.url(offset + i), receiver, models, rate, seconds)
+    await receiver.wait([i for i, _ in sent], timeout_s=600)
     return [receiver.arrived[i] - t for i, t in sent]
 
 
@@ -191,7 +93,7 @@ def main() -> None:
     rounded = {k: round(v, 1) for k, v in per_model_before.items()}
     print(f"bare loop before: {bare_before:.2f} img/s (per model {rounded})", flush=True)
 
-    host = ImageHost(jpeg_variants(16))
+    host = ImageHost(jpeg_variants(16)).start()
     receiver = Receiver()
     ray.init(address="local", num_cpus=len(models) + 1, include_dashboard=False, log_to_driver=False,
              namespace=RAY_NAMESPACE)
@@ -206,10 +108,11 @@ def main() -> None:
                 store = Store.from_settings(stack.settings)
                 key = await store.accounts.create_api_key("bench-e2e")
                 await store.close()
-                await throughput(stack.url, key, host, receiver, models, 32, args.concurrency, offset=0)  # warm-up
+                warm_up = [host.url(i) for i in range(32)]
+                await throughput(stack.url, key, warm_up, receiver, models, args.concurrency)
                 before = cpu_by_process()
-                rate = await throughput(stack.url, key, host, receiver, models, args.images, args.concurrency,
-                                        offset=1000)
+                urls = [host.url(1000 + i) for i in range(args.images)]
+                rate = await throughput(stack.url, key, urls, receiver, models, args.concurrency)
                 cpu.update(cpu_delta(before, cpu_by_process()))
                 print(f"end to end: {rate:.2f} img/s ({args.images} images, every model complete)", flush=True)
                 lat = await latency(stack.url, key, host, receiver, models, rate / 2, args.latency_seconds,
@@ -221,6 +124,7 @@ def main() -> None:
         finally:
             stack.stop()
             ray.shutdown()
+            host.stop()
     bare_after, per_model_after, bare_cpu_after = bare_rate(specs, models, args.bare_seconds, args.threads)
     bare = (bare_before + bare_after) / 2
     bare_cpu_ms = (bare_cpu_before + bare_cpu_after) / 2 * 1000

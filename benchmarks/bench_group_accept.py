@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import ray
 
-from benchmarks.common import create_api_key, start_not_found_host
+from benchmarks.common import create_api_key, replica_pids, rss_mb, start_not_found_host
 from core.settings import Settings
 from serve_app.local import free_port
 from serve_app.stack import LocalStack
@@ -36,25 +36,11 @@ REPEATS = 3
 SETTLE_S = 5.0
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def api_replica_pid() -> int:
-    """The API replica's process, found by the title Ray gives it (``ray::ServeReplica:…``)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "ServeReplica" in title and "ApiGateway" in title:
-            return int(proc.name)
-    raise RuntimeError("API replica process not found")
+    pids = replica_pids("ApiGateway")
+    if not pids:
+        raise RuntimeError("API replica process not found")
+    return pids[0]
 
 
 def post_group(client: httpx.Client, key: str, size: int, image_base: str, pid: int) -> tuple[float, float, float]:

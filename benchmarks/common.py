@@ -13,7 +13,9 @@ machine, with the same number of torch threads. It is measured two ways:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import os
 import platform
 import statistics
@@ -22,7 +24,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -33,6 +37,7 @@ from imaging import DecodedImage, decode_image
 from models.tiny import ensure_local_profile
 
 SAMPLES = Path(__file__).parents[1] / "serve_app" / "samples"
+HOST = "127.0.0.1"
 
 
 def create_api_key(settings: Settings, name: str) -> str:
@@ -177,13 +182,19 @@ LABELS = (
 )
 
 
+def _replica_deployment(command: str) -> str:
+    """The deployment of a Serve replica's process title: ``ray::ServeReplica:<app>:<deployment>``,
+    with ``.<method>`` appended while Ray runs a method."""
+    return command.split("ServeReplica:", 1)[1].split()[0].split(":")[-1].split(".")[0]
+
+
 def _label(pid: int, root: int, command: str) -> str:
     if pid == root:
         return "benchmark process (client, image host, receiver)"
     for marker, label in LABELS:
         if marker in command:
-            if label is None:  # ray::ServeReplica:<app>:<deployment>
-                return command.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+            if label is None:
+                return _replica_deployment(command)
             return label
     return "other ray processes"
 
@@ -221,3 +232,197 @@ def median(values: list[float]) -> float:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+# -- the client's side of the stack: an image host, a webhook receiver, posting images ----------
+
+
+class ImageHost:
+    """A loopback image host on an event loop of its own (a daemon thread).
+
+    ``url(i, delay_ms)`` answers the i-th of ``images`` (JPEG) after ``delay_ms``;
+    ``missing_url(i, delay_ms)`` answers 404 after ``delay_ms``. The delay is in the path, so one
+    host serves fast and slow images side by side, and, being asyncio, hundreds of delayed answers
+    in flight cost no thread each (a threaded host would add its own contention to what it
+    measures). HTTP/1.1 keep-alive, GET only."""
+
+    def __init__(self, images: list[bytes], host: str = HOST) -> None:
+        self.images = images
+        self.host = host
+        self.port = 0
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> ImageHost:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, self.host, 0, backlog=4096), self._loop
+        ).result()
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def url(self, i: int, delay_ms: int = 0) -> str:
+        return f"http://{self.host}:{self.port}/{delay_ms}/{i}.jpg"
+
+    def missing_url(self, i: int, delay_ms: int = 0) -> str:
+        return f"http://{self.host}:{self.port}/{delay_ms}/missing/{i}"
+
+    def _answer(self, path: str) -> tuple[bytes, bytes]:
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and parts[1].endswith(".jpg") and parts[1][:-4].isdigit():
+            return b"200 OK", self.images[int(parts[1][:-4]) % len(self.images)]
+        return b"404 Not Found", b""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                self.requests += 1
+                delay = path.strip("/").split("/", 1)[0]
+                if delay.isdigit() and int(delay):
+                    await asyncio.sleep(int(delay) / 1000)
+                status, body = self._answer(path)
+                writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: image/jpeg\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        writer.close()
+
+
+class Receiver:
+    """A loopback webhook endpoint: when each resource's first webhook arrived, its last
+    status, and the last ``counts`` of each group (how far a group's images have got)."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.statuses: dict[str, str] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                now = time.perf_counter()
+                data = json.loads(body)["data"]
+                with outer.lock:
+                    outer.arrived.setdefault(data["id"], now)
+                    outer.statuses[data["id"]] = data["status"]
+                    if "counts" in data:
+                        outer.counts[data["id"]] = data["counts"]
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}/hook"
+
+    def missing(self, ids: list[str]) -> int:
+        return sum(i not in self.arrived for i in ids)
+
+    async def wait(self, ids: list[str], timeout_s: float, *, strict: bool = True) -> int:
+        """Wait until a webhook arrived for every id; returns how many are still missing after
+        ``timeout_s`` (``strict``: raise instead)."""
+        deadline = time.perf_counter() + timeout_s
+        while missing := self.missing(ids):
+            if time.perf_counter() > deadline:
+                if strict:
+                    raise RuntimeError(f"{missing} of {len(ids)} webhooks missing after {timeout_s}s")
+                return missing
+            await asyncio.sleep(0.02)
+        return 0
+
+    def finished(self, group_ids: list[str]) -> int:
+        """Images of these groups done so far, by their last webhook (progress is throttled)."""
+        with self.lock:
+            return sum(self.counts[g]["total"] - self.counts[g]["pending"] for g in group_ids if g in self.counts)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def post_image(client: httpx.AsyncClient, key: str, url: str, models: list[str], hook: str) -> tuple[str, float]:
+    """``POST /v1/images``; the image id and when the request was sent (``perf_counter``)."""
+    sent = time.perf_counter()
+    response = await client.post("/v1/images", json={"url": url, "models": models, "webhookUrl": hook},
+                                 headers=bearer(key))
+    response.raise_for_status()
+    return response.json()["id"], sent
+
+
+async def throughput(base: str, key: str, urls: list[str], receiver: Receiver, models: list[str],
+                     concurrency: int) -> float:
+    """Images/s: every url posted, ``concurrency`` POSTs in flight, from the first POST to the
+    last webhook; every image must end ``complete``."""
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        async def one(url: str) -> str:
+            async with limit:
+                return (await post_image(client, key, url, models, receiver.url))[0]
+
+        started = time.perf_counter()
+        ids = await asyncio.gather(*(one(url) for url in urls))
+        await receiver.wait(ids, timeout_s=600)
+    elapsed = max(receiver.arrived[i] for i in ids) - started
+    failed = [receiver.statuses[i] for i in ids if receiver.statuses[i] != "complete"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} images did not complete: {set(failed)}")
+    return len(urls) / elapsed
+
+
+async def open_loop(base: str, key: str, url: Callable[[int], str], receiver: Receiver, models: list[str],
+                    rate: float, seconds: float) -> list[tuple[str, float]]:
+    """Images posted at ``rate`` per second for ``seconds``, whatever the answers take (open
+    loop); each image's id and send time, once every POST has been answered."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        tasks = []
+        started = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(post_image(client, key, url(i), models, receiver.url)))
+        return list(await asyncio.gather(*tasks))
+
+
+# -- the stack's processes -----------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def replica_pids(deployment: str) -> list[int]:
+    """The processes of a Serve deployment's replicas, found by the title Ray gives them
+    (``ray::ServeReplica:<app>:<deployment>``)."""
+    _, info = process_table()
+    return sorted(pid for pid, (_, command) in info.items()
+                  if "ServeReplica:" in command and _replica_deployment(command) == deployment)
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min and max of repeated measurements, rounded for printing."""
+    return {"median": round(median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2),
+            "runs": [round(v, 2) for v in values]}

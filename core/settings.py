@@ -63,6 +63,19 @@ class Settings(BaseModel):
     processor_concurrency: int = 8
     visibility_timeout_s: float = 300.0
     model_timeout_s: float = 120.0
+    # The online engine (deployments/engine, docs/engine.md): per processor replica unless said.
+    processor_min_replicas: int = Field(1, ge=1)  # >= 1: a replica must be there to report the backlog
+    processor_max_replicas: int = Field(4, ge=1)
+    engine_max_in_flight: int = Field(256, ge=1)  # jobs a replica holds (claimed, leased) at once
+    engine_org_max_in_flight: int = Field(128, ge=1)  # of those, one org's at most
+    engine_host_fetches: int = Field(32, ge=1)  # downloads at once to one destination host
+    engine_decode_threads: int = Field(0, ge=0)  # 0: one per CPU of the replica
+    engine_body_budget_bytes: int = Field(256 * 1024 * 1024, ge=1)  # downloaded bodies not yet decoded
+    engine_pixel_budget: int = Field(120_000_000, ge=1)  # decoded pixels not yet handed to the models
+    job_lease_s: float = Field(15.0, gt=0)  # a claim expires unless its replica renews it (lease / 3)
+    job_reclaim_interval_s: float = Field(1.0, gt=0)  # how often expired leases go back to their queue
+    max_job_attempts: int = Field(3, ge=1)  # claims of one job before it goes to the dead letters
+    queue_quantum: int = Field(1, ge=1)  # jobs one org may take per round-robin visit (x its weight)
 
     webhook_timeout_s: float = 10.0
     retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
@@ -96,6 +109,12 @@ class Settings(BaseModel):
             raise ValueError("retry_after_min_s cannot exceed retry_after_max_s")
         if self.breaker_cooldown_s > self.breaker_max_cooldown_s:
             raise ValueError("breaker_cooldown_s cannot exceed breaker_max_cooldown_s")
+        if self.processor_min_replicas > self.processor_max_replicas:
+            raise ValueError("processor_min_replicas cannot exceed processor_max_replicas")
+        if self.engine_org_max_in_flight > self.engine_max_in_flight:
+            raise ValueError("engine_org_max_in_flight cannot exceed engine_max_in_flight")
+        if self.job_reclaim_interval_s >= self.job_lease_s:
+            raise ValueError("job_reclaim_interval_s must be shorter than job_lease_s")
         return self
 
     @field_validator("allow_private_cidrs", mode="before")

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import ray
 from PIL import Image
+from redis.asyncio import Redis
 
 from core.settings import RAY_NAMESPACE, Settings
 from core.store import Store
+from core.store.fair_queue import QueueKeys
 from core.tokens import new_id
 from models.tiny import ensure_tiny_profile
 from serve_app.local import RedisServer, free_port
@@ -63,6 +65,20 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
     store = Store.from_settings(settings)
     yield store
     await store.close()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A plain client of the session's redis-server, for store parts tested without ``Store``."""
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def queue_keys() -> QueueKeys:
+    """A fresh fair queue of its own: nothing another test queued is visible."""
+    return QueueKeys(prefix=new_id("swq"), queue="online")
 
 
 @pytest.fixture

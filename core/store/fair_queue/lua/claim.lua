@@ -1,0 +1,66 @@
+-- KEYS: ring, deficit, weights, leases, visiting, wake.
+-- A: base, want, room ({org: n}), default_room, quantum, lease_ms, token.
+-- Deficit round-robin over the orgs in the ring: the org at the head is on its visit; a visit
+-- starts by adding quantum x weight to the org's credit, and the org takes whole jobs while its
+-- credit, its room (what this replica may still hold of that org) and `want` allow. An org
+-- that has run out of credit keeps the fraction and goes to the back; one that is at its room
+-- goes to the back with no credit banked; one whose queue is empty leaves the round. A claim
+-- that took jobs and left work queued passes the wake token on to the next idle replica.
+-- Returns JSON: [[id, org, payload, attempts, enqueued_ms], ...].
+local ring, deficits, weights, leases, visiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = now_ms()
+local out = {}
+local capped = 0  -- visits in a row that found the org at its room
+local given = {}  -- jobs of each org in this claim: its room shrinks by them
+local visiting = redis.call('GET', visiting_key)
+
+local function rotate(org, credit)
+  redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+  redis.call('HSET', deficits, org, credit)
+  visiting = false
+end
+
+for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earns credit
+  local size = redis.call('LLEN', ring)
+  if #out >= A.want or size == 0 or capped >= size then break end
+  local org = redis.call('LINDEX', ring, 0)
+  local credit = tonumber(redis.call('HGET', deficits, org) or '0')
+  if visiting ~= org then
+    credit = credit + A.quantum * tonumber(redis.call('HGET', weights, org) or '1')
+    visiting = org
+  end
+  local room = (A.room[org] or A.default_room) - (given[org] or 0)
+  local take = math.min(math.floor(credit), room, A.want - #out)
+  local ids = {}
+  if take > 0 then ids = redis.call('LPOP', org_queue(org), take) or {} end
+  for _, id in ipairs(ids) do
+    local job = job_key(id)
+    local fields = redis.call('HMGET', job, 'payload', 'attempts', 'enq')
+    if fields[1] then  -- a job whose record is gone (deleted by an operator) is dropped
+      local attempts = tonumber(fields[2]) + 1
+      redis.call('HSET', job, 'attempts', attempts, 'owner', A.token)
+      redis.call('ZADD', leases, now + A.lease_ms, id)
+      out[#out + 1] = {id, org, fields[1], attempts, tonumber(fields[3])}
+    end
+  end
+  credit = credit - #ids
+  given[org] = (given[org] or 0) + #ids
+  if redis.call('LLEN', org_queue(org)) == 0 then
+    redis.call('LPOP', ring)
+    redis.call('HDEL', deficits, org)
+    visiting = false
+    capped = 0
+  elseif room - #ids <= 0 then
+    capped = capped + 1
+    rotate(org, 0)
+  elseif credit < 1 then
+    capped = 0
+    rotate(org, credit)
+  else
+    redis.call('HSET', deficits, org, credit)  -- `want` is met: the visit goes on next claim
+  end
+end
+if visiting then redis.call('SET', visiting_key, visiting) else redis.call('DEL', visiting_key) end
+if #out == 0 then return '[]' end
+if redis.call('LLEN', ring) > 0 then wake(KEYS[6]) end
+return cjson.encode(out)

@@ -1,0 +1,185 @@
+"""The durable job queue, fair across orgs: per-org FIFO queues served by deficit round-robin.
+
+One Redis layout (``keys.QueueKeys``) and one Lua script per operation (``lua/``), so every step
+is atomic and every replica claims through the same round, which makes the fairness global:
+
+* ``enqueue`` / ``enqueue_many`` (inside the record's transaction) append jobs to their org's
+  queue, put the org in the round if it was not, and leave a wake token for idle replicas;
+* ``claim`` takes up to ``want`` jobs by deficit round-robin (each org ``quantum x weight`` per
+  visit), never more of one org than the caller's ``room`` for it, and leases each to the
+  caller's token; every claim counts as an attempt;
+* ``renew`` is the heartbeat: one call per replica renews every lease it holds (owner-checked,
+  so a replica whose lease was taken over learns it and cannot extend someone else's claim);
+* ``ack`` finishes a job, ``release`` gives unstarted ones back (no attempt counted),
+  ``retry_later`` lets a failed one come back after a pause;
+* ``reclaim`` returns expired leases to the front of their org's queue, and hands back the jobs
+  that have used up ``max_attempts``: the caller fails their image and ``bury``s them in the
+  dead-letter stream (``dead_letters.DeadLetters``).
+
+At-least-once: a job is deleted only by ``ack`` or ``bury``; work must be idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from core.store.fair_queue.keys import QueueKeys
+from core.store.fair_queue.scripts import Scripts
+from core.tokens import new_id
+
+MIN_WEIGHT = 1 / 64  # every org with queued work gets a turn within 64 rounds
+ENQUEUE_CHUNK = 1_000  # jobs per enqueue script call (Lua's unpack has a stack limit near 8,000)
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """A claimed job: its payload (what to run) and how many claims it has had, this one included."""
+
+    id: str
+    org: str
+    payload: dict[str, Any]
+    attempts: int
+    enqueued_ms: int
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    requeued: int  # expired leases put back in their queues
+    exhausted: list[QueuedJob]  # past max_attempts, now leased to the reclaimer's token: fail and bury
+
+
+@dataclass(frozen=True)
+class Depth:
+    queued: dict[str, int]  # per org, orgs with queued jobs only
+    leased: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.queued.values())
+
+
+def _jobs(rows: list[list[Any]]) -> list[QueuedJob]:
+    return [QueuedJob(id=r[0], org=r[1], payload=json.loads(r[2]), attempts=int(r[3]), enqueued_ms=int(r[4]))
+            for r in rows]
+
+
+def new_token() -> str:
+    """A lease owner's token: one per replica (or per reclaimer), never reused."""
+    return uuid.uuid4().hex
+
+
+class FairQueue:
+    def __init__(
+        self, redis: Redis, keys: QueueKeys, *, lease_s: float, max_attempts: int, quantum: int = 1
+    ) -> None:
+        self._redis = redis
+        self.keys = keys
+        self.lease_ms = int(lease_s * 1000)
+        self.max_attempts = max_attempts
+        self.quantum = quantum
+        self._scripts = Scripts(redis)
+
+    def enqueue(self, pipe: Pipeline, org: str, payload: Mapping[str, Any]) -> str:
+        """Queue a job inside the caller's transaction; returns its id."""
+        return self.enqueue_many(pipe, org, [payload])[0]
+
+    def enqueue_many(self, pipe: Pipeline, org: str, payloads: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Queue many jobs of one org inside the caller's transaction (a group's images): one
+        script call per ``ENQUEUE_CHUNK`` jobs; returns their ids, in order."""
+        k = self.keys
+        ids: list[str] = []
+        batch = list(payloads)
+        for start in range(0, len(batch), ENQUEUE_CHUNK):
+            jobs = [[new_id("job"), json.dumps(p)] for p in batch[start:start + ENQUEUE_CHUNK]]
+            Scripts.queue(pipe, "enqueue", [k.org_queue(org), k.ring, k.wake], base=k.base, org=org, jobs=jobs)
+            ids += [job_id for job_id, _ in jobs]
+        return ids
+
+    async def claim(self, token: str, want: int, room: Mapping[str, int], default_room: int) -> list[QueuedJob]:
+        """Up to ``want`` jobs, fairly across orgs, at most ``room[org]`` (else ``default_room``)
+        of each org, leased to ``token`` for the lease time."""
+        if want < 1:
+            return []
+        k = self.keys
+        reply = await self._scripts.run(
+            "claim", [k.ring, k.deficits, k.weights, k.leases, k.visiting, k.wake], base=k.base, want=want,
+            room=dict(room), default_room=default_room, quantum=self.quantum, lease_ms=self.lease_ms, token=token,
+        )
+        return _jobs(json.loads(reply))
+
+    async def renew(self, token: str, job_ids: list[str], lease_s: float | None = None) -> list[str]:
+        """Extend the leases ``token`` holds; returns the ids it no longer owns (lost)."""
+        if not job_ids:
+            return []
+        lease_ms = self.lease_ms if lease_s is None else int(lease_s * 1000)
+        reply = await self._scripts.run("renew", [self.keys.leases], base=self.keys.base, token=token,
+                                        ids=job_ids, lease_ms=lease_ms)
+        return json.loads(reply)
+
+    async def retry_later(self, token: str, job_id: str, delay_s: float) -> bool:
+        """A job that failed in an unexpected way: its lease now ends in ``delay_s``, and the
+        reclaimer puts it back then (or buries it, past its attempts). False if not owned."""
+        return not await self.renew(token, [job_id], lease_s=delay_s)
+
+    async def ack(self, token: str, job_ids: list[str]) -> int:
+        """Done: delete the jobs ``token`` still owns; returns how many."""
+        if not job_ids:
+            return 0
+        return int(await self._scripts.run("ack", [self.keys.leases], base=self.keys.base, token=token, ids=job_ids))
+
+    async def release(self, token: str, job_ids: list[str]) -> int:
+        """Give unstarted jobs back (shutdown): front of their queues, no attempt counted."""
+        if not job_ids:
+            return 0
+        k = self.keys
+        return int(await self._scripts.run("release", [k.leases, k.ring, k.wake], base=k.base, token=token,
+                                           ids=job_ids))
+
+    async def reclaim(self, token: str, limit: int = 256) -> Reclaimed:
+        """Expired leases back to their queues; jobs past ``max_attempts`` leased to ``token``."""
+        k = self.keys
+        reply = json.loads(await self._scripts.run(
+            "reclaim", [k.leases, k.ring, k.wake], base=k.base, limit=limit, max_attempts=self.max_attempts,
+            token=token, lease_ms=self.lease_ms,
+        ))
+        return Reclaimed(requeued=int(reply[0]), exhausted=_jobs(reply[1]) if len(reply) > 1 else [])
+
+    async def depth(self) -> Depth:
+        """Queued jobs per org and leased jobs: the backlog autoscaling and metrics report."""
+        reply = json.loads(await self._scripts.run("depth", [self.keys.ring, self.keys.leases], base=self.keys.base))
+        return Depth(queued={org: int(n) for org, n in (reply[1] if len(reply) > 1 else [])}, leased=int(reply[0]))
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Block until an enqueue (or requeue) leaves a wake token, or ``timeout_s``."""
+        return bool(await self._redis.blpop([self.keys.wake], timeout=timeout_s))
+
+    async def set_weight(self, org: str, weight: float) -> None:
+        """An org's share of the round (default 1): 2 takes twice the jobs per visit."""
+        if weight == 1:
+            await self._redis.hdel(self.keys.weights, org)
+            return
+        if not weight >= MIN_WEIGHT:
+            raise ValueError(f"a weight must be at least {MIN_WEIGHT:g}")
+        await self._redis.hset(self.keys.weights, org, repr(float(weight)))
+
+    async def weights(self) -> dict[str, float]:
+        raw = await self._redis.hgetall(self.keys.weights)
+        return {org.decode(): float(value) for org, value in raw.items()}
+
+    async def wait_and_claim(self, token: str, want: int, room: Mapping[str, int], default_room: int,
+                             idle_s: float) -> list[QueuedJob]:
+        """Claim; when nothing is there, wait for a wake token (at most ``idle_s``) and try again once."""
+        jobs = await self.claim(token, want, room, default_room)
+        if jobs or want < 1:
+            return jobs
+        async with asyncio.timeout(idle_s + 5):  # BLPOP's own timeout, plus a margin for a hung link
+            await self.wait(idle_s)
+        return await self.claim(token, want, room, default_room)

@@ -1,0 +1,173 @@
+"""Credit-based intake: a replica claims only the jobs it has room for, and keeps their leases.
+
+The backlog stays in Redis: a replica holds at most ``max_in_flight`` jobs, at most
+``org_max_in_flight`` of one org (the queue's claim takes that as each org's room), so a
+100,000-job backlog never sits in a replica's memory and one org cannot take every slot. Three
+supervised loops (``core.supervise``) run beside the jobs:
+
+* **intake**: when there is room, claim (fairly across orgs, in the queue's round) and start one
+  task per job; with nothing queued, wait on the queue's wake token (an enqueue claims within
+  milliseconds) or a freed slot;
+* **heartbeat**: every lease / 3, one call renews every lease the replica holds; a lease found
+  lost (taken over after a stall) cancels that job here, since another replica now runs it;
+* **reclaimer**: every ``reclaim_interval_s``, expired leases (a dead replica's, a crashed app's)
+  go back to the front of their queues, so their work restarts within lease + interval; jobs
+  past their attempts go to ``exhausted`` (which fails the image and announces it) and are then
+  buried as dead letters. It also refreshes the backlog figure reported for autoscaling.
+
+A job's task runs ``run(job)`` and acks. An unexpected exception is logged with the job and the
+job comes back after ``retry_delay_s`` (bounded by its attempts). ``stop`` gives the jobs it
+still holds back at once (no attempt counted), so another replica need not wait out a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from core.store.fair_queue import DeadLetters, FairQueue, QueuedJob, new_token
+from core.supervise import supervise, working_on
+
+log = logging.getLogger("sightwire.engine.intake")
+
+EXPECTED = (RedisError, OSError, TimeoutError)  # the store being away: logged in one line, retried
+DEAD_REASON = "attempts"
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    max_in_flight: int
+    org_max_in_flight: int
+    reclaim_interval_s: float
+    idle_s: float = 1.0  # the longest an idle replica waits before looking again
+    retry_delay_s: float = 5.0  # a job that failed unexpectedly comes back after this
+
+
+class Intake:
+    def __init__(
+        self,
+        name: str,
+        queue: FairQueue,
+        dead: DeadLetters,
+        limits: IntakeLimits,
+        run: Callable[[QueuedJob], Awaitable[None]],
+        exhausted: Callable[[QueuedJob], Awaitable[None]],
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.dead = dead
+        self.limits = limits
+        self._run = run
+        self._exhausted = exhausted
+        self.token = new_token()
+        self.held: dict[str, asyncio.Task[None]] = {}  # job id -> its task
+        self._orgs: Counter[str] = Counter()
+        self._job_orgs: dict[str, str] = {}
+        self._room = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self.backlog = 0  # jobs queued in Redis, as last seen by the reclaimer
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        steps = {"intake": self._intake, "heartbeat": self._heartbeat, "reclaimer": self._reclaim}
+        self._loops = [
+            loop.create_task(supervise(f"{self.name} {what}", step, expected=EXPECTED), name=f"{self.name}-{what}")
+            for what, step in steps.items()
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops, cancel the jobs still running and give them back to the queue."""
+        for task in self._loops:
+            task.cancel()
+        jobs = list(self.held)
+        for task in self.held.values():
+            task.cancel()
+        await asyncio.gather(*self._loops, *self.held.values(), return_exceptions=True)
+        if jobs:
+            await self.queue.release(self.token, jobs)
+
+    # -- the three loops -------------------------------------------------------------------
+
+    async def _intake(self) -> None:
+        want = self.limits.max_in_flight - len(self.held)
+        if want <= 0:
+            self._room.clear()
+            await self._room.wait()
+            return
+        room = {org: self.limits.org_max_in_flight - n for org, n in self._orgs.items()}
+        jobs = await self.queue.claim(self.token, want, room, self.limits.org_max_in_flight)
+        for job in jobs:
+            self._start(job)
+        if not jobs:
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Until an enqueue leaves a wake token, a held job finishes, or ``idle_s`` passes."""
+        self._room.clear()
+        woken = asyncio.ensure_future(self.queue.wait(self.limits.idle_s))
+        freed = asyncio.ensure_future(self._room.wait())
+        try:
+            async with asyncio.timeout(self.limits.idle_s + 5):
+                await asyncio.wait({woken, freed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (woken, freed):
+                waiter.cancel()
+            await asyncio.gather(woken, freed, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        """Renew, then wait: after a failed renewal the supervisor's short backoff, not a whole
+        period, comes before the next try."""
+        for job_id in await self.queue.renew(self.token, list(self.held)):
+            task = self.held.get(job_id)
+            if task is not None:
+                log.warning("%s: lease of job %s was taken over; stopping it here", self.name, job_id)
+                task.cancel()
+        await asyncio.sleep(self.queue.lease_ms / 3000)
+
+    async def _reclaim(self) -> None:
+        reclaimed = await self.queue.reclaim(self.token)
+        if reclaimed.requeued:
+            log.info("%s: %d expired leases back in their queues", self.name, reclaimed.requeued)
+        for job in reclaimed.exhausted:
+            with working_on(job=job.id, org=job.org, attempts=job.attempts):
+                await self._exhausted(job)
+                await self.dead.bury(self.token, job.id, DEAD_REASON)
+            log.warning("%s: job %s of %s used up %d attempts: dead letter", self.name, job.id, job.org, job.attempts)
+        self.backlog = (await self.queue.depth()).total
+        await asyncio.sleep(self.limits.reclaim_interval_s)
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def _start(self, job: QueuedJob) -> None:
+        self._orgs[job.org] += 1
+        self._job_orgs[job.id] = job.org
+        self.held[job.id] = asyncio.get_running_loop().create_task(self._job(job), name=f"job-{job.id}")
+
+    async def _job(self, job: QueuedJob) -> None:
+        try:
+            with working_on(job=job.id, org=job.org, attempt=job.attempts):
+                await self._run(job)
+            await self.queue.ack(self.token, [job.id])
+        except asyncio.CancelledError:
+            raise  # lease lost, or the replica is stopping (``stop`` gives the job back)
+        except Exception:
+            log.exception("%s: job %s failed; it comes back in %gs", self.name, job.id, self.limits.retry_delay_s)
+            try:
+                await self.queue.retry_later(self.token, job.id, self.limits.retry_delay_s)
+            except EXPECTED as exc:  # its lease then simply expires
+                log.warning("%s: could not schedule the retry of %s: %s", self.name, job.id, exc)
+        finally:
+            self._forget(job.id)
+
+    def _forget(self, job_id: str) -> None:
+        if self.held.pop(job_id, None) is not None:
+            org = self._job_orgs.pop(job_id)
+            self._orgs[org] -= 1
+            if not self._orgs[org]:
+                del self._orgs[org]
+            self._room.set()

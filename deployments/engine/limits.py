@@ -1,0 +1,61 @@
+"""Each stage's bound in one processor replica, all fair by org (``core.limits.FairLimiter``).
+
+What a replica can hold at once, and so its worst-case memory, follows from these and the
+settings (``docs/engine.md``, "Memory bounds"):
+
+* ``fetch``: downloads in flight, one per held job at most (``engine_max_in_flight``), at most
+  ``engine_org_max_in_flight`` of one org and ``engine_host_fetches`` to one destination host,
+  so a slow host of one org cannot take every slot;
+* ``bodies``: bytes of downloaded bodies not yet decoded (``engine_body_budget_bytes``);
+* ``decode``: decodes running at once, one per thread of the decode pool;
+* ``pixels``: pixels of decoded images not yet handed to every model
+  (``engine_pixel_budget``), the seam the decode-memory bound of the hardening issue shares;
+* ``models[name]``: images in flight to each model, enough to fill every replica's batches
+  twice over (one batch running, one gathering): ``2 x max_batch_size x max_replicas``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from core.limits import FairLimiter
+from core.registry import ModelSpec
+from core.settings import Settings
+
+BODY_QUANTUM = 1024 * 1024  # a typical photo: an org's credit per visit at the byte budget
+PIXEL_QUANTUM = 2_000_000  # a typical decoded photo (e.g. 1333 x 1000)
+
+
+def decode_threads(settings: Settings) -> int:
+    """The decode pool: ``engine_decode_threads``, or one per CPU this process may use."""
+    return settings.engine_decode_threads or len(os.sched_getaffinity(0))
+
+
+def model_in_flight(spec: ModelSpec) -> int:
+    """Images in flight to a model that keep all its replicas' batches full."""
+    return 2 * spec.batching.max_batch_size * spec.autoscaling.max_replicas
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    fetch: FairLimiter
+    bodies: FairLimiter
+    decode: FairLimiter
+    pixels: FairLimiter
+    models: dict[str, FairLimiter]
+
+    @classmethod
+    def build(cls, settings: Settings, specs: Mapping[str, ModelSpec],
+              weight: Callable[[str], float] | None = None) -> StageLimits:
+        """From the settings and the registry; ``weight(org)`` is the queue's per-org weight."""
+        org_cap = settings.engine_org_max_in_flight
+        return cls(
+            fetch=FairLimiter(settings.engine_max_in_flight, flow_cap=org_cap, key_cap=settings.engine_host_fetches,
+                              weight=weight),
+            bodies=FairLimiter(settings.engine_body_budget_bytes, quantum=BODY_QUANTUM, weight=weight),
+            decode=FairLimiter(decode_threads(settings), weight=weight),
+            pixels=FairLimiter(settings.engine_pixel_budget, quantum=PIXEL_QUANTUM, weight=weight),
+            models={name: FairLimiter(model_in_flight(spec), weight=weight) for name, spec in specs.items()},
+        )

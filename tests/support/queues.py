@@ -1,0 +1,19 @@
+"""Filling a fair queue for tests, as the API does: jobs enqueued inside one transaction."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from core.store.fair_queue import FairQueue
+
+
+def image_of(org: str, i: int) -> str:
+    return f"{org}/{i}"
+
+
+async def fill(redis: Redis, queue: FairQueue, org: str, n: int) -> list[str]:
+    """``n`` jobs of ``org`` (payload ``{"image": image_of(org, i)}``); their job ids, in order."""
+    async with redis.pipeline(transaction=True) as pipe:
+        ids = [queue.enqueue(pipe, org, {"image": image_of(org, i)}) for i in range(n)]
+        await pipe.execute()
+    return ids

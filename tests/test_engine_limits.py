@@ -1,0 +1,44 @@
+"""The stage limits a replica builds from its settings and the registry."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from core.registry import load_registry
+from core.settings import Settings
+from deployments.engine.limits import StageLimits, model_in_flight
+
+
+async def test_stage_limits_follow_the_settings_and_the_registry() -> None:
+    settings = Settings(engine_max_in_flight=64, engine_org_max_in_flight=16, engine_host_fetches=4,
+                        engine_decode_threads=3)
+    specs = load_registry("bench", Path("/nonexistent")).models
+    limits = StageLimits.build(settings, specs)
+    assert (limits.fetch.capacity, limits.fetch.flow_cap, limits.fetch.key_cap) == (64, 16, 4)
+    assert limits.decode.capacity == 3
+    assert limits.bodies.capacity == settings.engine_body_budget_bytes
+    assert limits.pixels.capacity == settings.engine_pixel_budget
+    # a batch running and one gathering, on every replica: 2 x 16 x 1 for the bench CLIP models
+    assert {name: lim.capacity for name, lim in limits.models.items()} == {
+        name: model_in_flight(spec) for name, spec in specs.items()}
+    assert limits.models["room_classification"].capacity == 32
+
+
+async def test_the_fetch_stage_caps_a_host_without_holding_up_others() -> None:
+    limits = StageLimits.build(Settings(engine_host_fetches=2), {})
+    slow = [await limits.fetch.acquire("org_a", key="slow.example") for _ in range(2)]
+    blocked = asyncio.create_task(limits.fetch.acquire("org_b", key="slow.example"))
+    other = await asyncio.wait_for(limits.fetch.acquire("org_b", key="fast.example"), 1)
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    slow[0].release()
+    (await asyncio.wait_for(blocked, 1)).release()
+    for grant in (slow[1], other):
+        grant.release()
+    assert limits.fetch.free == limits.fetch.capacity
+
+
+def test_decode_threads_default_to_the_cpus_of_the_process() -> None:
+    limits = StageLimits.build(Settings(), {})
+    assert limits.decode.capacity >= 1
