@@ -3,7 +3,7 @@
 The durable half (outbox, endpoints, breaker, policy) is ``core.delivery``.
 """
 
-from notifier.actor import NAMESPACE, NOTIFIER_NAME, Notifier, notifier_handle, start_notifier
+from notifier.actor import NAMESPACE, NOTIFIER_NAME, Notifier, notifier_handle, notifier_name, start_notifier
 from notifier.sender import send_attempt
 from notifier.signing import sign, signature_headers
 
@@ -12,6 +12,7 @@ __all__ = [
     "NOTIFIER_NAME",
     "Notifier",
     "notifier_handle",
+    "notifier_name",
     "send_attempt",
     "sign",
     "signature_headers",

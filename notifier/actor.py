@@ -52,12 +52,18 @@ class Notifier:
         return {"outcomes": dict(self._loop.metrics.counts), "in_flight": self._loop.in_flight}
 
 
-def start_notifier(settings: Settings, name: str = NOTIFIER_NAME) -> ActorHandle:
-    """Create the cluster's notifier, or return the running one of that name (which keeps the
-    settings, and so the key prefix, it was created with). ``name`` lets tests run a notifier of
-    their own beside the application's."""
+def notifier_name(settings: Settings) -> str:
+    """One notifier per store layout: two applications with different key prefixes on one
+    cluster each get theirs (a shared one would only ever send the first one's deliveries)."""
+    return f"{NOTIFIER_NAME}-{settings.key_prefix}"
+
+
+def start_notifier(settings: Settings, name: str | None = None) -> ActorHandle:
+    """Create the application's notifier, or return the running one of that name (which keeps
+    the settings it was created with). ``name`` (default ``notifier_name(settings)``) lets tests
+    run a notifier of their own beside the application's."""
     return Notifier.options(  # type: ignore[attr-defined]
-        name=name,
+        name=name or notifier_name(settings),
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
@@ -67,6 +73,6 @@ def start_notifier(settings: Settings, name: str = NOTIFIER_NAME) -> ActorHandle
     ).remote(settings)
 
 
-def notifier_handle(name: str = NOTIFIER_NAME) -> ActorHandle:
-    """The running notifier (``ValueError`` when none was started)."""
-    return ray.get_actor(name, namespace=NAMESPACE)
+def notifier_handle(settings: Settings) -> ActorHandle:
+    """The application's running notifier (``ValueError`` when none was started)."""
+    return ray.get_actor(notifier_name(settings), namespace=NAMESPACE)

@@ -54,7 +54,7 @@ def _build_lock(models_dir: Path, profile: str) -> Iterator[None]:
 
 def build_here(models_dir: Path, profile: str) -> str:
     """Build ``profile`` under ``models_dir`` on this machine (idempotent); returns where."""
-    from deployments.tiny import ensure_local_profile  # torch and transformers: only where models run
+    from models.tiny import ensure_local_profile  # torch and transformers: only where models run
 
     try:
         with _build_lock(Path(models_dir).expanduser(), profile):

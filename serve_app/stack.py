@@ -113,7 +113,7 @@ class LocalStack:
         runtime_file(self.settings).unlink(missing_ok=True)
         serve.shutdown()
         with contextlib.suppress(ValueError):  # no notifier was started
-            ray.kill(notifier_handle(), no_restart=True)
+            ray.kill(notifier_handle(self.settings), no_restart=True)
         if self._owns_ray:
             ray.shutdown()
         if self._redis is not None:

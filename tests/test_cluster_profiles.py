@@ -18,6 +18,8 @@ from ray.serve.deployment import Application
 
 import serve_app
 from core.settings import Settings
+from core.tokens import new_id
+from notifier import notifier_handle
 from serve_app.node_profiles import ProfileUnavailable, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +49,18 @@ def test_downloaded_profiles_are_left_alone(ray_session: None, tmp_path: Path) -
 
 
 def test_serve_app_app_builds_the_tiny_profile_before_binding(
-    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_session: None, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SIGHTWIRE_MODELS", "tiny")
     monkeypatch.setenv("SIGHTWIRE_MODELS_DIR", str(tmp_path / "models"))
-    assert isinstance(serve_app.app, Application)
-    assert (tmp_path / "models" / MARKER).is_file()
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)  # the builder checks the store first
+    prefix = new_id("swbuild")
+    monkeypatch.setenv("SIGHTWIRE_KEY_PREFIX", prefix)
+    try:
+        assert isinstance(serve_app.app, Application)
+        assert (tmp_path / "models" / MARKER).is_file()
+    finally:  # the builder started this prefix's notifier; nothing else uses it
+        ray.kill(notifier_handle(Settings.from_env()), no_restart=True)
 
 
 def test_without_ray_the_profile_is_built_on_this_machine_and_the_log_says_so(tmp_path: Path) -> None:

@@ -258,6 +258,26 @@ async def test_poll_finds_deliveries_without_wake(
     assert json.loads(receiver.received[0].body)["type"] == "image.completed"
 
 
+async def test_each_key_prefix_gets_its_own_application_notifier(
+    settings: Settings, org: str, receiver: WebhookReceiver, ray_session: None
+) -> None:
+    """Two applications on one cluster (different key prefixes) each start their notifier the
+    way the app builder does; the second one's deliveries are sent too."""
+    first, second = (settings.model_copy(update={"key_prefix": new_id("app")}) for _ in range(2))
+    handles = [notifier.start_notifier(first), notifier.start_notifier(second)]
+    store = Store.from_settings(second)
+    try:
+        assert notifier.start_notifier(second)._actor_id == handles[1]._actor_id  # a rebuild finds it
+        delivery = await queue(store, org, receiver.url("/second"))
+        assert (await ended(store, delivery.id)).status is DeliveryStatus.DELIVERED
+    finally:
+        await store.close()
+        for app in (first, second):
+            name = notifier.notifier_name(app)
+            ray.kill(notifier.notifier_handle(app), no_restart=True)
+            wait_until_gone(name)
+
+
 async def test_survives_redis_restart(
     iso_settings: Settings, iso_store: Store, org: str, receiver: WebhookReceiver,
     start_notifier: StartNotifier, redis_server: RedisServer,
