@@ -15,6 +15,8 @@ Delivery layout (``P`` is the prefix):
 ``P:ep:{eid}:due``        ZSET delivery id → due time (every pending delivery of the endpoint; one
                           being sent is scored at the end of its lease)
 ``P:ep:{eid}:latest``     HASH resource id → newest delivery id (coalescing and ordering)
+``P:ep:{eid}:log``        ZSET delivery id → created (every delivery to the endpoint within the
+                          retention; ``POST /v1/endpoints/recover`` reads it)
 ``P:org:{org}:endpoints`` SET the org's endpoint ids
 
 API layout (``serve_app``):
@@ -41,6 +43,7 @@ SCRIPT_KEYS = (
     "endpoint",
     "endpoint_due",
     "endpoint_latest",
+    "endpoint_log",
     "org_endpoints",
 )
 
@@ -120,6 +123,9 @@ class Keys:
 
     def endpoint_latest(self, eid: str) -> str:
         return f"{self.prefix}:ep:{eid}:latest"
+
+    def endpoint_log(self, eid: str) -> str:
+        return f"{self.prefix}:ep:{eid}:log"
 
     def org_endpoints(self, org: str) -> str:
         return f"{self.prefix}:org:{org}:endpoints"

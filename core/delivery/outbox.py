@@ -31,7 +31,7 @@ from core.delivery.policy import BreakerPolicy
 from core.delivery.scripts import Call
 from core.events import Announcement
 from core.keys import Keys
-from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryView, EndpointState
+from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryStatus, DeliveryView, EndpointState
 from core.tokens import new_id
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
@@ -169,6 +169,18 @@ class Outbox:
         call = Call({"id": delivery.id, "eid": endpoint_of(delivery), "now": now.timestamp()})
         result = await self._scripts.run(scripts.RETRY, call)
         return RetryResult(result.decode())
+
+    async def recover(self, eid: str, since: datetime, now: datetime) -> int:
+        """Make every failed delivery to the endpoint since ``since``, and every one its breaker
+        holds, due now (each through the retry script); returns how many."""
+        ids = await self._redis.zrangebyscore(self._keys.endpoint_log(eid), since.timestamp(), "+inf")
+        state = await self._redis.hget(self._keys.endpoint(eid), "state")
+        held = state is not None and state.decode() != EndpointState.CLOSED
+        wanted = [d for d in await self.get_many([i.decode() for i in ids]) if d is not None and (
+            d.status is DeliveryStatus.FAILED or (held and d.status is DeliveryStatus.PENDING))]
+        calls = [Call({"id": d.id, "eid": eid, "now": now.timestamp()}) for d in wanted]
+        replies = await self._scripts.run_many(scripts.RETRY, calls) if calls else []
+        return sum(not isinstance(r, BaseException) and r.decode() == RetryResult.OK for r in replies)
 
     async def supersede(self, delivery: Delivery, now: datetime) -> bool:
         """Finish a claimed, pending delivery as superseded (a newer update of it was claimed)."""
