@@ -18,7 +18,7 @@ from serve_app.body_limit import BodyLimit
 from serve_app.context import ApiContext
 from serve_app.idempotency import Idempotency
 from serve_app.problems import install_problem_handlers
-from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, webhooks
+from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, settings, webhooks
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -35,7 +35,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app, on_store_unreachable=ctx.readiness.store_unreachable)
-    routers = (images, groups, operations, deliveries, endpoints, secrets, webhooks)
+    routers = (images, groups, operations, deliveries, endpoints, secrets, settings, webhooks)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.add_middleware(Idempotency, store=ctx.store, wait_s=ctx.settings.idempotency_wait_s)

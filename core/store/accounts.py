@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from core.delivery.outbox import OPERATIONS_WEBHOOK_FIELD
 from core.keys import Keys
 from core.schemas import utcnow
 from core.store.transactions import watched
@@ -108,6 +109,17 @@ class Accounts:
             pipe.delete(self._keys.key_owner(key_id))
             await pipe.execute()
         return KeyInfo(key_id, org, json.loads(raw)["createdAt"] if raw else "")
+
+    async def settings(self, org: str) -> dict[str, str]:
+        """The org's own settings (``Keys.org_settings``): rate limits, operations webhook."""
+        return {k.decode(): v.decode() for k, v in (await self._redis.hgetall(self._keys.org_settings(org))).items()}
+
+    async def set_operations_webhook(self, org: str, url: str | None) -> None:
+        """Where ``endpoint.disabled`` goes (``None``: nowhere)."""
+        if url is None:
+            await self._redis.hdel(self._keys.org_settings(org), OPERATIONS_WEBHOOK_FIELD)
+        else:
+            await self._redis.hset(self._keys.org_settings(org), OPERATIONS_WEBHOOK_FIELD, url)
 
     async def org_exists(self, org: str) -> bool:
         """Whether ``org`` was ever given a key (every such org has a signing secret)."""
