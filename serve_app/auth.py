@@ -33,13 +33,15 @@ def rate_limited(verdict: Verdict) -> Problem:
 
 
 async def charge(request: Request, response: Response, kind: LimitKind, cost: int = 1) -> None:
-    """Take ``cost`` from the caller's ``kind`` bucket: 429 when it is empty; the ``RateLimit``
-    headers go on the response either way."""
+    """Take ``cost`` from the caller's ``kind`` bucket: 429 when it is empty, else the
+    ``RateLimit`` headers go on the response."""
     caller: Caller = request.state.caller
     verdict = await context(request).store.limits.charge(caller.key_id, caller.org, kind, cost)
     if not verdict.allowed:
         raise rate_limited(verdict)
-    response.headers.update(verdict.headers())
+    for name, value in verdict.headers().items():  # one list item per policy (requests, images)
+        existing = response.headers.get(name)
+        response.headers[name] = f"{existing}, {value}" if existing else value
 
 
 async def current_org(request: Request, response: Response) -> str:

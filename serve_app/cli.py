@@ -104,6 +104,25 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_limits(args: argparse.Namespace) -> int:
+    """``sightwire keys limits --org ORG [--requests-per-s N] [--images-per-min N]``: the org's
+    rate limits per key (0: unlimited; ``default``: the deployment's)."""
+    from core.store.ratelimit import LimitKind
+
+    def quota(value: str | None) -> float | None:
+        return None if value in (None, "default") else float(value)
+
+    given = {LimitKind.REQUESTS: args.requests_per_s, LimitKind.IMAGES: args.images_per_min}
+
+    async def configure(store: Store) -> str:
+        await store.limits.configure(args.org, {k: quota(v) for k, v in given.items() if v is not None})
+        own = await store.accounts.settings(args.org)
+        return "  ".join(f"{k.org_field}={own.get(k.org_field, 'default')}" for k in LimitKind)
+
+    print(_with_store(configure))
+    return 0
+
+
 def cmd_secret_show(args: argparse.Namespace) -> int:
     async def newest(store: Store) -> str:
         if not await store.accounts.org_exists(args.org):
@@ -157,6 +176,11 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke an API key by its id (from `keys list`)")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
+    limits = keys.add_parser("limits", help="show or set an org's rate limits per key (0: unlimited)")
+    limits.add_argument("--org", required=True)
+    limits.add_argument("--requests-per-s", help="a number, 0 (unlimited) or default")
+    limits.add_argument("--images-per-min", help="a number, 0 (unlimited) or default")
+    limits.set_defaults(func=cmd_keys_limits)
 
     secret = commands.add_parser("secret", help="webhook signing secrets").add_subparsers(
         dest="action", required=True

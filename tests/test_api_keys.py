@@ -50,6 +50,10 @@ def test_list_revoke_and_secret_show(stack: LocalStack, cli_env: None, capsys: p
     with pytest.raises(SystemExit, match="no key"):
         main(["keys", "revoke", first_id])
     assert run(capsys, "secret", "show", "--org", org).strip().startswith("whsec_")
+    limits = run(capsys, "keys", "limits", "--org", org, "--requests-per-s", "20", "--images-per-min", "0")
+    assert limits.split() == ["requests_per_s=20.0", "images_per_min=0.0"]
+    reset = run(capsys, "keys", "limits", "--org", org, "--requests-per-s", "default")
+    assert reset.split()[0] == "requests_per_s=default"
     ghost = new_id("org")
     with pytest.raises(SystemExit, match=f"no org {ghost}"):
         main(["secret", "show", "--org", ghost])
