@@ -203,7 +203,10 @@ class Outbox:
             d.status is DeliveryStatus.FAILED or (held and d.status is DeliveryStatus.PENDING))]
         calls = [Call({"id": d.id, "eid": eid, "now": now.timestamp()}) for d in wanted]
         replies = await self._scripts.run_many(scripts.RETRY, calls) if calls else []
-        return sum(not isinstance(r, BaseException) and r.decode() == RetryResult.OK for r in replies)
+        # IN_FLIGHT: the notifier took it between two of these calls (the first made the endpoint
+        # due): it is being re-sent, which is what was asked.
+        sent = (RetryResult.OK, RetryResult.IN_FLIGHT)
+        return sum(not isinstance(r, BaseException) and r.decode() in sent for r in replies)
 
     async def supersede(self, delivery: Delivery, now: datetime) -> bool:
         """Finish a claimed, pending delivery as superseded (a newer update of it was claimed)."""
