@@ -9,6 +9,8 @@ A new event type, a new filter rule or a new payload shape has its home here:
 - a group announces ``group.completed`` the first time every image is done, ``group.updated``
   for later changes, and ``group.progress`` at most once per ``group_progress_interval_s`` in
   between;
+- an endpoint the notifier disables announces ``endpoint.disabled`` to the org's operations
+  webhook (an org setting), with the endpoint's health;
 - the request's ``webhookEvents`` filters which of these are sent;
 - the payload is the full record, or (over the size cap) a thin one with ids, sequence and the
   URL to fetch the rest, so a receiver's 413 never loses an update.
@@ -20,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from core.schemas import EventType, GroupRecord, ImageRecord, ImageStatus, WebhookPayload, utcnow
+from core.schemas import EndpointHealth, EventType, GroupRecord, ImageRecord, ImageStatus, WebhookPayload, utcnow
 from core.settings import Settings
 from core.tokens import new_id
 
@@ -130,6 +132,13 @@ class Events:
         test_id = new_id("tst")
         data = {"id": test_id, "object": "test", "sequence": 1, "message": "Sightwire test event"}
         return self.announcement(org, url, EventType.TEST, test_id, 1, data)
+
+    def endpoint_disabled(self, org: str, operations_url: str, health: EndpointHealth) -> Announcement:
+        """``endpoint.disabled`` to the org's operations webhook: which endpoint, why (its health)."""
+        at = health.disabled_at or utcnow()
+        data = {"object": "endpoint", **health.model_dump(mode="json", by_alias=True)}
+        return self.announcement(org, operations_url, EventType.ENDPOINT_DISABLED, health.id or health.url,
+                                 int(at.timestamp() * 1000), data)
 
     def announcement(
         self, org: str, url: str, event: EventType, resource_id: str, sequence: int, data: dict[str, Any]

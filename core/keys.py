@@ -15,7 +15,18 @@ Delivery layout (``P`` is the prefix):
 ``P:ep:{eid}:due``        ZSET delivery id → due time (every pending delivery of the endpoint; one
                           being sent is scored at the end of its lease)
 ``P:ep:{eid}:latest``     HASH resource id → newest delivery id (coalescing and ordering)
+``P:ep:{eid}:log``        ZSET delivery id → created (every delivery to the endpoint within the
+                          retention; ``POST /v1/endpoints/recover`` reads it)
 ``P:org:{org}:endpoints`` SET the org's endpoint ids
+
+API layout (``serve_app``):
+
+``P:org:{org}:keys``      HASH key id → JSON {hash, createdAt}: the org's API keys
+``P:keyid:{id}``          STRING the org a key id belongs to (``sightwire keys revoke``)
+``P:org:{org}:settings``  HASH the org's own settings (rate limits, operations webhook)
+``P:org:{org}:idem:{h}``  STRING JSON: an Idempotency-Key's state and first response (24 h)
+``P:rl:{key id}:{kind}``  HASH a token bucket (tokens, at)
+``P:images:finished``     pub/sub channel: image ids as they reach a finished state
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ SCRIPT_KEYS = (
     "endpoint",
     "endpoint_due",
     "endpoint_latest",
+    "endpoint_log",
     "org_endpoints",
 )
 
@@ -42,6 +54,25 @@ class Keys:
 
     def api_key(self, key_hash: str) -> str:
         return f"{self.prefix}:apikey:{key_hash}"
+
+    def org_keys(self, org: str) -> str:
+        return f"{self.prefix}:org:{org}:keys"
+
+    def key_owner(self, key_id: str) -> str:
+        return f"{self.prefix}:keyid:{key_id}"
+
+    def org_settings(self, org: str) -> str:
+        return f"{self.prefix}:org:{org}:settings"
+
+    def idempotency(self, org: str, key_hash: str) -> str:
+        return f"{self.prefix}:org:{org}:idem:{key_hash}"
+
+    def rate_bucket(self, key_id: str, kind: str) -> str:
+        return f"{self.prefix}:rl:{key_id}:{kind}"
+
+    @property
+    def images_finished(self) -> str:
+        return f"{self.prefix}:images:finished"
 
     def org_secrets(self, org: str) -> str:
         return f"{self.prefix}:org:{org}:secrets"
@@ -92,6 +123,9 @@ class Keys:
 
     def endpoint_latest(self, eid: str) -> str:
         return f"{self.prefix}:ep:{eid}:latest"
+
+    def endpoint_log(self, eid: str) -> str:
+        return f"{self.prefix}:ep:{eid}:log"
 
     def org_endpoints(self, org: str) -> str:
         return f"{self.prefix}:org:{org}:endpoints"

@@ -55,6 +55,7 @@ class EventType(StrEnum):
     GROUP_UPDATED = "group.updated"
     GROUP_PROGRESS = "group.progress"
     TEST = "webhook.test"
+    ENDPOINT_DISABLED = "endpoint.disabled"  # to the org's operations webhook
 
 
 class ErrorCode(StrEnum):

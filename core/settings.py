@@ -96,6 +96,13 @@ class Settings(BaseModel):
     delivery_retention_s: float = Field(30 * 24 * 3600.0, ge=0)  # finished deliveries; 0 keeps them
     webhook_secret_grace_s: float = Field(24 * 3600.0, ge=0)  # old secret still signs after rotation
 
+    # The API contract (docs/api.md): rate limits per key (0: unlimited; an org's own setting
+    # overrides), Idempotency-Key retention and how long a duplicate waits for the first request.
+    rate_limit_requests_per_s: float = Field(0.0, ge=0)
+    rate_limit_images_per_min: float = Field(0.0, ge=0)
+    idempotency_ttl_s: int = Field(24 * 3600, ge=1)
+    idempotency_wait_s: float = Field(10.0, ge=0)
+
     readiness_interval_s: float = Field(1.0, gt=0)  # how often each API replica refreshes /readyz's snapshot
 
     @model_validator(mode="after")

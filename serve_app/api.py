@@ -2,7 +2,8 @@
 
 ``create_app`` is plain FastAPI: the Serve ingress in ``serve_app.gateway`` builds it on each
 replica. Routes live in ``serve_app.routes``, one router per resource. Around them: the body cap
-(``serve_app.body_limit``, enforced as the body arrives), the problem handlers (every error is
+(``serve_app.body_limit``, enforced as the body arrives), ``Idempotency-Key`` for every POST
+(``serve_app.idempotency``), the problem handlers (every error is
 problem+json) and, for the app's lifetime, the readiness refresh behind ``/readyz``.
 """
 
@@ -15,14 +16,15 @@ from fastapi import FastAPI
 
 from serve_app.body_limit import BodyLimit
 from serve_app.context import ApiContext
+from serve_app.idempotency import Idempotency
 from serve_app.problems import install_problem_handlers
-from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, webhooks
+from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, settings, webhooks
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with ctx.readiness.running():
+        async with ctx.readiness.running(), ctx.waiters.running():
             yield
 
     app = FastAPI(
@@ -33,8 +35,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app, on_store_unreachable=ctx.readiness.store_unreachable)
-    routers = (images, groups, operations, deliveries, endpoints, secrets, webhooks)
+    routers = (images, groups, operations, deliveries, endpoints, secrets, settings, webhooks)
     for router in (module.router for module in routers):
         app.include_router(router)
-    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(Idempotency, store=ctx.store, wait_s=ctx.settings.idempotency_wait_s)
+    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)  # outermost: caps what Idempotency reads
     return app

@@ -1,27 +1,61 @@
-"""Bearer API keys: each key belongs to one organisation, and every query is scoped to it."""
+"""Bearer API keys: each key belongs to one organisation, and every query is scoped to it.
+
+Authenticating also charges the key's request bucket (``core.store.ratelimit``): every route
+that needs an org is rate limited, and a refused request is a 429 before the route runs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
+from core.store.accounts import Caller
+from core.store.ratelimit import LimitKind, Verdict
 from serve_app.context import context
 from serve_app.problems import Problem
 
 UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="sightwire"'}
 
 
-async def current_org(request: Request) -> str:
-    """The caller's organisation, or a 401 problem for a missing or unknown key."""
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+def bearer_key(headers: Mapping[str, str]) -> str | None:
+    """The API key an ``Authorization: Bearer`` header carries, if any."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def rate_limited(verdict: Verdict) -> Problem:
+    per = "second" if verdict.kind is LimitKind.REQUESTS else "minute"
+    return Problem(429, "rate-limited", "Rate limit exceeded",
+                   f"this key may make {verdict.quota:g} {verdict.kind.value} per {per}; retry after "
+                   f"{verdict.headers()['Retry-After']} s", headers=verdict.headers())
+
+
+async def charge(request: Request, response: Response, kind: LimitKind, cost: int = 1) -> None:
+    """Take ``cost`` from the caller's ``kind`` bucket: 429 when it is empty, else the
+    ``RateLimit`` headers go on the response."""
+    caller: Caller = request.state.caller
+    verdict = await context(request).store.limits.charge(caller.key_id, caller.org, kind, cost)
+    if not verdict.allowed:
+        raise rate_limited(verdict)
+    for name, value in verdict.headers().items():  # one list item per policy (requests, images)
+        existing = response.headers.get(name)
+        response.headers[name] = f"{existing}, {value}" if existing else value
+
+
+async def current_org(request: Request, response: Response) -> str:
+    """The caller's organisation, or a 401 problem for a missing, unknown or revoked key."""
+    key = bearer_key(request.headers)
+    if key is None:
         raise Problem(401, "unauthorized", "Missing API key", "send Authorization: Bearer <api key>",
                       headers=UNAUTHORIZED)
-    org = await context(request).store.accounts.org_for_key(key.strip())
-    if org is None:
+    caller = await context(request).store.accounts.identify(key)
+    if caller is None:
         raise Problem(401, "unauthorized", "Invalid API key", headers=UNAUTHORIZED)
-    return org
+    request.state.caller = caller
+    await charge(request, response, LimitKind.REQUESTS)
+    return caller.org
 
 
 Org = Annotated[str, Depends(current_org)]

@@ -82,11 +82,57 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """``sightwire keys list --org ORG``: one line per live key (id, created), never the key."""
+    async def listing(store: Store) -> str:
+        return "\n".join(f"{k.id}  created {k.created_at}" for k in await store.accounts.list_keys(args.org))
+
+    print(_with_store(listing) or f"org {args.org} has no keys")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """``sightwire keys revoke KEY_ID``: the key's next request is a 401."""
+    async def revoke(store: Store) -> str:
+        revoked = await store.accounts.revoke_key(args.key_id)
+        return f"revoked {revoked.id} (org {revoked.org})" if revoked else ""
+
+    done = _with_store(revoke)
+    if not done:
+        sys.exit(f"error: no key {args.key_id}")
+    print(done)
+    return 0
+
+
+def cmd_keys_limits(args: argparse.Namespace) -> int:
+    """``sightwire keys limits --org ORG [--requests-per-s N] [--images-per-min N]``: the org's
+    rate limits per key (0: unlimited; ``default``: the deployment's)."""
+    from core.store.ratelimit import LimitKind
+
+    def quota(value: str | None) -> float | None:
+        return None if value in (None, "default") else float(value)
+
+    given = {LimitKind.REQUESTS: args.requests_per_s, LimitKind.IMAGES: args.images_per_min}
+
+    async def configure(store: Store) -> str:
+        await store.limits.configure(args.org, {k: quota(v) for k, v in given.items() if v is not None})
+        own = await store.accounts.settings(args.org)
+        return "  ".join(f"{k.org_field}={own.get(k.org_field, 'default')}" for k in LimitKind)
+
+    print(_with_store(configure))
+    return 0
+
+
 def cmd_secret_show(args: argparse.Namespace) -> int:
     async def newest(store: Store) -> str:
+        if not await store.accounts.org_exists(args.org):
+            return ""
         return (await store.accounts.webhook_secrets(args.org))[0]
 
-    print(_with_store(newest))
+    secret = _with_store(newest)
+    if not secret:
+        sys.exit(f"error: no org {args.org} (create one with `sightwire keys create --org {args.org}`)")
+    print(secret)
     return 0
 
 
@@ -124,6 +170,17 @@ def parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create an API key; the key is the last line printed")
     create.add_argument("--org", required=True)
     create.set_defaults(func=cmd_keys_create)
+    listing = keys.add_parser("list", help="list an org's API keys (ids only)")
+    listing.add_argument("--org", required=True)
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key by its id (from `keys list`)")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    limits = keys.add_parser("limits", help="show or set an org's rate limits per key (0: unlimited)")
+    limits.add_argument("--org", required=True)
+    limits.add_argument("--requests-per-s", help="a number, 0 (unlimited) or default")
+    limits.add_argument("--images-per-min", help="a number, 0 (unlimited) or default")
+    limits.set_defaults(func=cmd_keys_limits)
 
     secret = commands.add_parser("secret", help="webhook signing secrets").add_subparsers(
         dest="action", required=True

@@ -1,5 +1,5 @@
 """What every route needs, built once per API replica: settings, store, registry, models,
-and the readiness snapshot ``/readyz`` reads."""
+the readiness snapshot ``/readyz`` reads, and the finished-image waiters (``Prefer: wait``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from core.settings import Settings
 from core.store import Store
 from core.urlpolicy import UrlPolicy
 from serve_app.readiness import Readiness
+from serve_app.waiters import Waiters
 
 READY_TIMEOUT_S = 2.0
 
@@ -27,12 +28,14 @@ class ApiContext:
     model_info: Callable[[str], Awaitable[ModelInfo]]
     policy: UrlPolicy = field(init=False)
     readiness: Readiness = field(init=False)
+    waiters: Waiters = field(init=False)
     _infos: dict[str, ModelInfo] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policy = UrlPolicy.from_settings(self.settings)
         self.readiness = Readiness(self.store.ping, self.models, interval_s=self.settings.readiness_interval_s,
                                    timeout_s=READY_TIMEOUT_S)
+        self.waiters = Waiters(self.store.redis, self.store.keys.images_finished)
 
     async def models(self) -> list[ModelInfo]:
         """Every model's info from its deployment; cached once all have answered."""

@@ -72,3 +72,17 @@ class WebhookTest(Wire):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1)
+
+
+class EndpointRecover(Wire):
+    """Body of ``POST /v1/endpoints/recover``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1)
+    since: datetime  # RFC 3339; deliveries created at or after it
+
+
+class EndpointRecovered(Wire):
+    url: str
+    recovered: int  # deliveries made due now

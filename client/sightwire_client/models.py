@@ -50,6 +50,7 @@ class EventType(StrEnum):
     GROUP_UPDATED = "group.updated"
     GROUP_PROGRESS = "group.progress"
     TEST = "webhook.test"
+    ENDPOINT_DISABLED = "endpoint.disabled"  # to the org's operations webhook
 
 
 class DeliveryStatus(StrEnum):

@@ -24,17 +24,18 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from core.delivery import scripts
-from core.delivery.codec import delivery_fields, delivery_from_hash
+from core.delivery.codec import delivery_fields, delivery_from_hash, health_from_hash
 from core.delivery.endpoints import endpoint_id, endpoint_of
 from core.delivery.outcomes import Outcome, RetryResult
 from core.delivery.policy import BreakerPolicy
 from core.delivery.scripts import Call
-from core.events import Announcement
+from core.events import Announcement, Events
 from core.keys import Keys
-from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryView, EndpointState
+from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryStatus, DeliveryView, EndpointState
 from core.tokens import new_id
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
+OPERATIONS_WEBHOOK_FIELD = "operations_webhook_url"  # in the org's settings (``Keys.org_settings``)
 ATTEMPT_LOG_LIMIT = 100  # the newest attempts the delivery log shows per delivery
 _VIEW_FIELDS = set(DeliveryView.model_fields)  # what the log shows of a delivery
 
@@ -88,6 +89,7 @@ class Recorded:
     state: EndpointState | None
     pending: int
     next: list[Delivery] = field(default_factory=list)  # leased in the same step (``take_next``)
+    disabled: bool = False  # this attempt disabled the endpoint (``endpoint.disabled`` was queued)
 
 
 class Outbox:
@@ -96,6 +98,7 @@ class Outbox:
         self._keys = keys
         self.retention_s = retention_s
         self._scripts = scripts.Scripts(redis, keys)
+        self._events = Events()  # only for ``endpoint.disabled``, a small payload
 
     def add(self, pipe: Pipeline, announcement: Announcement) -> Delivery:
         """Queue ``announcement`` as a delivery inside the caller's transaction; it is due at once.
@@ -139,14 +142,34 @@ class Outbox:
         policy = breaker.script_args()
         replies = await self._scripts.run_many(scripts.RECORD, [self._record_call(r, policy) for r in records])
         results: list[Recorded | BaseException] = []
-        for reply in replies:
+        for r, reply in zip(records, replies, strict=True):
             if isinstance(reply, BaseException):
                 results.append(reply)
                 continue
-            outcome, state, pending, nxt = reply
+            outcome, state, pending, nxt, disabled = reply
             results.append(Recorded(Outcome(outcome.decode()), EndpointState(state.decode()) if state else None,
-                                    int(pending), _leased(nxt)))
+                                    int(pending), _leased(nxt), bool(disabled)))
+            if disabled:
+                await self._announce_disabled(endpoint_of(r.delivery))
         return results
+
+    async def _announce_disabled(self, eid: str) -> None:
+        """Queue ``endpoint.disabled`` to the org's operations webhook, if it set one (right after
+        the script that disabled the endpoint: a crash in between loses this notice, while the
+        endpoint's health keeps the reason)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.endpoint(eid))
+            pipe.zcard(self._keys.endpoint_due(eid))
+            raw, pending = await pipe.execute()
+        health = health_from_hash(eid, raw, int(pending))
+        org = health.org_id or ""
+        operations_url = await self._redis.hget(self._keys.org_settings(org), OPERATIONS_WEBHOOK_FIELD)
+        if not org or operations_url is None or operations_url.decode() == health.url:
+            return
+        announcement = self._events.endpoint_disabled(org, operations_url.decode(), health)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self.add(pipe, announcement)
+            await pipe.execute()
 
     def _record_call(self, r: AttemptRecord, breaker: dict[str, float]) -> Call:
         d, attempt = r.delivery, r.attempt
@@ -169,6 +192,21 @@ class Outbox:
         call = Call({"id": delivery.id, "eid": endpoint_of(delivery), "now": now.timestamp()})
         result = await self._scripts.run(scripts.RETRY, call)
         return RetryResult(result.decode())
+
+    async def recover(self, eid: str, since: datetime, now: datetime) -> int:
+        """Make every failed delivery to the endpoint since ``since``, and every one its breaker
+        holds, due now (each through the retry script); returns how many."""
+        ids = await self._redis.zrangebyscore(self._keys.endpoint_log(eid), since.timestamp(), "+inf")
+        state = await self._redis.hget(self._keys.endpoint(eid), "state")
+        held = state is not None and state.decode() != EndpointState.CLOSED
+        wanted = [d for d in await self.get_many([i.decode() for i in ids]) if d is not None and (
+            d.status is DeliveryStatus.FAILED or (held and d.status is DeliveryStatus.PENDING))]
+        calls = [Call({"id": d.id, "eid": eid, "now": now.timestamp()}) for d in wanted]
+        replies = await self._scripts.run_many(scripts.RETRY, calls) if calls else []
+        # IN_FLIGHT: the notifier took it between two of these calls (the first made the endpoint
+        # due): it is being re-sent, which is what was asked.
+        sent = (RetryResult.OK, RetryResult.IN_FLIGHT)
+        return sum(not isinstance(r, BaseException) and r.decode() in sent for r in replies)
 
     async def supersede(self, delivery: Delivery, now: datetime) -> bool:
         """Finish a claimed, pending delivery as superseded (a newer update of it was claimed)."""

@@ -1,5 +1,5 @@
-"""The Redis store: accounts, image records, groups, the job queue, and the webhook outbox and
-endpoints (``core.delivery``).
+"""The Redis store: accounts, image records, groups, the job queue, the webhook outbox and
+endpoints (``core.delivery``), and the API's idempotency keys and rate limits.
 
 ``Store`` bundles them over one asyncio Redis connection pool. Every key name comes from
 ``core.keys``; writes that must commit together share one transaction.
@@ -17,9 +17,11 @@ from core.keys import Keys
 from core.settings import Settings
 from core.store.accounts import Accounts
 from core.store.groups import GroupStore
+from core.store.idempotency import IdempotencyStore
 from core.store.images import ImageStore
 from core.store.jobs import Job, JobQueue
 from core.store.ledger import GroupLedger
+from core.store.ratelimit import LimitKind, RateLimiter
 
 
 class Store:
@@ -34,6 +36,9 @@ class Store:
         ledger = GroupLedger(redis, self.keys, self.outbox, events)
         self.images = ImageStore(redis, self.keys, self.jobs, self.outbox, ledger, events)
         self.groups = GroupStore(redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold)
+        self.idempotency = IdempotencyStore(redis, self.keys, settings.idempotency_ttl_s)
+        self.limits = RateLimiter(redis, self.keys, {LimitKind.REQUESTS: settings.rate_limit_requests_per_s,
+                                                     LimitKind.IMAGES: settings.rate_limit_images_per_min})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:

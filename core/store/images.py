@@ -151,6 +151,7 @@ class ImageStore:
                 return record, []
             pipe.multi()
             pipe.hset(key, "notified_seq", record.sequence)
+            pipe.publish(self._keys.images_finished, image_id)  # wakes ``Prefer: wait`` requests
             announcement = self._events.announce(fields["org"], record, event)
             deliveries = [self._outbox.add(pipe, announcement)] if announcement else []
             if record.group_id:

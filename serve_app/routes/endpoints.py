@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from core.schemas import EndpointHealth, utcnow
+from core.delivery import endpoint_id
+from core.schemas import EndpointHealth, EndpointState, utcnow
 from serve_app.auth import Org
 from serve_app.lookups import Ctx
-from serve_app.problems import not_found
-from serve_app.schemas import EndpointEnable, EndpointEnabled, EndpointPage
+from serve_app.problems import Problem, not_found
+from serve_app.schemas import EndpointEnable, EndpointEnabled, EndpointPage, EndpointRecover, EndpointRecovered
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 
@@ -40,3 +41,20 @@ async def enable_endpoint(body: EndpointEnable, org: Org, ctx: Ctx) -> EndpointE
     if health is None:
         raise not_found(f"endpoint {body.url}")
     return EndpointEnabled(**health.model_dump(), released=released)
+
+
+@router.post("/recover", response_model=EndpointRecovered)
+async def recover_endpoint(body: EndpointRecover, org: Org, ctx: Ctx) -> EndpointRecovered:
+    """Re-send every delivery to ``url`` created since ``since`` that failed (its retries used up)
+    or that the breaker holds: each is due now, as a manual retry makes it. A disabled endpoint
+    answers 409: enable it first (``POST /v1/endpoints/enable`` releases what it holds), then
+    recover what failed."""
+    health = await ctx.store.endpoints.health(org, body.url)
+    if health is None:
+        raise _never_sent(body.url)
+    if health.state is EndpointState.DISABLED:
+        raise Problem(409, "endpoint-disabled", "The endpoint is disabled",
+                      f"{body.url} is disabled ({health.disabled_reason}); enable it with POST /v1/endpoints/enable, "
+                      "then recover")
+    recovered = await ctx.store.outbox.recover(endpoint_id(org, body.url), body.since, utcnow())
+    return EndpointRecovered(url=body.url, recovered=recovered)

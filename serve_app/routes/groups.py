@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from core.schemas import GroupCreate, GroupImage, GroupImagesAdd, GroupRecord, ModelsAdd
-from serve_app.auth import Org
+from core.store.ratelimit import LimitKind
+from serve_app.auth import Org, charge
 from serve_app.context import ApiContext, context
 from serve_app.problems import invalid, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
@@ -27,12 +28,14 @@ def check_images(ctx: ApiContext, images: list[GroupImage], already: int = 0) ->
 
 
 @router.post("", status_code=202, response_model=GroupRecord)
-async def create_group(body: GroupCreate, org: Org, ctx: Ctx, response: Response) -> GroupRecord:
-    """Queue every image of the group; large groups run as one bulk pipeline."""
+async def create_group(body: GroupCreate, org: Org, ctx: Ctx, request: Request, response: Response) -> GroupRecord:
+    """Queue every image of the group; large groups run as one bulk pipeline. Each image counts
+    against the key's images-per-minute limit."""
     check_images(ctx, body.images)
     check_models(ctx, body.models)
     check_urls(ctx, webhookUrl=body.webhook_url)
     check_metadata(ctx, body.metadata)
+    await charge(request, response, LimitKind.IMAGES, len(body.images))
     record = await ctx.store.groups.create(org, body)
     response.headers["Location"] = f"/v1/groups/{record.id}"
     return record
@@ -47,12 +50,15 @@ async def get_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
 
 
 @router.post("/{group_id}/images", status_code=202, response_model=GroupRecord)
-async def add_images(group_id: str, body: GroupImagesAdd, org: Org, ctx: Ctx) -> GroupRecord:
+async def add_images(
+    group_id: str, body: GroupImagesAdd, org: Org, ctx: Ctx, request: Request, response: Response
+) -> GroupRecord:
     """Grow the group; only the new images run, then the group's webhook fires again."""
     current = await ctx.store.groups.ledger.get(group_id, org)
     if current is None:
         raise not_found(f"group {group_id}")
     check_images(ctx, body.images, already=current.counts.total)
+    await charge(request, response, LimitKind.IMAGES, len(body.images))
     record = await ctx.store.groups.add_images(group_id, org, body.images)
     if record is None:
         raise not_found(f"group {group_id}")

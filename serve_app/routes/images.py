@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.schemas import ImageCreate, ImageRecord, ImageStatus, ModelsAdd, Wire
-from serve_app.auth import Org
+from core.store.ratelimit import LimitKind
+from serve_app.auth import Org, charge
 from serve_app.context import ApiContext, context
 from serve_app.problems import Problem, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
@@ -47,14 +48,40 @@ class Cursor(BaseModel):
                           errors=[{"field": "cursor", "message": "not a cursor returned by this API"}]) from None
 
 
-@router.post("", status_code=202, response_model=ImageRecord)
-async def create_image(body: ImageCreate, org: Org, ctx: Ctx, response: Response) -> ImageRecord:
-    """Queue an image for the named models; answers at once with the queued record."""
+MAX_WAIT_S = 60
+
+
+def preferred_wait(prefer: str | None) -> int | None:
+    """The ``wait=N`` of a ``Prefer`` header (RFC 7240), capped at 60 s; ``None`` without one."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait" and value.strip().isdigit():
+            return min(int(value.strip()), MAX_WAIT_S)
+    return None
+
+
+@router.post("", status_code=202, response_model=ImageRecord, responses={200: {"model": ImageRecord}})
+async def create_image(
+    body: ImageCreate, org: Org, ctx: Ctx, request: Request, response: Response,
+    prefer: Annotated[str | None, Header()] = None,
+) -> ImageRecord:
+    """Queue an image for the named models; answers at once with the queued record (202).
+
+    With ``Prefer: wait=N`` (N up to 60) the request is held until the image finishes: 200 with
+    the finished record and ``Preference-Applied``, or, after N seconds, the usual 202."""
     check_models(ctx, body.models)
     check_urls(ctx, url=body.url, webhookUrl=body.webhook_url)
     check_metadata(ctx, body.metadata)
+    await charge(request, response, LimitKind.IMAGES)
     record = await ctx.store.images.create(org, body)
     response.headers["Location"] = f"/v1/images/{record.id}"
+    wait_s = preferred_wait(prefer)
+    if wait_s:
+        waited = await ctx.waiters.wait(record.id, lambda: ctx.store.images.get(record.id, org), wait_s)
+        record = waited or record
+        if record.status.is_terminal:
+            response.status_code = 200
+            response.headers["Preference-Applied"] = f"wait={wait_s}"
     return record
 
 

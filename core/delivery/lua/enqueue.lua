@@ -22,6 +22,10 @@ if old and old ~= A.id then
 end
 redis.call('HSET', latest, A.resource_id, A.id)
 redis.call('ZADD', K.endpoint_due(A.eid), A.now, A.id)
+redis.call('ZADD', K.endpoint_log(A.eid), A.now, A.id)
+if num(A.retention_s) > 0 then
+  redis.call('ZREMRANGEBYSCORE', K.endpoint_log(A.eid), '-inf', A.now - A.retention_s)
+end
 reindex(A.eid, A.now)
 wake()
 return 1

@@ -6,16 +6,17 @@
 --    max_cooldown_s, disable_after_s}, retention_s, take_next (how many next due deliveries of
 --    the endpoint to lease in the same step), lease_until (their lease)
 -- ARGV[2]: the attempt's log entry (JSON)
+-- Returns {outcome, endpoint state, pending, leased next, 1 if this attempt disabled the endpoint}
 local id, eid, now = A.id, A.eid, A.now
 local dkey, ek, due = K.delivery(id), K.endpoint(eid), K.endpoint_due(eid)
 local d = redis.call('HMGET', dkey, 'status', 'attempts', 'superseded_by', 'resource_id')
 if not d[1] then
   redis.call('ZREM', due, id)
-  return {Outcome.MISSING, '', 0, {}}
+  return {Outcome.MISSING, '', 0, {}, 0}
 end
 redis.call('RPUSH', K.delivery_attempts(id), ARGV[2])
 if d[1] ~= DeliveryStatus.PENDING or tonumber(d[2]) ~= A.attempts then
-  return {Outcome.STALE, redis.call('HGET', ek, 'state') or EndpointState.CLOSED, redis.call('ZCARD', due), {}}
+  return {Outcome.STALE, redis.call('HGET', ek, 'state') or EndpointState.CLOSED, redis.call('ZCARD', due), {}, 0}
 end
 local status_code, err = A.status_code or '', A.error or ''
 local dset = {'attempts', tonumber(d[2]) + 1, 'lease_until', '', 'last_status_code', status_code, 'last_error', err}
@@ -29,7 +30,7 @@ local state = e[1] or EndpointState.CLOSED
 local slow_until = num(e[5])
 local was_probe = e[4] == id
 if was_probe then put(eset, 'probe', '', 'probe_until', '') end
-local outcome, released = nil, false
+local outcome, released, disabled_now = nil, false, 0
 if A.succeeded then
   put(eset, 'consecutive_failures', 0, 'failing_since', '', 'last_success_at', now, 'delivered', num(e[7]) + 1)
   if state == EndpointState.OPEN or state == EndpointState.HALF_OPEN then
@@ -55,6 +56,7 @@ else
     if reason then
       put(eset, 'state', EndpointState.DISABLED, 'disabled_at', now, 'disabled_reason', reason, 'open_until', '')
       state = EndpointState.DISABLED
+      disabled_now = 1
     elseif (state == EndpointState.HALF_OPEN and was_probe)
         or (state == EndpointState.CLOSED and fails >= A.breaker.failure_threshold) then
       local trips = num(e[3]) + 1
@@ -102,4 +104,4 @@ if A.take_next > 0 and state == EndpointState.CLOSED and slow_until <= now then
   take_due(eid, now, A.lease_until, A.take_next, false, nxt)
 end
 reindex(eid, now)
-return {outcome, state, redis.call('ZCARD', due), nxt}
+return {outcome, state, redis.call('ZCARD', due), nxt, disabled_now}

@@ -1,0 +1,86 @@
+"""``Prefer: wait=N``: requests waiting for an image to finish, on one subscription per replica.
+
+``ImageStore.finalize`` publishes the image id on ``Keys.images_finished`` in the transaction
+that announces a finished state. Each API replica holds one pub/sub connection to that channel
+and wakes the requests waiting for that id; a waiting request holds no Redis connection (it
+reads the record only when woken, and once at each end). If the subscription drops, every
+waiter is woken to re-read (a finish may have gone unheard) and the listener resubscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from core.schemas import ImageRecord
+
+log = logging.getLogger("sightwire.waiters")
+RESUBSCRIBE_S = 0.5
+
+
+class Waiters:
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self._redis = redis
+        self._channel = channel
+        self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Listen for the lifetime of the block (the app's lifespan)."""
+        task = asyncio.create_task(self._listen())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self._wake_all()  # anything finished while unsubscribed is re-read
+                    async for message in pubsub.listen():
+                        self._wake(message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("finished-image subscription failed; resubscribing")
+                self._wake_all()
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    def _wake(self, image_id: str) -> None:
+        for event in self._waiting.get(image_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
+
+    async def wait(self, image_id: str, read: Callable[[], Awaitable[ImageRecord | None]],
+                   timeout_s: float) -> ImageRecord | None:
+        """The record once finished, or as it is when ``timeout_s`` ends (``read`` reads it)."""
+        event = asyncio.Event()
+        self._waiting[image_id].add(event)  # before the first read: a finish after it wakes us
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                event.clear()
+                record = await read()
+                remaining = deadline - time.monotonic()
+                if record is None or record.status.is_terminal or remaining <= 0:
+                    return record
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+        finally:
+            self._waiting[image_id].discard(event)
+            if not self._waiting[image_id]:
+                del self._waiting[image_id]
