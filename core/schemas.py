@@ -295,6 +295,7 @@ class ModelInfo(Wire):
     version: str
     labels: list[str]
     device: str | None = None
+    precision: str | None = None  # fp32 / fp16 / bf16: what the replica computes in
 
 
 class WebhookPayload(Wire):

@@ -31,6 +31,13 @@ class AppendFsync(StrEnum):
     NO = "no"  # when the OS flushes (often ~30 s on Linux): that much
 
 
+class GpuPolicy(StrEnum):
+    """What a model's ``num_gpus`` means on a cluster that has no GPU now (core/placement.py)."""
+
+    AUTO = "auto"  # no GPU in the cluster: run on CPU in fp32, with a log line
+    REQUIRE = "require"  # keep the ask: wait for GPU nodes (an autoscaler adds them)
+
+
 class Settings(BaseModel):
     """Every knob of a Sightwire deployment; each field maps to ``SIGHTWIRE_<FIELD>``."""
 
@@ -63,6 +70,7 @@ class Settings(BaseModel):
     processor_concurrency: int = 8
     visibility_timeout_s: float = 300.0
     model_timeout_s: float = 120.0
+    gpu_policy: GpuPolicy = GpuPolicy.AUTO  # a model's GPU ask on a cluster with none (core/placement.py)
     # The online engine (deployments/engine, docs/engine.md): per processor replica unless said.
     processor_min_replicas: int = Field(1, ge=1)  # >= 1: a replica must be there to report the backlog
     processor_max_replicas: int = Field(4, ge=1)

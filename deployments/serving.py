@@ -24,8 +24,10 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from core.failures import describe
+from core.placement import cluster_gpus, fit_to_cluster
 from core.registry import ModelSpec, Registry
 from core.schemas import ModelInfo
+from core.settings import GpuPolicy
 from deployments.batcher import Batcher
 from imaging import DecodedImage
 from models.base import Prepared
@@ -116,5 +118,7 @@ def bind_model(spec: ModelSpec) -> Application:
     ).bind(spec)
 
 
-def bind_models(registry: Registry) -> dict[str, Application]:
-    return {name: bind_model(spec) for name, spec in registry.models.items()}
+def bind_models(registry: Registry, gpu_policy: GpuPolicy) -> dict[str, Application]:
+    """One deployment per model, each GPU ask fitted to the cluster (``core.placement``)."""
+    specs = fit_to_cluster(list(registry.models.values()), gpu_policy, cluster_gpus())
+    return {spec.name: bind_model(spec) for spec in specs}

@@ -24,7 +24,7 @@ import torch
 from core.registry import ModelSpec
 from core.schemas import ModelInfo
 from imaging import DecodedImage
-from models.loading import checkpoint_source, pick_device, pick_dtype
+from models.loading import checkpoint_source, pick_device, pick_dtype, precision_name
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class ModelRunner(ABC):
     def info(self) -> ModelInfo:
         return ModelInfo(
             name=self.spec.name, task=self.spec.task, version=self.version,
-            labels=self.labels, device=str(self.device),
+            labels=self.labels, device=str(self.device), precision=precision_name(self.dtype),
         )
 
     def predict(self, images: list[DecodedImage]) -> list[dict[str, Any]]:

@@ -22,6 +22,10 @@ def pick_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
     return PRECISIONS[spec.precision] if device.type == "cuda" else torch.float32
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    return next(name for name, known in PRECISIONS.items() if known == dtype)
+
+
 def checkpoint_source(spec: ModelSpec) -> str:
     return str(Path(spec.checkpoint).expanduser()) if spec.is_local else spec.checkpoint
 

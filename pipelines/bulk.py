@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -156,7 +155,6 @@ def run(
     specs = resolve_models(models, profile, directory, settings)
     names = [spec.name for spec in specs]
     ensure_ray(address, num_cpus)
-    _warn_missing_gpus(specs)
     started = time.monotonic()
     pipeline, ordered = stream(source, specs, settings, progress=progress, options=options)
     if output is not None:
@@ -172,20 +170,6 @@ def run(
     frame = frame[_column_order(list(frame.columns), names)]
     frame.attrs.update(_timing(len(frame), started))
     return frame
-
-
-def _warn_missing_gpus(specs: Sequence[ModelSpec]) -> None:
-    """A GPU model on a cluster without GPUs waits for GPU nodes (an autoscaler may add them)."""
-    if ray.cluster_resources().get("GPU", 0) > 0:
-        return
-    for spec in specs:
-        if spec.resources.num_gpus > 0:
-            warnings.warn(
-                f"model {spec.name!r} asks for {spec.resources.num_gpus:g} GPU per actor and this Ray cluster has "
-                "none now: the pipeline waits for GPU nodes to join. To run on CPU, use a registry whose "
-                "resources say num_gpus: 0 (e.g. profile='tiny' or your own YAML).",
-                stacklevel=3,
-            )
 
 
 def _timing(images: int, started: float) -> dict[str, Any]:

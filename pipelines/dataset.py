@@ -41,6 +41,7 @@ from ray.data import ActorPoolStrategy, Dataset
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from core.failures import MAX_MESSAGE_CHARS, Failure, describe, failed_result
+from core.placement import cluster_gpus, fit_to_cluster
 from core.registry import ModelSpec, decode_min_side
 from core.schemas import ErrorCode, ErrorInfo, ModelResult, ModelStatus, image_status, utcnow
 from core.settings import Settings
@@ -368,6 +369,7 @@ def build_pipeline(
     if not specs:
         raise ValueError("no models to run")
     options = options or PipelineOptions()
+    specs = fit_to_cluster(specs, settings.gpu_policy, cluster_gpus())  # GPU asks a GPU-less cluster can meet
     # Every loader from the start (never more than there are blocks), so batches reach all the
     # model actors at once; on the driver's node while it has room. Ray Data starts the loader
     # pool before the model pools, and a loader holds its CPU share for the whole run: spread

@@ -54,7 +54,7 @@ def build_app(settings: Settings) -> Application:
     verify_store_config(settings)  # refuse an evicting Redis before anything is deployed
     start_notifier(settings)  # the one place it is created; a rebuild finds the running one
     registry = load_registry(settings.models, settings.models_dir)
-    models = bind_models(registry)
+    models = bind_models(registry, settings.gpu_policy)
     # Large groups run as Ray Data pipelines: the processor launches this task for bulk jobs.
     processor = JobProcessor.options(num_replicas=1).bind(settings, models, process_group_remote)
     return ApiGateway.bind(settings, registry, models, processor)

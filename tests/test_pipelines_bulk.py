@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+import yaml
 
 from core.schemas import (
     EventType,
@@ -40,6 +42,17 @@ MODEL = "object_detection"
 @pytest.fixture(scope="module")
 def bulk_settings(settings: Settings, tiny_models_dir: Path) -> Settings:
     return settings.model_copy(update={"models": "tiny", "models_dir": tiny_models_dir})
+
+
+@pytest.fixture(scope="module")
+def gpu_profile(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny registry as written for GPU nodes: the detector asks for half a GPU."""
+    text = (Path(__file__).parent.parent / "core" / "profiles" / "tiny.yaml").read_text()
+    registry = yaml.safe_load(text.replace("${models_dir}", str(tiny_models_dir)))
+    registry["models"][MODEL]["resources"]["num_gpus"] = 0.5
+    path = tmp_path_factory.mktemp("profiles") / "gpu.yaml"
+    path.write_text(yaml.safe_dump(registry))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +94,10 @@ def test_run_over_urls_reports_each_image(
 
 
 def test_run_over_a_csv_manifest_writes_parquet(
-    ray_session: None, bulk_settings: Settings, image_urls: list[str], tmp_path: Path
+    ray_session: None, bulk_settings: Settings, image_urls: list[str], tmp_path: Path, gpu_profile: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """With a registry that asks for a GPU, on this GPU-less Ray: the model runs on CPU."""
     manifest = tmp_path / "photos.csv"
     listings = ["L1", "L1", "L2", "L2", "L3", "L3"]
     pd.DataFrame({"id": [f"photo-{i}" for i in range(6)], "url": image_urls[14:], "listing": listings}).to_csv(
@@ -90,7 +105,10 @@ def test_run_over_a_csv_manifest_writes_parquet(
     )
     output = tmp_path / "out" / "results.parquet"
 
-    summary = bulk.run(str(manifest), MODEL, settings=bulk_settings, output=output, progress=False)
+    with caplog.at_level(logging.WARNING, logger="sightwire.placement"):
+        summary = bulk.run(str(manifest), MODEL, settings=bulk_settings, profile=str(gpu_profile), output=output,
+                           progress=False)
+    assert f"model {MODEL} asks for 0.5 GPU" in caplog.text
 
     counts = {(row.status, row.error_code if isinstance(row.error_code, str) else None): row.images
               for row in summary.itertuples()}

@@ -241,6 +241,7 @@ class ModelInfo(Record):
     version: str
     labels: list[str] = Field(default_factory=list)
     device: str | None = None
+    precision: str | None = None
 
 
 class WebhookEvent(Record):
