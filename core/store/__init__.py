@@ -33,7 +33,9 @@ class Store:
         events = Events.from_settings(settings)
         ledger = GroupLedger(redis, self.keys, self.outbox, events)
         self.images = ImageStore(redis, self.keys, self.jobs, self.outbox, ledger, events)
-        self.groups = GroupStore(redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold)
+        self.groups = GroupStore(
+            redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold, settings.max_group_images
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from core.schemas import GroupCreate, GroupImage, GroupImagesAdd, GroupRecord, ModelsAdd
+from core.store.groups import GroupFull
 from serve_app.auth import Org
 from serve_app.context import ApiContext, context
 from serve_app.problems import invalid, not_found
@@ -53,7 +54,10 @@ async def add_images(group_id: str, body: GroupImagesAdd, org: Org, ctx: Ctx) ->
     if current is None:
         raise not_found(f"group {group_id}")
     check_images(ctx, body.images, already=current.counts.total)
-    record = await ctx.store.groups.add_images(group_id, org, body.images)
+    try:
+        record = await ctx.store.groups.add_images(group_id, org, body.images)
+    except GroupFull as exc:  # a concurrent add got there first
+        raise invalid("images", str(exc)) from exc
     if record is None:
         raise not_found(f"group {group_id}")
     return record
