@@ -38,30 +38,37 @@ async def latencies(store: Store, org: str, receiver: WebhookReceiver, path: str
     return out
 
 
-@pytest.mark.parametrize("attacker_orgs", [1, 2], ids=["one-org", "two-orgs-one-host"])
+@pytest.mark.parametrize(
+    ("attacker_orgs", "tarpit_hosts", "cap"),
+    [(1, 2, CAPS["notifier_org_max_in_flight"]), (2, 1, CAPS["notifier_host_max_in_flight"])],
+    ids=["one-org-two-hosts", "two-orgs-one-host"],
+)
 async def test_tarpit_urls_of_one_org_leave_another_orgs_latency_alone(
     iso_settings: Settings, iso_store: Store, org: str, receiver: WebhookReceiver, start_loop: StartLoop,
-    attacker_orgs: int,
+    attacker_orgs: int, tarpit_hosts: int, cap: int,
 ) -> None:
     """64 hanging URLs (differing by path and query) would take the whole budget of 16 without
-    the caps; one attacking org is held by its org cap (8), two orgs together by the host cap (6)."""
+    the caps: one org on two tarpit hosts is held by its org cap (8), two orgs on one host by
+    the host cap (6)."""
     loop = await start_loop(iso_settings, **CAPS)
     baseline = await latencies(iso_store, org, receiver, "/alone", 12)
-    tarpit = HangingServer("127.0.0.2")
+    tarpits = [HangingServer(f"127.0.0.{2 + i}") for i in range(tarpit_hosts)]
     attackers = [new_id("org") for _ in range(attacker_orgs)]
     try:
         stuck = [
-            await queue(iso_store, attackers[i % attacker_orgs], tarpit.url(f"/hook/{i}?v={i}"), n=i)
+            await queue(iso_store, attackers[i % attacker_orgs], tarpits[i % tarpit_hosts].url(f"/hook/{i}?v={i}"), n=i)
             for i in range(TARPIT_URLS)
         ]
-        cap = CAPS["notifier_org_max_in_flight"] if attacker_orgs == 1 else CAPS["notifier_host_max_in_flight"]
-        await wait_until(lambda: asyncio.sleep(0, tarpit.connections >= cap), timeout_s=5)
+        hanging = lambda: sum(t.connections for t in tarpits)  # noqa: E731
+        await wait_until(lambda: asyncio.sleep(0, hanging() >= cap), timeout_s=5)
+        await asyncio.sleep(0.1)
         assert loop.in_flight == cap  # all the tarpit holds, and not one send more
         beside = await latencies(iso_store, org, receiver, "/beside", 12)
-        assert tarpit.connections <= cap
+        assert hanging() <= cap
         statuses = {(await iso_store.outbox.get(d.id)).status for d in stuck}  # type: ignore[union-attr]
     finally:
-        tarpit.stop()
+        for tarpit in tarpits:
+            tarpit.stop()
     alone, near = sorted(baseline), sorted(beside)
     print(f"other org's latency alone: p50 {alone[6] * 1000:.1f} ms, p90 {alone[-2] * 1000:.1f} ms; "
           f"beside {TARPIT_URLS} tarpit URLs: p50 {near[6] * 1000:.1f} ms, p90 {near[-2] * 1000:.1f} ms")
