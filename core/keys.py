@@ -89,6 +89,10 @@ class Keys:
     def group_images(self, group_id: str) -> str:
         return f"{self.prefix}:grp:{group_id}:images"
 
+    def group_growth(self, group_id: str) -> str:
+        """STRING bumped by every change of a group's models or image list (what growth watches)."""
+        return f"{self.prefix}:grp:{group_id}:growth"
+
     def group_sums(self, group_id: str) -> str:
         return f"{self.prefix}:grp:{group_id}:sums"
 

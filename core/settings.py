@@ -93,6 +93,8 @@ class Settings(BaseModel):
     # Webhook delivery: isolation, circuit breaker, slow-down, retention, secret rotation.
     notifier_max_in_flight: int = Field(256, ge=1)  # sends at once, all endpoints together
     endpoint_concurrency: int = Field(8, ge=1)  # sends at once to one endpoint
+    notifier_org_max_in_flight: int = Field(64, ge=1)  # sends at once for one org, all its endpoints
+    notifier_host_max_in_flight: int = Field(64, ge=1)  # sends at once to one destination host, all orgs
     breaker_failure_threshold: int = Field(5, ge=1)  # consecutive failures that open the breaker
     breaker_cooldown_s: float = Field(30.0, gt=0)  # open → half-open probe; doubles per failed probe
     breaker_max_cooldown_s: float = Field(600.0, gt=0)

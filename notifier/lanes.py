@@ -9,23 +9,27 @@ breaker. Everything durable is in Redis, so a restarted notifier starts with no 
 
 Room is decided here: a lane's room is its cap minus its sends; the claim is told the room of
 every lane that differs from a fresh one (``Lanes.room``), and the budget caps sends in all.
-Caps shared by several lanes (per organisation, per destination host) fit the same shape: one
-more budget keyed by the lane's org or host, counted in ``start``/``finish`` and taken into
-account in ``room`` and ``free``.
+Two caps are shared by several lanes: sends of one organisation (all its URLs), and sends to one
+destination host (all orgs, every port and path), counted in ``start``/``finish``; the claim is
+told what each org and host with sends in flight may still send (``Lanes.shared``). So one org's
+many URLs on a tarpit host hold at most those caps, never the whole budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterator
 
-from core.delivery import endpoint_of
+from core.delivery import SharedRoom, destination_host, endpoint_of
 from core.schemas import Delivery, EndpointState
 
 
 class Lane:
-    def __init__(self, eid: str, concurrency: int) -> None:
+    def __init__(self, eid: str, concurrency: int, org: str, host: str) -> None:
         self.eid = eid
+        self.org = org
+        self.host = host
         self.full_cap = concurrency
         self.cap = concurrency  # lowered while the endpoint asks us to slow down
         self.sending: dict[str, tuple[Delivery, asyncio.Task[object]]] = {}  # resource id → its send
@@ -72,10 +76,14 @@ class Lane:
 
 
 class Lanes:
-    def __init__(self, concurrency: int, max_in_flight: int) -> None:
+    def __init__(self, concurrency: int, max_in_flight: int, org_cap: int, host_cap: int) -> None:
         self.concurrency = concurrency
         self.max_in_flight = max_in_flight
+        self.org_cap = min(org_cap, max_in_flight)
+        self.host_cap = min(host_cap, max_in_flight)
         self.in_flight = 0
+        self._by_org: Counter[str] = Counter()
+        self._by_host: Counter[str] = Counter()
         self._lanes: dict[str, Lane] = {}
         self._engaged: set[str] = set()
 
@@ -83,7 +91,7 @@ class Lanes:
         eid = endpoint_of(delivery)
         lane = self._lanes.get(eid)
         if lane is None:
-            lane = self._lanes[eid] = Lane(eid, self.concurrency)
+            lane = self._lanes[eid] = Lane(eid, self.concurrency, delivery.org_id, destination_host(delivery.url))
         return lane
 
     def holds(self, delivery: Delivery) -> bool:
@@ -99,14 +107,30 @@ class Lanes:
         """The room of every lane that has less than a fresh one (the claim's ``busy``)."""
         return {eid: self._lanes[eid].room for eid in self._engaged}
 
+    def shared(self) -> SharedRoom:
+        """What each org and destination host with sends in flight may still send (the claim's
+        ``shared``)."""
+        return SharedRoom(
+            self.org_cap,
+            self.host_cap,
+            {org: self.org_cap - n for org, n in self._by_org.items()},
+            {host: self.host_cap - n for host, n in self._by_host.items()},
+        )
+
     def start(self, lane: Lane, delivery: Delivery, task: asyncio.Task[object]) -> None:
         lane.sending[delivery.resource_id] = (delivery, task)
         self.in_flight += 1
+        self._by_org[lane.org] += 1
+        self._by_host[lane.host] += 1
         self._track(lane)
 
     def finish(self, lane: Lane, delivery: Delivery) -> None:
         if lane.sending.pop(delivery.resource_id, None) is not None:
             self.in_flight -= 1
+            for counter, key in ((self._by_org, lane.org), (self._by_host, lane.host)):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
         self._track(lane)
 
     def slow_down(self, lane: Lane) -> None:

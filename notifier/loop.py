@@ -7,9 +7,11 @@ last one stopped. The rules (retry schedule, breaker numbers, slow-down) are
 ``core.delivery.policy``.
 
 Isolation: at most ``endpoint_concurrency`` sends to one endpoint at once (halved while the
-endpoint asks us to slow down, grown back by one per success), at most ``max_in_flight`` in
-all, and the claim takes from each endpoint only what it may send now. A hanging endpoint so
-holds a few slots until its timeouts open its breaker, and never the ones other endpoints use.
+endpoint asks us to slow down, grown back by one per success), at most
+``notifier_org_max_in_flight`` for one org and ``notifier_host_max_in_flight`` to one destination
+host, at most ``max_in_flight`` in all, and the claim takes from each endpoint only what it may
+send now. A hanging endpoint so holds a few slots until its timeouts open its breaker, and one
+org's many URLs on a tarpit host hold at most those caps, never the slots other orgs use.
 
 Ordering: per resource and endpoint one send at a time. A newer update claimed while an older
 one is being sent waits in its lane (parked) and goes when the older one ends; updates waiting
@@ -41,6 +43,7 @@ from core.safe_http import policy_pool
 from core.schemas import Attempt, Delivery, EndpointHealth, EndpointState, utcnow
 from core.settings import Settings
 from core.store import Store
+from core.supervise import Backoff, supervise
 from core.urlpolicy import UrlPolicy
 from notifier.lanes import Lane, Lanes
 from notifier.metrics import NotifierMetrics
@@ -53,6 +56,7 @@ SECRETS_TTL_S = 1.0  # how stale a signing secret may be (rotation keeps the old
 METRICS_REFRESH_S = 5.0
 WAKE_WAIT_S = 1.0
 STOP_STEP_S = 10.0
+EXPECTED = (RedisError, OSError, TimeoutError)  # Redis away (a restart): one log line, no traceback
 
 
 class DeliveryLoop:
@@ -77,7 +81,10 @@ class DeliveryLoop:
         self.policy = DeliveryPolicy.from_settings(settings)
         self.max_in_flight = max_in_flight or settings.notifier_max_in_flight
         self.endpoint_concurrency = endpoint_concurrency or settings.endpoint_concurrency
-        self.lanes = Lanes(self.endpoint_concurrency, self.max_in_flight)
+        self.lanes = Lanes(
+            self.endpoint_concurrency, self.max_in_flight,
+            settings.notifier_org_max_in_flight, settings.notifier_host_max_in_flight,
+        )
         limits = httpx.Limits(
             max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight, keepalive_expiry=None
         )
@@ -100,9 +107,17 @@ class DeliveryLoop:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        log.info("notifier loop started (prefix %s)", self.settings.key_prefix)
+        poll = self.settings.notifier_poll_s
         self._tasks = [
-            loop.create_task(self._run(), name="notifier-loop"),
-            loop.create_task(self._waker(), name="notifier-waker"),
+            loop.create_task(
+                supervise("notifier loop", self._pass, backoff=Backoff(poll, poll), expected=EXPECTED, logger=log),
+                name="notifier-loop",
+            ),
+            loop.create_task(
+                supervise("notifier waker", self._listen, expected=EXPECTED, logger=log),
+                name="notifier-waker",
+            ),
         ]
 
     def wake(self) -> None:
@@ -131,41 +146,33 @@ class DeliveryLoop:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        log.info("notifier loop started (prefix %s)", self.settings.key_prefix)
-        while not self._stopping:
-            try:
-                timeout = await self._claim()
-                if time.monotonic() - self._metrics_at > METRICS_REFRESH_S:
-                    await self._refresh_endpoints()
-            except (RedisError, OSError) as exc:
-                _reraise_cancellation(exc)
-                log.warning("outbox unavailable: %s", exc)
-                timeout = self.settings.notifier_poll_s
-            except Exception as exc:
-                _reraise_cancellation(exc)
-                log.exception("notifier loop iteration failed")
-                timeout = self.settings.notifier_poll_s
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
+    async def _pass(self) -> None:
+        """One claim, then a wait for a wake-up or the next due time: one step of the supervised
+        loop (an exception is logged by ``supervise``, and the loop claims again after a poll)."""
+        try:
+            timeout = await self._claim()
+            if time.monotonic() - self._metrics_at > METRICS_REFRESH_S:
+                await self._refresh_endpoints()
+        except Exception as exc:
+            _reraise_cancellation(exc)
+            raise
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
 
-    async def _waker(self) -> None:
+    async def _listen(self) -> None:
         """Turn the outbox's wake tokens (pushed by every write that makes work due) into an
-        immediate claim."""
-        key = self.store.keys.outbox_wake
-        while not self._stopping:
-            try:
-                async with asyncio.timeout(WAKE_WAIT_S + 5):
-                    if await self.store.redis.blpop([key], timeout=WAKE_WAIT_S):
-                        self._wake.set()
-            except (RedisError, OSError, TimeoutError) as exc:
-                _reraise_cancellation(exc)  # redis-py can turn a cancelled read into an error
-                log.debug("wake list unavailable: %s", exc)
-                await asyncio.sleep(self.settings.notifier_poll_s)
+        immediate claim: one wait on the wake list, a step of the supervised waker."""
+        try:
+            async with asyncio.timeout(WAKE_WAIT_S + 5):
+                if await self.store.redis.blpop([self.store.keys.outbox_wake], timeout=WAKE_WAIT_S):
+                    self._wake.set()
+        except Exception as exc:
+            _reraise_cancellation(exc)  # redis-py can turn a cancelled read into an error
+            raise
 
     async def _claim(self) -> float:
         """Claim what may be sent now and start it; returns how long to wait at most."""
@@ -175,7 +182,8 @@ class DeliveryLoop:
         if self._starved:
             return poll  # a finishing send wakes the loop
         claim = await self.store.outbox.claim(
-            utcnow(), self.settings.delivery_lease_s, budget, self.endpoint_concurrency, self.lanes.room()
+            utcnow(), self.settings.delivery_lease_s, budget, self.endpoint_concurrency, self.lanes.room(),
+            self.lanes.shared(),
         )
         self.metrics.outcome(Outcome.SUPERSEDED, claim.superseded)
         self._starved = len(claim.deliveries) >= budget  # maybe more is due: look again when a slot frees

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -74,10 +74,10 @@ async def _gather_bounded(items: Iterable[Any], work: Any) -> list[Any]:
     return await asyncio.gather(*(one(item) for item in items))
 
 
-async def _finalize_all(store: Store, image_ids: Iterable[str]) -> None:
+async def _finalize_all(store: Store, group_id: str, image_ids: Iterable[str]) -> None:
     """Announce finished images whose last run stopped between their writes and ``finalize``
     (``finalize`` adds nothing for a state already announced)."""
-    await _gather_bounded(image_ids, store.images.finalize)
+    await _gather_bounded(image_ids, lambda i: _guarded(group_id, i, store.images.finalize(i)))
 
 
 def _model_result(name: str, value: str | None, available: set[str]) -> ModelResult:
@@ -87,7 +87,20 @@ def _model_result(name: str, value: str | None, available: set[str]) -> ModelRes
     return failed_result(ErrorCode.MODEL_FAILED, f"{name} {reason}")
 
 
-async def _write_row(store: Store, row: dict[str, Any], wanted: list[str], available: set[str]) -> None:
+async def _guarded(group_id: str, image_id: str, write: Awaitable[object]) -> None:
+    """One image's write; a failure is logged with the image and the run goes on (the image
+    stays unfinished, so a rerun of the group picks it up again)."""
+    try:
+        await write
+    except Exception:
+        log.exception("group %s: writing image %s failed; the run goes on", group_id, image_id)
+
+
+async def _write_row(store: Store, group_id: str, row: dict[str, Any], wanted: list[str], available: set[str]) -> None:
+    await _guarded(group_id, row[ID], _write_outcome(store, row, wanted, available))
+
+
+async def _write_outcome(store: Store, row: dict[str, Any], wanted: list[str], available: set[str]) -> None:
     image_id = row[ID]
     if row[ERROR_CODE]:
         error = ErrorInfo(code=ErrorCode(row[ERROR_CODE]), message=row[ERROR_MESSAGE] or "")
@@ -101,10 +114,10 @@ async def _write_row(store: Store, row: dict[str, Any], wanted: list[str], avail
 
 
 async def _write_batch(
-    store: Store, table: pa.Table, todo: dict[str, tuple[str, list[str]]], available: set[str]
+    store: Store, group_id: str, table: pa.Table, todo: dict[str, tuple[str, list[str]]], available: set[str]
 ) -> None:
     rows = table.to_pylist()
-    await _gather_bounded(rows, lambda row: _write_row(store, row, todo[row[ID]][1], available))
+    await _gather_bounded(rows, lambda row: _write_row(store, group_id, row, todo[row[ID]][1], available))
 
 
 def process_group(
@@ -125,7 +138,7 @@ def process_group(
         try:
             todo, finished = runner.run(_plan(store, image_ids, models))
             # Finished images of an earlier, interrupted run may still be unannounced.
-            runner.run(_finalize_all(store, finished))
+            runner.run(_finalize_all(store, group_id, finished))
             log.info("group %s: %d images to run, %d already finished", group_id, len(todo), len(finished))
             if not todo:
                 return 0
@@ -134,7 +147,7 @@ def process_group(
             available = {spec.name for spec in specs}
             processed = 0
             for table in _stream(todo, specs, settings, options):
-                runner.run(_write_batch(store, table, todo, available))
+                runner.run(_write_batch(store, group_id, table, todo, available))
                 processed += table.num_rows
             return processed
         finally:

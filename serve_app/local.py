@@ -73,14 +73,18 @@ class RedisServer:
         client.close()
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, crash: bool = False) -> None:
+        """A clean shutdown (SIGTERM: Redis writes out its AOF), or with ``crash`` a SIGKILL."""
         if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+            if crash:
+                self._process.kill()
+            else:
+                self._process.terminate()
             self._process.wait(timeout=10)
         self._process = None
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, *, crash: bool = False) -> None:
+        self.stop(crash=crash)
         self.start()
 
     def cleanup(self) -> None:

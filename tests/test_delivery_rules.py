@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.delivery import scripts
+from core.delivery import SharedRoom, scripts
 from core.delivery.outcomes import Outcome, RetryResult
 from core.delivery.policy import DeliveryPolicy, RetryPolicy, SlowdownPolicy
 from core.events import Events, GroupMarks, image_event, thin, wants_summaries
@@ -151,12 +151,13 @@ def delivery(resource: str, sequence: int = 1, eid: str = "ep_a") -> Delivery:
 
 
 async def test_lanes_track_room_parking_and_caps() -> None:
-    lanes = Lanes(concurrency=4, max_in_flight=6)
+    lanes = Lanes(concurrency=4, max_in_flight=6, org_cap=5, host_cap=9)
     first = delivery("img_1")
     lane = lanes.lane(first)
     task = asyncio.get_running_loop().create_future()
     lanes.start(lane, first, task)
     assert lanes.room() == {"ep_a": 3} and lanes.free == 5 and lane.busy("img_1")
+    assert lanes.shared() == SharedRoom(5, 6, {"org": 4}, {"h": 5})  # the host cap clamped to the budget
     assert lanes.holds(first) and not lanes.holds(delivery("img_2"))
     assert lane.park(delivery("img_1", 3)) is None
     set_aside = lane.park(delivery("img_1", 2))  # older than the parked one: set aside
@@ -168,6 +169,7 @@ async def test_lanes_track_room_parking_and_caps() -> None:
     lanes.finish(lane, first)
     lane.parked.clear()
     assert lanes.in_flight == 0 and lanes.room() == {"ep_a": 1}  # slowed, so still reported
+    assert lanes.shared() == SharedRoom(5, 6, {}, {})
     for _ in range(5):
         lanes.regrow(lane)
     assert lane.cap == 4 and lanes.room() == {} and lanes.seen() == []

@@ -75,11 +75,12 @@ def rebind(server: LoopbackServer, port: int) -> None:
 
 
 class HangingServer:
-    """Accepts connections and never answers."""
+    """Accepts connections and never answers (on ``host``: another loopback address is another
+    destination host)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((host, 0))
         self._sock.listen(512)
         self._held: list[socket.socket] = []
         self._stop = threading.Event()
@@ -87,7 +88,8 @@ class HangingServer:
         self._thread.start()
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}{path}"
+        host, port = self._sock.getsockname()
+        return f"http://{host}:{port}{path}"
 
     @property
     def connections(self) -> int:

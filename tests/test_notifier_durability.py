@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 import ray
 
 from core.events import Events
@@ -62,6 +63,12 @@ def report(received: list[str], expected: set[str]) -> int:
     return len(missing)
 
 
+async def pending(store: Store, ids: dict[str, str]) -> int:
+    """How many of ``ids`` are still to be sent (what a kill or restart can lose)."""
+    found = await store.outbox.get_many(list(ids.values()))
+    return sum(d is not None and d.status is DeliveryStatus.PENDING for d in found)
+
+
 async def all_delivered(store: Store, ids: dict[str, str]) -> bool:
     found = await store.outbox.get_many(list(ids.values()))
     return all(d is not None and d.status is DeliveryStatus.DELIVERED for d in found)
@@ -80,10 +87,12 @@ async def test_kill_notifier_with_1000_pending(
     await asyncio.to_thread(receiver.wait_for, lambda got: len(got) >= 250, 30)
     ray.kill(handle, no_restart=False)
     killed_at = len(receiver.received)
+    pending_at_kill = await pending(iso_store, ids)
+    assert pending_at_kill >= 100, f"only {pending_at_kill} pending at the kill: it proves nothing"
     await asyncio.to_thread(receiver.wait_for, lambda got: set(ids) <= {r.headers["webhook-id"] for r in got}, 60)
     assert await actor_pid(handle) != pid  # a new process finished the job
     received = [r.headers["webhook-id"] for r in receiver.received]
-    print(f"killed after {killed_at} receipts")
+    print(f"killed after {killed_at} receipts, {pending_at_kill} pending")
     assert report(received, set(ids)) == 0
     await wait_until(lambda: all_delivered(iso_store, ids), timeout_s=10)
     assert await iso_store.outbox.next_due_at() is None  # nothing left queued
@@ -101,17 +110,23 @@ async def test_kill_notifier_with_1000_pending(
     assert re.search(r'ray_sightwire_webhook_deliveries_total\{[^}]*outcome="delivered"[^}]*\} [1-9]', text)
 
 
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
 async def test_redis_restart_mid_load_loses_nothing(
     iso_settings: Settings, iso_store: Store, org: str, receiver: WebhookReceiver,
-    start_notifier: StartNotifier, redis_server: RedisServer,
+    start_notifier: StartNotifier, redis_server: RedisServer, crash: bool,
 ) -> None:
     """Deliveries queued before the restart are all sent (the outbox is on disk, AOF), the
-    notifier carries on with no manual step, and deliveries queued after it go out too."""
+    notifier carries on with no manual step, and deliveries queued after it go out too. A
+    SIGKILL gives Redis no chance to write anything out: what it acknowledged must come back."""
     receiver.default = Route(b"ok", 200, "text/plain", delay_s=0.01)
     handle = await start_notifier(iso_settings.model_copy(update={"endpoint_concurrency": 4}))
     before = await queue_many(iso_store, org, receiver.url("/hook"), 300)
     await asyncio.to_thread(receiver.wait_for, lambda got: len(got) >= 50, 30)
-    await asyncio.to_thread(redis_server.restart)
+    pending_at_restart = await pending(iso_store, before)
+    await asyncio.to_thread(redis_server.restart, crash=crash)
+    assert pending_at_restart >= 100, f"only {pending_at_restart} pending at the restart: it proves nothing"
+    kept = await iso_store.outbox.get_many(list(before.values()))
+    assert all(d is not None for d in kept), "an acknowledged delivery did not come back"
     after = await queue_many(iso_store, org, receiver.url("/hook"), 50)
     expected = set(before) | set(after)
     await asyncio.to_thread(receiver.wait_for, lambda got: expected <= {r.headers["webhook-id"] for r in got}, 60)

@@ -225,3 +225,23 @@ async def test_group_run_skips_finished_images_and_resumes(
         assert await asyncio.to_thread(process_group, group_settings, group.id, ids) == 0
     finally:
         await store.close()
+
+
+async def test_group_run_goes_on_past_an_image_it_cannot_write(
+    ray_session: None, group_settings: Settings, image_urls: list[str], org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Supervision of bulk runs: one image whose write fails unexpectedly (its group bookkeeping
+    is corrupt, so its finalize raises) is logged with its image and group; the rest are written."""
+    store = Store.from_settings(group_settings)
+    try:
+        images = [GroupImage(url=url) for url in image_urls[:3]]
+        group = await store.groups.create(org, GroupCreate(images=images, models=[MODEL]))
+        ids = await store.groups.ledger.image_ids(group.id)
+        await store.redis.hset(store.keys.image(ids[0]), "contrib", "{not json")
+        with caplog.at_level(logging.ERROR, logger="sightwire.group_run"):
+            assert await asyncio.to_thread(process_group, group_settings, group.id, ids) == 3
+        records = {r.id: r for r in await store.images.get_many(ids)}
+        assert all(records[i].status is ImageStatus.COMPLETE for i in ids[1:])
+        assert f"group {group.id}: writing image {ids[0]} failed" in caplog.text
+    finally:
+        await store.close()

@@ -12,8 +12,8 @@
 The sending half is the notifier (``notifier/``); what to announce is ``core.events``.
 """
 
-from core.delivery.endpoints import Endpoints, endpoint_id, endpoint_of
-from core.delivery.outbox import AttemptRecord, Claim, Outbox, Recorded
+from core.delivery.endpoints import Endpoints, destination_host, endpoint_id, endpoint_of
+from core.delivery.outbox import AttemptRecord, Claim, Outbox, Recorded, SharedRoom
 from core.delivery.outcomes import Outcome, RetryResult
 from core.delivery.policy import BreakerPolicy, DeliveryPolicy, RetryPolicy, SlowdownPolicy
 
@@ -28,7 +28,9 @@ __all__ = [
     "Recorded",
     "RetryPolicy",
     "RetryResult",
+    "SharedRoom",
     "SlowdownPolicy",
+    "destination_host",
     "endpoint_id",
     "endpoint_of",
 ]

@@ -8,6 +8,7 @@ deliveries. The breaker's state is written only by the delivery scripts (``core.
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
@@ -20,6 +21,12 @@ from core.tokens import short_hash
 
 def endpoint_id(org: str, url: str) -> str:
     return "ep_" + short_hash(f"{org}\n{url}")
+
+
+def destination_host(url: str) -> str:
+    """The host a URL's requests go to, as the per-host in-flight cap counts it: every port,
+    path and query of one host name are one destination."""
+    return (urlsplit(url).hostname or url).rstrip(".")
 
 
 def endpoint_of(delivery: Delivery) -> str:

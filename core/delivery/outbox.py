@@ -25,7 +25,7 @@ from redis.asyncio.client import Pipeline
 
 from core.delivery import scripts
 from core.delivery.codec import delivery_fields, delivery_from_hash, health_from_hash
-from core.delivery.endpoints import endpoint_id, endpoint_of
+from core.delivery.endpoints import destination_host, endpoint_id, endpoint_of
 from core.delivery.outcomes import Outcome, RetryResult
 from core.delivery.policy import BreakerPolicy
 from core.delivery.scripts import Call
@@ -48,6 +48,17 @@ def _leased(records: list[bytes]) -> list[Delivery]:
     """Deliveries a script leased, each returned as its record's JSON object."""
     found = (delivery_from_hash(raw) for raw in records)
     return [d for d in found if d is not None]
+
+
+@dataclass(frozen=True)
+class SharedRoom:
+    """What orgs and destination hosts may still send under the caps their endpoints share:
+    ``orgs``/``hosts`` give the room left to those with sends in flight, any other has the cap."""
+
+    org_cap: int
+    host_cap: int
+    orgs: dict[str, int] = field(default_factory=dict)
+    hosts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,21 +125,31 @@ class Outbox:
             endpoint_id=eid,
         )
         args = {"id": delivery.id, "eid": eid, "resource_id": a.resource_id, "org": a.org, "url": a.url,
-                "now": a.at.timestamp(), "retention_s": self.retention_s}
+                "host": destination_host(a.url), "now": a.at.timestamp(), "retention_s": self.retention_s}
         self._scripts.queue(pipe, scripts.ENQUEUE, Call(args, delivery_fields(delivery)))
         return delivery
 
     async def claim(
-        self, now: datetime, lease_s: float, budget: int, endpoint_room: int, busy: dict[str, int]
+        self,
+        now: datetime,
+        lease_s: float,
+        budget: int,
+        endpoint_room: int,
+        busy: dict[str, int],
+        shared: SharedRoom | None = None,
     ) -> Claim:
         """Lease up to ``budget`` due deliveries, at most ``endpoint_room`` per endpoint (``busy``
-        gives the room left to endpoints with sends in flight). Entries whose record is gone are
-        dropped from the queue; waiting deliveries marked superseded are finished as such."""
+        gives the room left to endpoints with sends in flight) and what ``shared`` leaves each org
+        and destination host (no such caps without it). Entries whose record is gone are dropped
+        from the queue; waiting deliveries marked superseded are finished as such."""
         if budget <= 0:
             return Claim([], 0, await self.next_due_at(), 0)
+        shared = shared or SharedRoom(budget, budget)
         claimed, superseded, nxt, missing = await self._scripts.run(scripts.CLAIM, Call({
             "now": now.timestamp(), "lease_until": now.timestamp() + lease_s, "budget": budget,
             "endpoint_room": endpoint_room, "room": busy, "retention_s": self.retention_s,
+            "org_cap": shared.org_cap, "org_room": shared.orgs, "host_cap": shared.host_cap,
+            "host_room": shared.hosts,
         }))
         return Claim(_leased(claimed), int(superseded), _moment(nxt) if nxt else None, int(missing))
 

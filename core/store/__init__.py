@@ -35,7 +35,9 @@ class Store:
         events = Events.from_settings(settings)
         ledger = GroupLedger(redis, self.keys, self.outbox, events)
         self.images = ImageStore(redis, self.keys, self.jobs, self.outbox, ledger, events)
-        self.groups = GroupStore(redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold)
+        self.groups = GroupStore(
+            redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold, settings.max_group_images
+        )
         self.idempotency = IdempotencyStore(redis, self.keys, settings.idempotency_ttl_s)
         self.limits = RateLimiter(redis, self.keys, {LimitKind.REQUESTS: settings.rate_limit_requests_per_s,
                                                      LimitKind.IMAGES: settings.rate_limit_images_per_min})

@@ -25,8 +25,17 @@ from core.store.images import ImageStore
 from core.store.jobs import JobQueue
 from core.store.ledger import GroupLedger
 from core.store.records import decode, new_group_fields, new_image_fields
+from core.store.transactions import watched
 
 CHUNK = 1_000
+WATCHED_CHUNK = 200  # images per watched transaction: small enough that a finishing image rarely aborts it
+
+
+class GroupFull(ValueError):
+    """Growing the group would pass ``max_group_images`` (checked where the growth commits)."""
+
+    def __init__(self, limit: int, would_be: int) -> None:
+        super().__init__(f"a group holds at most {limit} images; this would make {would_be}")
 
 
 def chunks(items: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
@@ -37,7 +46,14 @@ def chunks(items: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
 
 class GroupStore:
     def __init__(
-        self, redis: Redis, keys: Keys, jobs: JobQueue, images: ImageStore, ledger: GroupLedger, bulk_threshold: int
+        self,
+        redis: Redis,
+        keys: Keys,
+        jobs: JobQueue,
+        images: ImageStore,
+        ledger: GroupLedger,
+        bulk_threshold: int,
+        max_images: int,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -45,6 +61,7 @@ class GroupStore:
         self._images = images
         self.ledger = ledger
         self._bulk_threshold = bulk_threshold
+        self._max_images = max_images
 
     async def _write_images(
         self, org: str, group_id: str, models: list[str], images: list[GroupImage]
@@ -104,43 +121,100 @@ class GroupStore:
         return await self.ledger.image_ids(group_id, start, stop)
 
     async def add_images(self, group_id: str, org: str, images: list[GroupImage]) -> GroupRecord | None:
-        """Grow a group: only the new images run; the group re-opens until they finish."""
+        """Grow a group: only the new images run; the group re-opens until they finish.
+
+        The new hashes are written first (unreachable), then linked in a transaction under a
+        WATCH of the group's growth counter, which every change of its models or images bumps:
+        the size limit and the model list are checked against what the link commits with. Raises
+        ``GroupFull`` (and drops the written hashes) when the group would pass its limit."""
         record = await self.ledger.get(group_id, org)
         if record is None:
             return None
-        written = await self._write_images(org, group_id, record.models, images)
-        bulk = record.bulk or len(images) >= self._bulk_threshold
-        async with self._redis.pipeline(transaction=True) as pipe:
-            key = self._keys.group(group_id)
+        self._check_size(record.counts.total, len(images))
+        models = record.models
+        written = await self._write_images(org, group_id, models, images)
+        key = self._keys.group(group_id)
+
+        async def link(pipe: Pipeline) -> None:
+            fields = decode(await pipe.hgetall(key))
+            self._check_size(int(fields["total"]), len(images))
+            current = json.loads(fields["models"])
+            missing = [m for m in current if m not in models]  # added since the hashes were written
+            pipe.multi()
+            if missing:
+                for image_id in written:
+                    self._images.queue_models(pipe, image_id, {"models": json.dumps(models)}, missing)
             pipe.hincrby(key, "total", len(images))
             pipe.hincrby(key, "seq", 1)
-            self._link(pipe, org, group_id, written, record.models, bulk=bulk)
-            await pipe.execute()
+            pipe.incr(self._keys.group_growth(group_id))
+            bulk = fields.get("bulk") == "1" or len(images) >= self._bulk_threshold
+            self._link(pipe, org, group_id, written, current, bulk=bulk)
+
+        try:
+            await watched(self._redis, [self._keys.group_growth(group_id)], link)
+        except GroupFull:
+            for chunk in chunks(written):
+                await self._redis.delete(*(self._keys.image(image_id) for image_id in chunk))
+            raise
         return await self.get(group_id, org)
 
+    def _check_size(self, total: int, adding: int) -> None:
+        if total + adding > self._max_images:
+            raise GroupFull(self._max_images, total + adding)
+
     async def add_models(self, group_id: str, org: str, models: list[str]) -> tuple[GroupRecord, list[str]] | None:
-        """Run more models on every image of a group; only the models an image lacks run."""
-        record = await self.ledger.get(group_id, org)
-        if record is None:
+        """Run more models on every image of a group; only the models an image lacks run.
+
+        The group's model list grows first (under a WATCH of its growth counter, so images added
+        concurrently either are already listed or are written with the new models); then every
+        listed image gets what it lacks of ``models``, chunk by chunk, each chunk under a WATCH of
+        its image hashes, so a concurrent finalize or add never sees or writes a stale image.
+        Every image is visited even when the group already lists ``models``, which also completes
+        an earlier call that stopped half-way."""
+        key = self._keys.group(group_id)
+
+        async def extend(pipe: Pipeline) -> tuple[bool, list[str]] | None:
+            fields = decode(await pipe.hgetall(key))
+            if not fields or fields["org"] != org:
+                return None
+            current = json.loads(fields["models"])
+            added = [m for m in models if m not in current]
+            if added:
+                pipe.multi()
+                pipe.hset(key, "models", json.dumps([*current, *added]))
+                pipe.incr(self._keys.group_growth(group_id))
+            return fields.get("bulk") == "1", added
+
+        outcome = await watched(self._redis, [self._keys.group_growth(group_id)], extend)
+        if outcome is None:
             return None
-        added = [m for m in models if m not in record.models]
-        if not added:
-            return await self.get(group_id, org), []  # type: ignore[return-value]
-        ids = await self.ledger.image_ids(group_id)
-        for chunk in chunks(ids):
-            async with self._redis.pipeline(transaction=False) as reader:
-                for image_id in chunk:
-                    reader.hgetall(self._keys.image(image_id))
-                raws = await reader.execute()
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for image_id, raw in zip(chunk, raws, strict=True):
-                    queued = self._images.queue_models(pipe, image_id, decode(raw), added)
-                    if queued and not record.bulk:
-                        self._jobs.add(pipe, image_id, queued)
-                if record.bulk:
-                    self._jobs.add_bulk(pipe, group_id, chunk, added)
-                await pipe.execute()
-        await self._redis.hset(self._keys.group(group_id), "models", json.dumps([*record.models, *added]))
+        bulk, added = outcome
+        for chunk in chunks(await self.ledger.image_ids(group_id), WATCHED_CHUNK):
+            await self._queue_on(group_id, chunk, models, bulk)
         return await self.get(group_id, org), added  # type: ignore[return-value]
 
+    async def _queue_on(self, group_id: str, image_ids: list[str], models: list[str], bulk: bool) -> None:
+        """Queue what each image lacks of ``models``, with its job(s), in one watched transaction."""
+        image_keys = [self._keys.image(image_id) for image_id in image_ids]
 
+        async def queue(pipe: Pipeline) -> None:
+            # Read on another connection in one round trip: WATCH is already in force, so a change
+            # after this read still aborts the transaction.
+            async with self._redis.pipeline(transaction=False) as reader:
+                for image_key in image_keys:
+                    reader.hgetall(image_key)
+                raws = await reader.execute()
+            pipe.multi()
+            queued_ids: list[str] = []
+            queued_models: dict[str, None] = {}
+            for image_id, raw in zip(image_ids, raws, strict=True):
+                queued = self._images.queue_models(pipe, image_id, decode(raw), models) if raw else []
+                if queued and not bulk:
+                    self._jobs.add(pipe, image_id, queued)
+                if queued:
+                    queued_ids.append(image_id)
+                    queued_models.update(dict.fromkeys(queued))
+            if bulk and queued_ids:
+                self._jobs.add_bulk(pipe, group_id, queued_ids, list(queued_models))
+
+        await watched(self._redis, image_keys, queue)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from core.schemas import GroupCreate, GroupImage, GroupImagesAdd, GroupRecord, ModelsAdd
+from core.store.groups import GroupFull
 from core.store.ratelimit import LimitKind
 from serve_app.auth import Org, charge
 from serve_app.context import ApiContext, context
@@ -59,7 +60,10 @@ async def add_images(
         raise not_found(f"group {group_id}")
     check_images(ctx, body.images, already=current.counts.total)
     await charge(request, response, LimitKind.IMAGES, len(body.images))
-    record = await ctx.store.groups.add_images(group_id, org, body.images)
+    try:
+        record = await ctx.store.groups.add_images(group_id, org, body.images)
+    except GroupFull as exc:  # a concurrent add got there first
+        raise invalid("images", str(exc)) from exc
     if record is None:
         raise not_found(f"group {group_id}")
     return record

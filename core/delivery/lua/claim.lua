@@ -1,23 +1,42 @@
 -- Claim due deliveries, endpoint by endpoint in the order they became ready, applying each
 -- endpoint's breaker: a closed one gives what is due (up to its room), an open one past its
 -- cool-down (or a half-open one whose probe lease ended) gives one probe.
+-- An endpoint's room is also bounded by what its org and its destination host may still send
+-- (the caps lanes share): an endpoint held back by those stays at the head of the index, so
+-- the scan looks past them (widening its window by how many it skipped) to other orgs' work.
 -- A: now, lease_until, budget (sends in all), endpoint_room (room of an endpoint not in `room`),
 --    room ({endpoint id: room left} for endpoints with sends in flight or a lowered cap),
---    retention_s
+--    org_cap, org_room ({org: room left} for orgs with sends in flight), host_cap, host_room
+--    (the same per destination host), retention_s
 local now, budget, room = A.now, A.budget, A.room
+local org_room, host_room = A.org_room, A.host_room
 local claimed, superseded, missing = {}, 0, 0
+local owner, capped, ncapped = {}, {}, 0
 local function full()
   local n = 0
   for _, r in pairs(room) do if r <= 0 then n = n + 1 end end
   return n
 end
-for _ = 1, 4 do
+-- The endpoint's room under every cap, and its {org, host} (nil when its own room is spent).
+local function room_of(eid)
+  local r = room[eid] or A.endpoint_room
+  if r <= 0 then return r, nil end
+  local o = owner[eid]
+  if not o then
+    local e = redis.call('HMGET', K.endpoint(eid), 'org', 'host', 'url')
+    o = {e[1] or '', e[2] or e[3] or eid}
+    owner[eid] = o
+  end
+  return math.min(r, org_room[o[1]] or A.org_cap, host_room[o[2]] or A.host_cap), o
+end
+for pass = 1, 16 do
   if budget <= 0 then break end
-  local eids = redis.call('ZRANGEBYSCORE', INDEX, '-inf', now, 'LIMIT', 0, full() + budget + 64)
-  local worked = false
+  local window = full() + ncapped + budget + 64
+  local eids = redis.call('ZRANGEBYSCORE', INDEX, '-inf', now, 'LIMIT', 0, window)
+  local worked, skipped = false, false
   for _, eid in ipairs(eids) do
     if budget <= 0 then break end
-    local free = room[eid] or A.endpoint_room
+    local free, o = room_of(eid)
     if free > 0 then
       worked = true
       local e = redis.call('HMGET', K.endpoint(eid), 'state', 'open_until', 'slow_until', 'probe_until')
@@ -32,18 +51,24 @@ for _ = 1, 4 do
         if probing then take = 1 end
         local n, sup, miss = take_due(eid, now, A.lease_until, take, probing, claimed)
         superseded, missing = superseded + sup, missing + miss
-        if probing then room[eid] = 0 else room[eid] = free - n end
+        local own = room[eid] or A.endpoint_room
+        if probing then room[eid] = 0 else room[eid] = own - n end
+        org_room[o[1]] = (org_room[o[1]] or A.org_cap) - n
+        host_room[o[2]] = (host_room[o[2]] or A.host_cap) - n
         budget = budget - n
       end
       reindex(eid, now)
+    elseif o and not capped[eid] then
+      capped[eid], ncapped, skipped = true, ncapped + 1, true
     end
   end
-  if not worked then break end
+  local more = skipped and #eids >= window  -- held-back endpoints filled the window: look further
+  if not ((worked and pass < 4) or more) then break end
 end
 -- When the first endpoint with room becomes ready ('' when none is queued).
 local nxt = ''
-local head = redis.call('ZRANGE', INDEX, 0, full(), 'WITHSCORES')
+local head = redis.call('ZRANGE', INDEX, 0, full() + ncapped, 'WITHSCORES')
 for i = 1, #head, 2 do
-  if (room[head[i]] or A.endpoint_room) > 0 then nxt = head[i + 1] break end
+  if room_of(head[i]) > 0 then nxt = head[i + 1] break end
 end
 return {claimed, superseded, nxt, missing}

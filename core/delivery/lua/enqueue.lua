@@ -1,7 +1,7 @@
 -- Write and queue a new delivery (inside the caller's MULTI). A waiting delivery of the same
 -- resource to the same endpoint is superseded now; one being sent is marked, and is superseded
 -- (not retried) when its attempt ends.
--- A: id, eid, resource_id, org, url, now, retention_s; ARGV[2..]: the record's field/value pairs
+-- A: id, eid, resource_id, org, url, host (its destination host), now, retention_s; ARGV[2..]: the record's field/value pairs
 redis.call('HSET', K.delivery(A.id), unpack(ARGV, 2))
 redis.call('RPUSH', K.resource_deliveries(A.resource_id), A.id)
 local ek, latest = K.endpoint(A.eid), K.endpoint_latest(A.eid)
@@ -9,6 +9,7 @@ if redis.call('HSETNX', ek, 'state', EndpointState.CLOSED) == 1 then
   redis.call('HSET', ek, 'org', A.org, 'url', A.url, 'created_at', A.now)
   redis.call('SADD', K.org_endpoints(A.org), A.eid)
 end
+redis.call('HSETNX', ek, 'host', A.host)  -- also on endpoints made before hosts were recorded
 local old = redis.call('HGET', latest, A.resource_id)
 if old and old ~= A.id then
   local o = redis.call('HMGET', K.delivery(old), 'status', 'lease_until')
