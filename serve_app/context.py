@@ -32,7 +32,7 @@ class ApiContext:
     def __post_init__(self) -> None:
         self.policy = UrlPolicy.from_settings(self.settings)
         self.readiness = Readiness(self.store.ping, self.models, interval_s=self.settings.readiness_interval_s,
-                                   timeout_s=READY_TIMEOUT_S)
+                                   timeout_s=READY_TIMEOUT_S, jobs=self.store.jobs.counts)
 
     async def models(self) -> list[ModelInfo]:
         """Every model's info from its deployment; cached once all have answered."""

@@ -27,6 +27,7 @@ from notifier import NAMESPACE, start_notifier
 from serve_app.gateway import APP_NAME
 from serve_app.stack import LocalStack
 from tests.conftest import png_bytes
+from tests.support.queues import queued_jobs
 from tests.support.servers import ImageHost, Received, WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -88,7 +89,8 @@ async def test_all_models_to_webhook(
 
 
 async def test_adding_models_runs_only_the_new_ones_and_fires_image_updated(
-    api: httpx.AsyncClient, api_key: str, stack_store: Store, image_host: ImageHost, receiver: WebhookReceiver
+    api: httpx.AsyncClient, api_key: str, stack_store: Store, org: str, image_host: ImageHost,
+    receiver: WebhookReceiver,
 ) -> None:
     url = image_host.put("/more-models.png", png_bytes(160, 120, seed=11))
     created = await submit(api, api_key, url=url, models=["object_detection"], webhookUrl=receiver.url("/more"))
@@ -120,7 +122,7 @@ async def test_adding_models_runs_only_the_new_ones_and_fires_image_updated(
     again = await api.post(path, json={"models": ["room_classification"]}, headers=auth(api_key))
     assert again.status_code == 202 and again.json()["sequence"] == data["sequence"]
 
-    before = await stack_store.redis.xlen(stack_store.keys.jobs)
+    before = await queued_jobs(stack_store, org)
     unknown = await api.post(path, json={"models": ["no_such_model"]}, headers=auth(api_key))
     assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "models"
     assert (await api.post(path, json={"models": []}, headers=auth(api_key))).status_code == 422
@@ -129,7 +131,7 @@ async def test_adding_models_runs_only_the_new_ones_and_fires_image_updated(
     missing = await api.post("/v1/images/img_missing/models", json={"models": ["quality_score"]},
                              headers=auth(api_key))
     assert missing.status_code == 404
-    assert await stack_store.redis.xlen(stack_store.keys.jobs) <= before  # nothing was queued
+    assert await queued_jobs(stack_store, org) <= before  # nothing was queued
     assert (await api.get(f"/v1/images/{created['id']}", headers=auth(api_key))).json()["sequence"] == data["sequence"]
 
 
@@ -154,7 +156,6 @@ async def test_one_model_failing_leaves_the_others_results(
     processor (and its notifier) work on their own key prefix, beside the stack's."""
     settings = stack.settings.model_copy(update={"key_prefix": new_id("swpartial")})
     store = Store.from_settings(settings)
-    await store.jobs.ensure_group()
     url = image_host.put("/partial.png", png_bytes(200, 150, seed=12))
     record = await store.images.create(
         org, ImageCreate(url=url, models=ALL_MODELS, webhook_url=receiver.url("/partial"))

@@ -22,7 +22,7 @@ from redis.asyncio.client import Pipeline
 from core.keys import Keys
 from core.schemas import GroupCreate, GroupImage, GroupRecord
 from core.store.images import ImageStore
-from core.store.jobs import JobQueue
+from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
 from core.store.records import decode, new_group_fields, new_image_fields
 
@@ -37,7 +37,7 @@ def chunks(items: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
 
 class GroupStore:
     def __init__(
-        self, redis: Redis, keys: Keys, jobs: JobQueue, images: ImageStore, ledger: GroupLedger, bulk_threshold: int
+        self, redis: Redis, keys: Keys, jobs: Jobs, images: ImageStore, ledger: GroupLedger, bulk_threshold: int
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -73,10 +73,9 @@ class GroupStore:
         base = time.time()
         pipe.zadd(self._keys.org_images(org), {image_id: base + order * 1e-6 for image_id, order in written.items()})
         if bulk:
-            self._jobs.add_bulk(pipe, group_id, ids, models)
+            self._jobs.add_bulk(pipe, org, group_id, ids, models)
         else:
-            for image_id in ids:
-                self._jobs.add(pipe, image_id, models)
+            self._jobs.add_many(pipe, org, ids, models)
 
     async def create(self, org: str, request: GroupCreate) -> GroupRecord:
         group_id, fields = new_group_fields(
@@ -136,9 +135,9 @@ class GroupStore:
                 for image_id, raw in zip(chunk, raws, strict=True):
                     queued = self._images.queue_models(pipe, image_id, decode(raw), added)
                     if queued and not record.bulk:
-                        self._jobs.add(pipe, image_id, queued)
+                        self._jobs.add(pipe, org, image_id, queued)
                 if record.bulk:
-                    self._jobs.add_bulk(pipe, group_id, chunk, added)
+                    self._jobs.add_bulk(pipe, org, group_id, chunk, added)
                 await pipe.execute()
         await self._redis.hset(self._keys.group(group_id), "models", json.dumps([*record.models, *added]))
         return await self.get(group_id, org), added  # type: ignore[return-value]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from core.store import Store
 from core.store.fair_queue import FairQueue
 
 
@@ -17,3 +18,8 @@ async def fill(redis: Redis, queue: FairQueue, org: str, n: int) -> list[str]:
         ids = [queue.enqueue(pipe, org, {"image": image_of(org, i)}) for i in range(n)]
         await pipe.execute()
     return ids
+
+
+async def queued_jobs(store: Store, org: str) -> int:
+    """Jobs of ``org`` waiting in the store's online queue (claimed ones not counted)."""
+    return (await store.jobs.online.depth()).queued.get(org, 0)
