@@ -36,6 +36,10 @@ SCRIPT_KEYS = (
 )
 
 
+# Per-org and per-job keys the fair queue's scripts build (method names of ``QueueKeys``).
+QUEUE_SCRIPT_KEYS = ("org_queue", "job")
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "sw"
@@ -154,12 +158,23 @@ class QueueKeys:
         return f"{self.base}:dead"
 
 
+def _layout(bare: object, names: tuple[str, ...], base: str = "") -> dict[str, tuple[str, str]]:
+    """Each named key method of ``bare`` as the text before and after its id, ``base`` left out."""
+    layout = {}
+    for name in names:
+        before, after = getattr(bare, name)(_HOLE).removeprefix(base).split(_HOLE)
+        layout[name] = (before, after)
+    return layout
+
+
 def script_layout() -> dict[str, tuple[str, str]]:
     """Each per-entity key of ``SCRIPT_KEYS`` as the text before and after its id, prefix left
     out: a script's ``K.<name>(id)`` becomes ``P .. before .. id .. after``, what ``Keys`` returns."""
-    bare = Keys(prefix="")
-    layout = {}
-    for name in SCRIPT_KEYS:
-        before, after = getattr(bare, name)(_HOLE).split(_HOLE)
-        layout[name] = (before, after)
-    return layout
+    return _layout(Keys(prefix=""), SCRIPT_KEYS)
+
+
+def queue_script_layout() -> dict[str, tuple[str, str]]:
+    """The fair queue's per-org and per-job keys (``QUEUE_SCRIPT_KEYS``) relative to its base:
+    ``K.job(id)`` becomes ``A.base .. before .. id``, what ``QueueKeys.job`` returns."""
+    bare = QueueKeys(prefix="", queue="")
+    return _layout(bare, QUEUE_SCRIPT_KEYS, base=bare.base)
