@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 import ray
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def host() -> CountingHost:
+def host() -> Iterator[CountingHost]:
     server = CountingHost()
     server.start()
     yield server
@@ -95,7 +96,7 @@ async def test_a_replica_killed_mid_load_loses_nothing_and_announces_each_state_
     """Two processor replicas (Ray actors); one is killed (``ray.kill``) while it holds jobs.
     Its leases expire, the live replica reclaims them: every image completes and its
     ``image.completed`` webhook arrives exactly once."""
-    settings = engine_settings(stack)
+    settings = engine_settings(stack, engine_max_in_flight=8, engine_org_max_in_flight=8)  # both get work
     store = Store.from_settings(settings)
     url = host.put("/load.png", png_bytes(seed=3), delay_s=0.3)
     ids = [await create(store, org, f"{url}?i={i}", webhook_url=receiver.url("/kill-one")) for i in range(24)]
@@ -149,7 +150,8 @@ async def test_whole_app_killed_with_images_in_flight_the_last_is_delivered_with
     """At the default lease (15 s) and reclaim interval: both replicas are killed with images
     in flight; a replica started afterwards (the restart) delivers the last within 30 s."""
     settings = engine_settings(stack, job_lease_s=Settings.model_fields["job_lease_s"].default,
-                               job_reclaim_interval_s=Settings.model_fields["job_reclaim_interval_s"].default)
+                               job_reclaim_interval_s=Settings.model_fields["job_reclaim_interval_s"].default,
+                               engine_max_in_flight=8, engine_org_max_in_flight=8)
     store = Store.from_settings(settings)
     url = host.put("/crash.png", png_bytes(seed=5), delay_s=0.5)
     ids = [await create(store, org, f"{url}?i={i}", webhook_url=receiver.url("/crash")) for i in range(40)]
