@@ -79,8 +79,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--models", default="object_detection,room_classification,condition_score,quality_score")
     parser.add_argument("--concurrency", type=int, default=48, help="POSTs in flight in the throughput phase")
-    parser.add_argument("--processor-concurrency", type=int, default=48,
-                        help="images the processor works on at once (>= 2 x the largest batch, so batches fill)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--bare-seconds", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1)
@@ -100,7 +98,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings.from_env(
             models="bench", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
-            processor_concurrency=args.processor_concurrency,
         )
         stack = LocalStack(settings, host=HOST, port=free_port(), embedded_redis=True).start()
         try:

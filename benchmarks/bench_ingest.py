@@ -12,8 +12,8 @@ keep-alive HTTP load generator (``benchmarks.loadgen``) with ``--connections`` c
   (hashed key lookup), validated (schema, registry, URL policy, metadata size) and written with
   its job in one Redis transaction before the 202.
 
-By default the job processor is idle (``processor_concurrency=0``) so that only acceptance is
-measured; ``--processing`` lets it work the jobs off meanwhile (their images answer 404 on a
+By default the job processor is all but idle (one job at a time: ``engine_max_in_flight=1``) so
+that only acceptance is measured; ``--processing`` lets it work the jobs off meanwhile (their images answer 404 on a
 loopback host, the cheapest real failure) to show what sharing 2 CPUs with processing costs.
 ratio = Sightwire / bare; target >= 0.80. Each round also records the CPU seconds of the whole
 process tree (load generator, proxy, replicas, Redis, Ray) per request: ``ratio_cpu`` = bare CPU
@@ -98,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings.from_env(
             models="tiny", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
-            processor_concurrency=8 if args.processing else 0,
+            **({} if args.processing else {"engine_max_in_flight": 1, "engine_org_max_in_flight": 1}),
         )
         stack = LocalStack(settings, host=HOST, port=port, embedded_redis=True).start()
         try:

@@ -10,8 +10,8 @@ mid-size shapes) this measures images/s
   job processor calls it: each decoded 640x480 / 800x533 photo is ``ray.put`` once and handed to
   a ``deployments.model_client.ModelClient``, which coalesces concurrent calls into multi-image
   requests; a closed loop keeps ``3 x max_batch_size`` images in flight (one batch running, one
-  queued at the replica, one gathering in the client: the client's pipeline depth, as the
-  processor's ``processor_concurrency`` should be). ``--per-image-requests``
+  queued at the replica, one gathering in the client: the client's pipeline depth; the engine keeps
+  ``2 x max_batch_size x max_replicas`` in flight per model). ``--per-image-requests``
   sends one Serve request per image instead (``handle.predict``), to show what coalescing saves.
 
 The two alternate in ``--rounds`` short rounds (the machine may be shared; alternating exposes

@@ -48,6 +48,10 @@ SCRIPT_KEYS = (
 )
 
 
+# Per-org and per-job keys the fair queue's scripts build (method names of ``QueueKeys``).
+QUEUE_SCRIPT_KEYS = ("org_queue", "job")
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "sw"
@@ -96,9 +100,9 @@ class Keys:
     def group_sums(self, group_id: str) -> str:
         return f"{self.prefix}:grp:{group_id}:sums"
 
-    @property
-    def jobs(self) -> str:
-        return f"{self.prefix}:jobs"
+    def job_queue(self, queue: str) -> QueueKeys:
+        """The keys of one job queue (``core.store.jobs.QueueName``)."""
+        return QueueKeys(self.prefix, queue)
 
     # -- webhook delivery ----------------------------------------------------------------------
 
@@ -135,12 +139,80 @@ class Keys:
         return f"{self.prefix}:org:{org}:endpoints"
 
 
+@dataclass(frozen=True)
+class QueueKeys:
+    """One fair job queue's keys (``core.store.fair_queue``). Every key shares the queue's hash
+    tag (``{jq:<queue>}``), so each script runs in one Redis Cluster slot; the scripts build the
+    per-org and per-job keys from ``base``, which carries it."""
+
+    prefix: str
+    queue: str  # "online" or "bulk"; a shard suffix ("online:3") later spreads a queue over slots
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{jq:{self.queue}}}"
+
+    def org_queue(self, org: str) -> str:
+        """LIST of the org's queued job ids, oldest first."""
+        return f"{self.base}:q:{org}"
+
+    def job(self, job_id: str) -> str:
+        """HASH: org, payload (JSON), attempts (claims so far), enq (ms), owner (lease token)."""
+        return f"{self.base}:job:{job_id}"
+
+    @property
+    def ring(self) -> str:
+        """LIST of the orgs with queued jobs, in round-robin order; the head is on its visit."""
+        return f"{self.base}:ring"
+
+    @property
+    def visiting(self) -> str:
+        """STRING: the org whose visit has begun (its quantum is already credited)."""
+        return f"{self.base}:visiting"
+
+    @property
+    def deficits(self) -> str:
+        """HASH org -> credit left in the round (deficit round-robin)."""
+        return f"{self.base}:deficit"
+
+    @property
+    def weights(self) -> str:
+        """HASH org -> weight (absent: 1), set by an operator."""
+        return f"{self.base}:weights"
+
+    @property
+    def leases(self) -> str:
+        """ZSET job id -> lease expiry (ms, Redis clock)."""
+        return f"{self.base}:leases"
+
+    @property
+    def wake(self) -> str:
+        """LIST holding one token while there may be work for an idle replica."""
+        return f"{self.base}:wake"
+
+    @property
+    def dead(self) -> str:
+        """STREAM of dead letters: jobs that used up their attempts."""
+        return f"{self.base}:dead"
+
+
+def _layout(bare: object, names: tuple[str, ...], base: str = "") -> dict[str, tuple[str, str]]:
+    """Each named key method of ``bare`` as the text before and after its id, ``base`` left out."""
+    layout = {}
+    for name in names:
+        before, after = getattr(bare, name)(_HOLE).removeprefix(base).split(_HOLE)
+        layout[name] = (before, after)
+    return layout
+
+
 def script_layout() -> dict[str, tuple[str, str]]:
     """Each per-entity key of ``SCRIPT_KEYS`` as the text before and after its id, prefix left
     out: a script's ``K.<name>(id)`` becomes ``P .. before .. id .. after``, what ``Keys`` returns."""
-    bare = Keys(prefix="")
-    layout = {}
-    for name in SCRIPT_KEYS:
-        before, after = getattr(bare, name)(_HOLE).split(_HOLE)
-        layout[name] = (before, after)
-    return layout
+    return _layout(Keys(prefix=""), SCRIPT_KEYS)
+
+
+def queue_script_layout() -> dict[str, tuple[str, str]]:
+    """The fair queue's per-org and per-job keys (``QUEUE_SCRIPT_KEYS``) relative to its base:
+    ``K.job(id)`` becomes ``A.base .. before .. id``, what ``QueueKeys.job`` returns."""
+    bare = QueueKeys(prefix="", queue="")
+    return _layout(bare, QUEUE_SCRIPT_KEYS, base=bare.base)

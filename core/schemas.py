@@ -72,6 +72,7 @@ class ErrorCode(StrEnum):
     DECODE_FAILED = "decode_failed"
     MODEL_FAILED = "model_failed"
     MODEL_TIMEOUT = "model_timeout"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # the job failed max_job_attempts times: a dead letter
 
 
 def _dedupe(names: list[str]) -> list[str]:

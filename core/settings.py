@@ -67,8 +67,6 @@ class Settings(BaseModel):
     group_progress_interval_s: float = 5.0
     webhook_payload_cap_bytes: int = 256 * 1024
 
-    processor_concurrency: int = 8
-    visibility_timeout_s: float = 300.0
     model_timeout_s: float = 120.0
     gpu_policy: GpuPolicy = GpuPolicy.AUTO  # a model's GPU ask on a cluster with none (core/placement.py)
     # The online engine (deployments/engine, docs/engine.md): per processor replica unless said.
@@ -83,6 +81,8 @@ class Settings(BaseModel):
     job_lease_s: float = Field(15.0, gt=0)  # a claim expires unless its replica renews it (lease / 3)
     job_reclaim_interval_s: float = Field(1.0, gt=0)  # how often expired leases go back to their queue
     max_job_attempts: int = Field(3, ge=1)  # claims of one job before it goes to the dead letters
+    job_retry_delay_s: float = Field(5.0, ge=0)  # a job that failed unexpectedly is claimed again after this
+    max_bulk_runs: int = Field(2, ge=1)  # bulk group runs (Ray Data) one processor replica holds at once
     queue_quantum: int = Field(1, ge=1)  # jobs one org may take per round-robin visit (x its weight)
 
     webhook_timeout_s: float = 10.0

@@ -1,25 +1,35 @@
-"""The job processor: takes image jobs from the Redis stream and fans them out to the models.
+"""The job processor: the online engine (docs/engine.md) on Serve.
 
-Each replica runs ``processor_concurrency`` workers reading the stream through one consumer
-group, plus a reclaimer that takes over jobs a dead worker left pending past the visibility
-timeout. Work is idempotent: models that already have a result are not run again, and
-``finalize`` announces each state once, so processing a job twice is harmless. ``finalize`` also
-pushes the outbox's wake token, which the notifier waits on: the processor never calls it.
+Each replica claims jobs from the store's fair queues (``core.store.jobs``) through two
+``deployments.engine.intake.Intake``\\ s: the online one holds up to ``engine_max_in_flight`` image
+jobs (``engine_org_max_in_flight`` of one org), the bulk one up to ``max_bulk_runs`` group runs,
+so a Ray Data run never holds an online slot. Every claim is a lease the intake's heartbeat
+renews and the reclaimer returns when its replica dies; a job past ``max_job_attempts`` fails
+its image(s) with ``attempts_exhausted``, is announced through ``finalize`` and is buried in the
+dead letters. One task per job walks the stages, each bounded and fair by org
+(``deployments.engine.limits``): fetch (slots per org and per destination host), body bytes,
+decode (a thread pool), decoded pixels, and images in flight per model (enough to fill every
+replica's batches). Nothing of a backlog sits here beyond what the intake claimed.
 
-A model call that fails because its replica died or is unavailable (Serve is replacing it) is
-retried a bounded number of times: inference is pure, so a retry is safe, and the image does not
-lose a model to a replica crash. Each model has its own deadline (registry ``timeout_s``).
-A decoded image is put in the object store once and goes to every model by reference; calls to
-one model are coalesced into multi-image requests under load (``deployments.model_client``).
+Work is idempotent: models that already have a result are not run again, and ``finalize``
+announces each state once, so a job run twice (a lease that expired) is harmless. ``finalize``
+pushes the outbox's wake token, which the notifier waits on.
+
+A model call that fails because its replica died or is unavailable is retried a bounded number
+of times (inference is pure). Each model has its own deadline (registry ``timeout_s``). A decoded
+image is put in the object store once and goes to every model by reference; calls to one model
+are coalesced into multi-image requests (``deployments.model_client``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import ray
 from ray import serve
@@ -27,19 +37,22 @@ from ray.exceptions import RayActorError
 from ray.remote_function import RemoteFunction
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
-from redis.exceptions import RedisError
 
 from core.failures import Failure, describe, failed_result
 from core.registry import ModelSpec, decode_min_side, load_registry
-from core.schemas import ErrorCode, ImageStatus, ModelResult, ModelStatus, utcnow
+from core.schemas import ErrorCode, ErrorInfo, ImageRecord, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.store import Job, Store
+from core.store.fair_queue import QueuedJob
+from core.store.jobs import QueueName
+from deployments.engine.intake import Intake, IntakeLimits
+from deployments.engine.limits import StageLimits, decode_threads
+from deployments.engine.scaling import BACKLOG, HELD
 from deployments.model_client import ModelClient
-from imaging import DecodedImage, ImageFetcher, load_image
+from imaging import DecodedImage, ImageFetcher, decode_image
 
 log = logging.getLogger("sightwire.processor")
 
-REDIS_RETRY_S = 1.0
 # A model call that died with its replica is tried this many times in all, backing off between.
 MODEL_ATTEMPTS = 4
 MODEL_RETRY_BACKOFF_S = 0.25
@@ -70,14 +83,20 @@ def model_clients(specs: dict[str, ModelSpec], models: dict[str, DeploymentHandl
     return clients
 
 
+def runnable(record: ImageRecord | None) -> bool:
+    """The seam of cancel and deadlines (issue 12): work starts, and each model call is made,
+    only on an image that still exists and is not terminal (finished, failed or canceled)."""
+    return record is not None and not record.status.is_terminal
+
+
 class Processor:
-    """The processing loop itself, independent of Serve so it can be run and tested directly."""
+    """The engine of one replica, independent of Serve so it can be run and tested directly."""
 
     def __init__(
         self,
         settings: Settings,
         models: dict[str, DeploymentHandle],
-        bulk: DeploymentHandle | None = None,
+        bulk: RemoteFunction | None = None,
         timeouts: dict[str, float] | None = None,
     ) -> None:
         self.settings = settings
@@ -89,110 +108,131 @@ class Processor:
         self.clients = model_clients(self.specs, models)
         self.store = Store.from_settings(settings)
         self.fetcher = ImageFetcher.from_settings(settings)
-        self.consumer = f"processor-{uuid.uuid4().hex[:12]}"
-        self._tasks: list[asyncio.Task[None]] = []
+        self.limits = StageLimits.build(settings, {n: s for n, s in self.specs.items() if n in models})
+        self._decoders = ThreadPoolExecutor(decode_threads(settings), thread_name_prefix="sightwire-decode")
+        jobs = self.store.jobs
+        online = IntakeLimits(settings.engine_max_in_flight, settings.engine_org_max_in_flight,
+                              settings.job_reclaim_interval_s, retry_delay_s=settings.job_retry_delay_s)
+        bulk_runs = IntakeLimits(settings.max_bulk_runs, settings.max_bulk_runs, settings.job_reclaim_interval_s,
+                                 retry_delay_s=settings.job_retry_delay_s)
+        self.intakes = {
+            QueueName.ONLINE: Intake("processor", jobs.online, jobs.dead[QueueName.ONLINE], online,
+                                     run=self._run_online, exhausted=self._exhausted, logger=log),
+            QueueName.BULK: Intake("bulk", jobs.bulk, jobs.dead[QueueName.BULK], bulk_runs,
+                                   run=self._run_bulk, exhausted=self._exhausted, logger=log),
+        }
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._work(f"{self.consumer}-{i}"))
-            for i in range(self.settings.processor_concurrency)
-        ]
-        self._tasks.append(loop.create_task(self._reclaim()))
+        for intake in self.intakes.values():
+            intake.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Stop claiming and give back what is held (another replica takes it at once)."""
+        await asyncio.gather(*(intake.stop() for intake in self.intakes.values()))
+        self._decoders.shutdown(wait=False, cancel_futures=True)
         await self.fetcher.aclose()
         await self.store.close()
 
-    async def _work(self, consumer: str) -> None:
-        while True:
-            try:
-                for job in await self.store.jobs.read(consumer, count=1, block_ms=1000):
-                    await self.process(job, consumer)
-            except (RedisError, OSError) as exc:
-                log.warning("redis unavailable in %s: %s", consumer, exc)
-                await asyncio.sleep(REDIS_RETRY_S)
-            except Exception:  # the job stays pending and is reclaimed after the visibility timeout
-                log.exception("worker %s failed a job", consumer)
-                await asyncio.sleep(REDIS_RETRY_S)
+    # -- jobs ----------------------------------------------------------------------------------
 
-    async def _reclaim(self) -> None:
-        """Take up jobs whose worker died: idle longer than the visibility timeout."""
-        idle_ms = int(self.settings.visibility_timeout_s * 1000)
-        while True:
-            await asyncio.sleep(max(self.settings.visibility_timeout_s / 4, 0.5))
-            consumer = f"{self.consumer}-reclaim"
-            try:
-                for job in await self.store.jobs.claim_stale(consumer, idle_ms, count=16):
-                    log.info("reclaimed job %s (image %s, group %s)", job.id, job.image_id, job.group_id)
-                    await self.process(job, consumer)
-            except (RedisError, OSError) as exc:
-                log.warning("redis unavailable in reclaimer: %s", exc)
+    async def _run_online(self, queued: QueuedJob) -> None:
+        job = Job.from_payload(queued.payload)
+        await self.process_image(queued.org, job.image_id, job.models)
 
-    async def process(self, job: Job, consumer: str) -> None:
-        if job.group_id:
-            await self._process_bulk(job, consumer)
-        else:
-            await self.process_image(job.image_id, job.models)
-        await self.store.jobs.ack(job.id)
-
-    async def process_image(self, image_id: str, models: list[str]) -> None:
-        """Run the image's still-queued ``models`` and announce the result; idempotent."""
-        record = await self.store.images.get(image_id)
-        if record is None or record.status is ImageStatus.CANCELED:
-            return
-        queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
-        pending = [name for name in models if name in queued]
-        if pending and record.error is None:
-            await self._run_models(image_id, record.url, pending)
-        await self.store.images.finalize(image_id)
-
-    async def _process_bulk(self, job: Job, consumer: str) -> None:
-        """A large group: hand it to the Ray Data pipeline, keeping the job claimed meanwhile."""
-        if self.bulk is None:  # no pipeline deployed: work through the images here
-            limit = asyncio.Semaphore(self.settings.processor_concurrency)
-
-            async def one(image_id: str) -> None:
-                async with limit:
-                    await self.process_image(image_id, job.models)
-
-            await asyncio.gather(*(one(image_id) for image_id in job.image_ids))
+    async def _run_bulk(self, queued: QueuedJob) -> None:
+        """A large group: hand it to the Ray Data pipeline; the intake's heartbeat renews the
+        lease while the run lives. With no pipeline deployed the images run here, one job's
+        worth of the online stages each."""
+        job = Job.from_payload(queued.payload)
+        if self.bulk is None:
+            await asyncio.gather(*(self.process_image(queued.org, image_id, job.models) for image_id in job.image_ids))
             return
         ref = self.bulk.remote(self.settings, job.group_id, list(job.image_ids), models=job.models)
-        run = asyncio.wrap_future(ref.future())
-        while not (await asyncio.wait({run}, timeout=max(self.settings.visibility_timeout_s / 3, 0.5)))[0]:
-            await self.store.jobs.touch(job.id, consumer)
-        run.result()
+        await asyncio.wrap_future(ref.future())
 
-    async def _run_models(self, image_id: str, url: str, models: list[str]) -> None:
-        try:
-            min_side = decode_min_side(self.specs[name] for name in models if name in self.specs)
-            image = await load_image(self.fetcher, url, self.settings, min_side)
-        except Failure as failure:
-            await self.store.images.write_image_error(image_id, failure.info())
+    async def _exhausted(self, queued: QueuedJob) -> None:
+        """A job that used up its attempts: each of its images not yet terminal fails with its own
+        code and is announced; the intake then buries the job. An image whose announcement
+        itself fails stays failed (logged); the dead letter keeps the job for an operator."""
+        job = Job.from_payload(queued.payload)
+        error = ErrorInfo(code=ErrorCode.ATTEMPTS_EXHAUSTED,
+                          message=f"processing failed {queued.attempts} times; the job is a dead letter")
+        for image_id in job.images:
+            if not runnable(await self.store.images.get(image_id)):
+                continue
+            await self.store.images.write_image_error(image_id, error)
+            try:
+                await self.store.images.finalize(image_id)
+            except Exception:
+                log.exception("could not announce the failure of image %s (job %s)", image_id, queued.id)
+
+    async def process_image(self, org: str, image_id: str, models: list[str]) -> None:
+        """Run the image's still-queued ``models`` and announce the result; idempotent."""
+        record = await self.store.images.get(image_id)
+        if record is None:
             return
-        await self.store.images.mark_started(image_id, image.width, image.height)
-        shared = ray.put(image)  # one object-store copy, read by every model
-        await asyncio.gather(*(self._run_model(image_id, name, shared) for name in models))
+        if runnable(record) and record.error is None:
+            queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
+            pending = [name for name in models if name in queued]
+            if pending:
+                await self._run_models(org, record, pending)
+        await self.store.images.finalize(image_id)
 
-    async def _run_model(self, image_id: str, name: str, image: DecodedImage | ray.ObjectRef) -> None:
-        """Run one model and write its result the moment it is ready; a failure stays local."""
-        timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
+    # -- stages --------------------------------------------------------------------------------
+
+    async def _load(self, org: str, url: str, min_side: int) -> tuple[DecodedImage, Any]:
+        """Fetch and decode under the fair stage bounds; returns the image and its pixel grant,
+        which the caller releases once every model has the image."""
+        limits, settings = self.limits, self.settings
+        async with limits.fetch.hold(org, key=urlsplit(url).hostname or ""):
+            data = await self.fetcher.fetch(url)
+        async with limits.bodies.hold(org, len(data)):
+            pixels = await limits.pixels.acquire(org, min(settings.max_image_pixels, settings.max_image_side ** 2))
+            try:
+                async with limits.decode.hold(org):
+                    image = await asyncio.get_running_loop().run_in_executor(
+                        self._decoders, decode_image, data, settings.max_image_pixels, settings.max_image_side,
+                        min_side,
+                    )
+            except BaseException:
+                pixels.release()
+                raise
+        return image, pixels
+
+    async def _run_models(self, org: str, record: ImageRecord, models: list[str]) -> None:
+        min_side = decode_min_side(self.specs[name] for name in models if name in self.specs)
         try:
-            async with asyncio.timeout(timeout_s):
-                answer = await self._call_model(name, image)
-            result = ModelResult(
-                status=ModelStatus.COMPLETE, version=answer["version"], result=answer["result"],
-                completed_at=utcnow(),
-            )
-        except TimeoutError:
-            result = failed_result(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
-        except Exception as exc:  # any model error fails this model only
-            log.exception("model %s failed on %s", name, image_id)
-            result = failed_result(ErrorCode.MODEL_FAILED, f"{name}: {describe(exc)}")
+            image, pixels = await self._load(org, record.url, min_side)
+        except Failure as failure:
+            await self.store.images.write_image_error(record.id, failure.info())
+            return
+        try:
+            await self.store.images.mark_started(record.id, image.width, image.height)
+            shared = ray.put(image)  # one object-store copy, read by every model
+            await asyncio.gather(*(self._run_model(org, record.id, name, shared) for name in models))
+        finally:
+            pixels.release()
+
+    async def _run_model(self, org: str, image_id: str, name: str, image: DecodedImage | ray.ObjectRef) -> None:
+        """Run one model and write its result the moment it is ready; a failure stays local."""
+        limiter = self.limits.models.get(name)
+        async with limiter.hold(org) if limiter else contextlib.nullcontext():
+            current = await self.store.images.get(image_id)
+            if not runnable(current) or current.models[name].status is not ModelStatus.QUEUED:  # type: ignore[union-attr]
+                return
+            timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    answer = await self._call_model(name, image)
+                result = ModelResult(
+                    status=ModelStatus.COMPLETE, version=answer["version"], result=answer["result"],
+                    completed_at=utcnow(),
+                )
+            except TimeoutError:
+                result = failed_result(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
+            except Exception as exc:  # any model error fails this model only
+                log.exception("model %s failed on %s", name, image_id)
+                result = failed_result(ErrorCode.MODEL_FAILED, f"{name}: {describe(exc)}")
         await self.store.images.write_model_result(image_id, name, result)
 
     async def _call_model(self, name: str, image: DecodedImage | ray.ObjectRef) -> dict[str, Any]:
@@ -213,11 +253,22 @@ class Processor:
                 await asyncio.sleep(MODEL_RETRY_BACKOFF_S * attempt)
         raise AssertionError("unreachable")
 
+    # -- what the replica reports --------------------------------------------------------------
+
+    def held(self) -> int:
+        """Online jobs this replica holds (bulk runs work on Ray Data, not on this replica)."""
+        return len(self.intakes[QueueName.ONLINE].held)
+
+    def backlog(self) -> int:
+        """Online jobs queued, as this replica's reclaimer last saw them."""
+        return self.intakes[QueueName.ONLINE].backlog
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class JobProcessor:
-    """Serve keeps the processing loop alive: a crashed replica is replaced, and its jobs are
-    reclaimed after the visibility timeout."""
+    """Serve keeps the engine alive: a crashed replica is replaced, and its leases expire and
+    are reclaimed by any live replica within ``job_lease_s`` + ``job_reclaim_interval_s``.
+    Replicas autoscale on the backlog they report (``deployments.engine.scaling``)."""
 
     def __init__(
         self, settings: Settings, models: dict[str, DeploymentHandle], bulk: RemoteFunction | None = None
@@ -231,6 +282,10 @@ class JobProcessor:
     async def model_retries(self) -> dict[str, int]:
         """Model calls retried after a replica died, per model (since this replica started)."""
         return dict(self.processor.model_retries)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom-metrics hook: what ``BacklogPolicy`` scales on."""
+        return {BACKLOG: float(self.processor.backlog()), HELD: float(self.processor.held())}
 
     async def __del__(self) -> None:
         await self.processor.stop()

@@ -34,7 +34,7 @@ class ApiContext:
     def __post_init__(self) -> None:
         self.policy = UrlPolicy.from_settings(self.settings)
         self.readiness = Readiness(self.store.ping, self.models, interval_s=self.settings.readiness_interval_s,
-                                   timeout_s=READY_TIMEOUT_S)
+                                   timeout_s=READY_TIMEOUT_S, jobs=self.store.jobs.counts)
         self.waiters = Waiters(self.store.redis, self.store.keys.images_finished)
 
     async def models(self) -> list[ModelInfo]:

@@ -12,6 +12,7 @@ from core.schemas import ModelInfo
 from core.settings import Settings
 from core.store import Store
 from core.store.safety import verify_store_config
+from deployments.engine.scaling import autoscaling_config
 from deployments.processor import JobProcessor
 from serve_app.api import create_app
 from serve_app.context import ApiContext
@@ -56,5 +57,7 @@ def build_app(settings: Settings) -> Application:
     registry = load_registry(settings.models, settings.models_dir)
     models = bind_models(registry, settings.gpu_policy)
     # Large groups run as Ray Data pipelines: the processor launches this task for bulk jobs.
-    processor = JobProcessor.options(num_replicas=1).bind(settings, models, process_group_remote)
+    scaling = autoscaling_config(settings.processor_min_replicas, settings.processor_max_replicas,
+                                 jobs_per_replica=settings.engine_max_in_flight)
+    processor = JobProcessor.options(autoscaling_config=scaling).bind(settings, models, process_group_remote)
     return ApiGateway.bind(settings, registry, models, processor)

@@ -27,13 +27,14 @@ class Snapshot:
     redis: bool = False
     models: dict[str, str] | None = None  # name → version, once every model has answered
     checked_at: float | None = None  # time.time() of the last completed round
+    jobs: dict[str, int] | None = None  # queued, running, dead letters: reported, never a condition
 
     @property
     def ready(self) -> bool:
         return self.redis and bool(self.models)
 
     def checks(self) -> dict[str, object]:
-        return {"redis": self.redis, "models": self.models or False, "checkedAt": self.checked_at}
+        return {"redis": self.redis, "models": self.models or False, "checkedAt": self.checked_at, "jobs": self.jobs}
 
 
 class Readiness:
@@ -46,9 +47,11 @@ class Readiness:
         *,
         interval_s: float,
         timeout_s: float,
+        jobs: Callable[[], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
         self._ping = ping
         self._models = models
+        self._jobs = jobs
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self.snapshot = Snapshot()
@@ -74,10 +77,19 @@ class Readiness:
             return None
         return {info.name: info.version for info in infos}
 
+    async def _job_counts(self) -> dict[str, int] | None:
+        if self._jobs is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._jobs(), self._timeout_s)
+        except Exception as exc:  # reported only: the figures are simply absent this round
+            log.info("readiness: job counts unavailable: %r", exc)
+            return None
+
     async def refresh(self) -> Snapshot:
-        """One round: both checks at once, each bounded by the timeout; publishes the result."""
-        redis, models = await asyncio.gather(self._redis_ok(), self._model_versions())
-        self.snapshot = Snapshot(redis=redis, models=models, checked_at=time.time())
+        """One round: every check at once, each bounded by the timeout; publishes the result."""
+        redis, models, jobs = await asyncio.gather(self._redis_ok(), self._model_versions(), self._job_counts())
+        self.snapshot = Snapshot(redis=redis, models=models, checked_at=time.time(), jobs=jobs)
         return self.snapshot
 
     async def run(self) -> None:

@@ -12,6 +12,7 @@ from standardwebhooks import Webhook
 
 from core.schemas import ImageCreate, ImageStatus
 from core.store import Store
+from core.store.fair_queue import new_token
 from core.tokens import new_id
 from deployments.processor import Processor
 from serve_app.gateway import APP_NAME
@@ -180,17 +181,17 @@ async def test_models_listing_and_operations(api: httpx.AsyncClient, api_key: st
 async def test_job_of_a_dead_worker_is_taken_up(
     stack: LocalStack, org: str, image_host: ImageHost, ray_session: None
 ) -> None:
-    """A worker took a job and died without acknowledging it: after the visibility timeout a
+    """A worker claimed a job and died without acknowledging it: once its lease ends a
     processor reclaims it and the image completes. Runs on its own key prefix, so only the
     processor started here (with the stack's real model deployment) can take the job."""
-    settings = stack.settings.model_copy(update={"key_prefix": new_id("swdead"), "visibility_timeout_s": 1.0})
+    settings = stack.settings.model_copy(update={"key_prefix": new_id("swdead"), "job_lease_s": 1.0,
+                                                 "job_reclaim_interval_s": 0.2})
     store = Store.from_settings(settings)
-    await store.jobs.ensure_group()
     record = await store.images.create(
         org, ImageCreate(url=image_host.put("/orphan.png", png_bytes(seed=5)), models=["object_detection"])
     )
-    [job] = await store.jobs.read("worker-that-died", count=10, block_ms=1000)
-    assert job.image_id == record.id
+    [job] = await store.jobs.online.claim(new_token(), 10, {}, 10)  # the worker that died
+    assert job.payload["image"] == record.id
 
     models = {"object_detection": serve.get_deployment_handle("model-object_detection", app_name=APP_NAME)}
     processor = Processor(settings, models)
@@ -202,7 +203,8 @@ async def test_job_of_a_dead_worker_is_taken_up(
                 break
             await asyncio.sleep(0.2)
         assert current.status is ImageStatus.COMPLETE
-        assert await store.jobs.claim_stale("check", 0, 10) == []  # acknowledged
+        depth = await store.jobs.online.depth()
+        assert depth.total == 0 and depth.leased == 0  # acknowledged
     finally:
         await processor.stop()
         await store.close()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 from redis.asyncio import Redis
 
+from core.keys import QUEUE_SCRIPT_KEYS
 from core.store.fair_queue import DeadLetters, FairQueue, QueueKeys, new_token
+from core.store.fair_queue.scripts import LOADER
 from tests.support.queues import fill
 
 BIG = 1_000
@@ -16,6 +19,13 @@ BIG = 1_000
 
 def queue(redis: Redis, queue_keys: QueueKeys, lease_s: float = 15.0, max_attempts: int = 3) -> FairQueue:
     return FairQueue(redis, queue_keys, lease_s=lease_s, max_attempts=max_attempts)
+
+
+async def test_scripts_build_the_keys_queue_keys_names(redis: Redis, queue_keys: QueueKeys) -> None:
+    """The shared loader fills ``K.org_queue``/``K.job`` in from ``QueueKeys``: Lua spells no key."""
+    source = LOADER.compose("return {" + ", ".join(f"K.{name}(A.id)" for name in QUEUE_SCRIPT_KEYS) + "}")
+    built = await redis.eval(source, 0, json.dumps({"base": queue_keys.base, "id": "x1"}))
+    assert [b.decode() for b in built] == [getattr(queue_keys, name)("x1") for name in QUEUE_SCRIPT_KEYS]
 
 
 async def test_a_job_commits_with_the_transaction_that_queues_it(redis: Redis, queue_keys: QueueKeys) -> None:

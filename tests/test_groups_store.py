@@ -20,7 +20,8 @@ from core.schemas import (
     ModelStatus,
 )
 from core.settings import Settings
-from core.store import Store
+from core.store import Job, Store
+from core.store.fair_queue import new_token
 from core.tokens import new_id
 
 MODELS = ["room_classification", "condition_score", "quality_score"]
@@ -115,10 +116,11 @@ async def test_add_images_reopens_the_group(group_store: Store, org: str) -> Non
 async def test_large_groups_get_one_bulk_job(settings: Settings, org: str) -> None:
     store = Store.from_settings(settings.model_copy(update={"key_prefix": new_id("g"), "bulk_threshold": 3}))
     try:
-        await store.jobs.ensure_group()
         group = await store.groups.create(org, group_request(5))
         assert group.bulk
-        [job] = await store.jobs.read("w", count=10, block_ms=100)
+        assert (await store.jobs.online.depth()).total == 0  # never in the online queue
+        [claimed] = await store.jobs.bulk.claim(new_token(), 10, {}, 10)
+        job = Job.from_payload(claimed.payload)
         assert job.group_id == group.id and len(job.image_ids) == 5 and job.models == MODELS
     finally:
         await store.close()

@@ -88,7 +88,8 @@ async def test_all_models_to_webhook(
 
 
 async def test_adding_models_runs_only_the_new_ones_and_fires_image_updated(
-    api: httpx.AsyncClient, api_key: str, stack_store: Store, image_host: ImageHost, receiver: WebhookReceiver
+    api: httpx.AsyncClient, api_key: str, stack_store: Store, org: str, image_host: ImageHost,
+    receiver: WebhookReceiver,
 ) -> None:
     url = image_host.put("/more-models.png", png_bytes(160, 120, seed=11))
     created = await submit(api, api_key, url=url, models=["object_detection"], webhookUrl=receiver.url("/more"))
@@ -156,7 +157,6 @@ async def test_one_model_failing_leaves_the_others_results(
     processor (and its notifier) work on their own key prefix, beside the stack's."""
     settings = stack.settings.model_copy(update={"key_prefix": new_id("swpartial")})
     store = Store.from_settings(settings)
-    await store.jobs.ensure_group()
     url = image_host.put("/partial.png", png_bytes(200, 150, seed=12))
     record = await store.images.create(
         org, ImageCreate(url=url, models=ALL_MODELS, webhook_url=receiver.url("/partial"))

@@ -87,7 +87,7 @@ def test_sightwire_serve_shows_processor_notifier_and_model_logs(tmp_path: Path,
         assert (logs_dir / "serve").is_dir(), logs_line
 
         redis.stop()
-        output.wait_for(r"JobProcessor.*WARNING sightwire\.processor: redis unavailable", 60)
+        output.wait_for(r"JobProcessor.*WARNING sightwire\.processor: processor \w+: \w*(Connection|Timeout)", 60)
         redis.start()
     finally:
         serve.send_signal(signal.SIGINT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from core.schemas import (
     ErrorCode,
@@ -13,8 +14,11 @@ from core.schemas import (
     ModelResult,
     ModelStatus,
 )
+from core.settings import Settings
 from core.store import Store
-from core.tokens import hash_api_key
+from core.store.fair_queue import new_token
+from core.store.jobs import QueueName
+from core.tokens import hash_api_key, new_id
 
 DONE = ModelResult(status=ModelStatus.COMPLETE, version="m@1", result={"ok": True})
 FAILED = ModelResult(status=ModelStatus.FAILED, error=ErrorInfo(code=ErrorCode.MODEL_FAILED, message="boom"))
@@ -26,14 +30,15 @@ def request(**extra: object) -> ImageCreate:
 
 
 async def test_create_writes_record_and_job_together(store: Store, org: str) -> None:
-    await store.jobs.ensure_group()
     record = await store.images.create(org, request(metadata={"k": 1}, external_id="ext-1"))
     assert record.status is ImageStatus.QUEUED
     assert record.sequence == 1
     stored = await store.images.get(record.id, org)
     assert stored is not None and stored.metadata == {"k": 1} and stored.external_id == "ext-1"
-    entries = await store.redis.xrange(store.keys.jobs)
-    assert any(fields[b"image"].decode() == record.id for _, fields in entries)
+    keys = store.keys.job_queue(QueueName.ONLINE)
+    [job_id] = await store.redis.lrange(keys.org_queue(org), 0, -1)
+    payload = json.loads(await store.redis.hget(keys.job(job_id.decode()), "payload"))
+    assert payload == {"image": record.id, "models": ["a", "b"]}
 
 
 async def test_other_org_cannot_read(store: Store, org: str) -> None:
@@ -91,24 +96,25 @@ async def test_webhook_events_filter(store: Store, org: str) -> None:
     assert (await store.images.finalize(record.id))[1] == []
 
 
-async def test_unacked_job_is_reclaimed_after_visibility_timeout(store: Store, org: str) -> None:
-    await store.jobs.ensure_group()
-    record = await store.images.create(org, request())
-    taken = []
-    while not any(job.image_id == record.id for job in taken):
-        taken = await store.jobs.read("worker-that-dies", count=100, block_ms=100)
-    assert not [j for j in await store.jobs.claim_stale("rescuer", 60_000, 100) if j.image_id == record.id]
-    await asyncio.sleep(0.3)
-    rescued = await store.jobs.claim_stale("rescuer", 200, 1000)
-    job = next(j for j in rescued if j.image_id == record.id)
-    await store.jobs.ack(job.id)
-    assert not [j for j in await store.jobs.claim_stale("rescuer", 0, 1000) if j.image_id == record.id]
-
-
-async def test_job_group_recovers_after_flush(store: Store) -> None:
-    await store.redis.delete(store.keys.jobs)
-    assert await store.jobs.read("w", count=1, block_ms=10) == []  # recreates the group
-    assert await store.jobs.read("w", count=1, block_ms=10) == []
+async def test_unacked_job_is_reclaimed_after_its_lease(settings: Settings, org: str) -> None:
+    """A claim is a lease: a worker that dies without acking loses the job once the lease ends,
+    and a reclaim puts it back in the org's queue for the next claim."""
+    store = Store.from_settings(settings.model_copy(update={"key_prefix": new_id("swlease"), "job_lease_s": 0.3}))
+    try:
+        record = await store.images.create(org, request())
+        queue = store.jobs.online
+        [taken] = await queue.claim(new_token(), 10, {}, 10)
+        assert taken.payload["image"] == record.id and taken.attempts == 1
+        rescuer = new_token()
+        assert (await queue.reclaim(rescuer)).requeued == 0  # the lease still runs
+        await asyncio.sleep(0.4)
+        assert (await queue.reclaim(rescuer)).requeued == 1
+        [again] = await queue.claim(rescuer, 10, {}, 10)
+        assert again.id == taken.id and again.attempts == 2
+        assert await queue.ack(rescuer, [again.id]) == 1
+        assert (await queue.depth()).total == 0 and (await queue.depth()).leased == 0
+    finally:
+        await store.close()
 
 
 async def test_api_keys_are_stored_hashed(store: Store, org: str) -> None:

@@ -1,20 +1,11 @@
-"""The delivery scripts: Lua files loaded once at import, called with named arguments.
+"""The delivery scripts: Lua files loaded once at import (``core.lua``), called with named arguments.
 
 Every decision that changes durable delivery state runs as one Lua script, so it is atomic and
 a notifier restart (or a second notifier) finds exactly the state the last decision left. Each
-script is the shared ``lua/lib.lua`` plus its own file.
-
-The Lua text names keys and values the Python way, and they are filled in when the files are
-loaded, from the Python side of the contract, so Lua never spells a key name, a state or an
-outcome of its own:
-
-- ``K.<name>(id)`` becomes the key ``core.keys.Keys.<name>(id)`` names (``core.keys.script_layout``);
-- ``<Enum>.<MEMBER>`` becomes that member's value, for the enums both sides use
-  (``DeliveryStatus``, ``EndpointState``, ``DisabledReason``, ``Outcome``, ``RetryResult``).
-
-Substituted in the text, they cost a call nothing at run time (a table of them would be built
-on every call: Redis keeps no state between script runs). A name that does not resolve stops
-the import.
+script is the shared ``lua/lib.lua`` plus its own file. The loader fills in the names:
+``K.<name>(id)`` becomes the key ``core.keys.Keys.<name>(id)`` names (``core.keys.script_layout``,
+built on ``P``, the prefix); ``<Enum>.<MEMBER>`` that member's value, for the enums both sides
+use (``DeliveryStatus``, ``EndpointState``, ``DisabledReason``, ``Outcome``, ``RetryResult``).
 
 A call passes the two fixed keys (the ready index, the wake list) in ``KEYS`` and one JSON table
 of named arguments in ``ARGV[1]`` (the key prefix is added to it here); only the enqueue script
@@ -25,11 +16,8 @@ payload cap is never JSON-escaped and parsed again.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from hashlib import sha1
 from pathlib import Path
 from typing import Any
 
@@ -39,54 +27,13 @@ from redis.exceptions import NoScriptError
 
 from core.delivery.outcomes import Outcome, RetryResult
 from core.keys import Keys, script_layout
+from core.lua import LuaLoader, LuaScript
 from core.schemas import DeliveryStatus, DisabledReason, EndpointState
 
 LUA_DIR = Path(__file__).with_name("lua")
-SHARED_ENUMS: dict[str, type[StrEnum]] = {
-    enum.__name__: enum for enum in (DeliveryStatus, EndpointState, DisabledReason, Outcome, RetryResult)
-}
-_ENUM_REF = re.compile(r"\b(" + "|".join(SHARED_ENUMS) + r")\.(\w+)")
-_KEY_REF = re.compile(r"\bK\.(\w+)\(([^()]*)\)")
-_SIMPLE = re.compile(r"[\w.\[\]]+")  # a name, a field or an index: no parentheses needed
-
-
-def _lua_string(text: str) -> str:
-    if not text.isascii() or any(c in text for c in "'\\\n"):
-        raise ValueError(f"not a plain Lua string: {text!r}")
-    return f"'{text}'"
-
-
-def _enum_value(match: re.Match[str]) -> str:
-    return _lua_string(SHARED_ENUMS[match[1]][match[2]].value)  # KeyError: no such member
-
-
-def _key(match: re.Match[str]) -> str:
-    before, after = _LAYOUT[match[1]]  # KeyError: no such key
-    arg = match[2].strip()
-    parts = ["P", _lua_string(before), arg if _SIMPLE.fullmatch(arg) else f"({arg})"]
-    return "(" + " .. ".join([*parts, _lua_string(after)] if after else parts) + ")"
-
-
-def _compact(source: str) -> str:
-    """Without comment lines and indentation: an EVAL sends (and Redis hashes) the whole text on
-    every call, so what only a reader needs stays in the files."""
-    lines = (line.strip() for line in source.splitlines())
-    return "\n".join(line for line in lines if line and not line.startswith("--")) + "\n"
-
-
-def compose(body: str) -> str:
-    """A script's full text: the shared library, then ``body``, names filled in."""
-    source = _KEY_REF.sub(_key, _ENUM_REF.sub(_enum_value, _compact(_LIB + body)))
-    if re.search(r"\bK\.\w+\(", source):
-        raise ValueError("a K.<key>(...) call the loader cannot expand (its argument has parentheses?)")
-    return source
-
-
-@dataclass(frozen=True)
-class LuaScript:
-    name: str
-    source: str
-    sha: str
+_LOADER = LuaLoader(LUA_DIR, base="P", layout=script_layout(),
+                    enums=(DeliveryStatus, EndpointState, DisabledReason, Outcome, RetryResult))
+compose = _LOADER.compose
 
 
 @dataclass(frozen=True)
@@ -98,19 +45,12 @@ class Call:
     data: tuple[str, ...] = ()
 
 
-def _load(name: str) -> LuaScript:
-    source = compose((LUA_DIR / f"{name}.lua").read_text())
-    return LuaScript(name, source, sha1(source.encode()).hexdigest())
-
-
-_LAYOUT = script_layout()
-_LIB = (LUA_DIR / "lib.lua").read_text()
-ENQUEUE = _load("enqueue")
-CLAIM = _load("claim")
-RECORD = _load("record")
-RETRY = _load("retry")
-SUPERSEDE = _load("supersede")
-ENABLE = _load("enable")
+ENQUEUE = _LOADER.load("enqueue")
+CLAIM = _LOADER.load("claim")
+RECORD = _LOADER.load("record")
+RETRY = _LOADER.load("retry")
+SUPERSEDE = _LOADER.load("supersede")
+ENABLE = _LOADER.load("enable")
 ALL = (ENQUEUE, CLAIM, RECORD, RETRY, SUPERSEDE, ENABLE)
 
 

@@ -19,7 +19,7 @@ from core.store.accounts import Accounts
 from core.store.groups import GroupStore
 from core.store.idempotency import IdempotencyStore
 from core.store.images import ImageStore
-from core.store.jobs import Job, JobQueue
+from core.store.jobs import Job, Jobs
 from core.store.ledger import GroupLedger
 from core.store.ratelimit import LimitKind, RateLimiter
 
@@ -29,7 +29,7 @@ class Store:
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
         self.accounts = Accounts(redis, self.keys)
-        self.jobs = JobQueue(redis, self.keys)
+        self.jobs = Jobs(redis, self.keys, settings)
         self.outbox = Outbox(redis, self.keys, settings.delivery_retention_s)
         self.endpoints = Endpoints(redis, self.keys)
         events = Events.from_settings(settings)

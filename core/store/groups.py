@@ -22,7 +22,7 @@ from redis.asyncio.client import Pipeline
 from core.keys import Keys
 from core.schemas import GroupCreate, GroupImage, GroupRecord
 from core.store.images import ImageStore
-from core.store.jobs import JobQueue
+from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
 from core.store.records import decode, new_group_fields, new_image_fields
 from core.store.transactions import watched
@@ -49,7 +49,7 @@ class GroupStore:
         self,
         redis: Redis,
         keys: Keys,
-        jobs: JobQueue,
+        jobs: Jobs,
         images: ImageStore,
         ledger: GroupLedger,
         bulk_threshold: int,
@@ -90,10 +90,9 @@ class GroupStore:
         base = time.time()
         pipe.zadd(self._keys.org_images(org), {image_id: base + order * 1e-6 for image_id, order in written.items()})
         if bulk:
-            self._jobs.add_bulk(pipe, group_id, ids, models)
+            self._jobs.add_bulk(pipe, org, group_id, ids, models)
         else:
-            for image_id in ids:
-                self._jobs.add(pipe, image_id, models)
+            self._jobs.add_many(pipe, org, ids, models)
 
     async def create(self, org: str, request: GroupCreate) -> GroupRecord:
         group_id, fields = new_group_fields(
@@ -190,10 +189,10 @@ class GroupStore:
             return None
         bulk, added = outcome
         for chunk in chunks(await self.ledger.image_ids(group_id), WATCHED_CHUNK):
-            await self._queue_on(group_id, chunk, models, bulk)
+            await self._queue_on(org, group_id, chunk, models, bulk)
         return await self.get(group_id, org), added  # type: ignore[return-value]
 
-    async def _queue_on(self, group_id: str, image_ids: list[str], models: list[str], bulk: bool) -> None:
+    async def _queue_on(self, org: str, group_id: str, image_ids: list[str], models: list[str], bulk: bool) -> None:
         """Queue what each image lacks of ``models``, with its job(s), in one watched transaction."""
         image_keys = [self._keys.image(image_id) for image_id in image_ids]
 
@@ -210,11 +209,11 @@ class GroupStore:
             for image_id, raw in zip(image_ids, raws, strict=True):
                 queued = self._images.queue_models(pipe, image_id, decode(raw), models) if raw else []
                 if queued and not bulk:
-                    self._jobs.add(pipe, image_id, queued)
+                    self._jobs.add(pipe, org, image_id, queued)
                 if queued:
                     queued_ids.append(image_id)
                     queued_models.update(dict.fromkeys(queued))
             if bulk and queued_ids:
-                self._jobs.add_bulk(pipe, group_id, queued_ids, list(queued_models))
+                self._jobs.add_bulk(pipe, org, group_id, queued_ids, list(queued_models))
 
         await watched(self._redis, image_keys, queue)

@@ -20,7 +20,7 @@ from core.delivery import Outbox
 from core.events import Events, image_event
 from core.keys import Keys
 from core.schemas import Delivery, ErrorInfo, ImageCreate, ImageRecord, ModelResult, utcnow
-from core.store.jobs import JobQueue
+from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
 from core.store.records import MODEL_FIELD, decode, image_record, new_image_fields
 from core.store.transactions import watched
@@ -28,7 +28,7 @@ from core.store.transactions import watched
 
 class ImageStore:
     def __init__(
-        self, redis: Redis, keys: Keys, jobs: JobQueue, outbox: Outbox, ledger: GroupLedger, events: Events
+        self, redis: Redis, keys: Keys, jobs: Jobs, outbox: Outbox, ledger: GroupLedger, events: Events
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -51,7 +51,7 @@ class ImageStore:
         )
         async with self._redis.pipeline(transaction=True) as pipe:
             self.index(pipe, org, image_id, fields)
-            self._jobs.add(pipe, image_id, request.models)
+            self._jobs.add(pipe, org, image_id, request.models)
             await pipe.execute()
         return image_record(image_id, {k: str(v) for k, v in fields.items()})
 
@@ -91,7 +91,7 @@ class ImageStore:
             pipe.multi()
             added = self.queue_models(pipe, image_id, fields, models)
             if added:
-                self._jobs.add(pipe, image_id, added)
+                self._jobs.add(pipe, org, image_id, added)
             return fields, added
 
         outcome = await watched(self._redis, [key], add)

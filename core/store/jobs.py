@@ -1,99 +1,118 @@
-"""The durable job queue: a Redis stream read through a consumer group.
+"""The store's two job queues: online images and bulk groups, each a fair queue per org.
 
-At-least-once: a job stays pending until acknowledged; one whose worker died is claimed again
-by another worker once it has been idle for the visibility timeout (``XAUTOCLAIM``).
+A record's job is enqueued inside the record's own transaction (``add`` / ``add_bulk`` queue an
+EVAL on the caller's pipeline), so accepted work is durable before the caller answers. Online
+image jobs go to the ``online`` queue, which the processor's intake claims; a bulk group's job
+goes to the ``bulk`` queue, claimed only by the processor's bulk capacity (``max_bulk_runs``),
+so a Ray Data run never holds an online slot. Both are ``core.store.fair_queue.FairQueue``:
+deficit round-robin over orgs, leases renewed by a heartbeat, bounded attempts, dead letters.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
 
 from core.keys import Keys
+from core.schemas import ErrorCode
+from core.settings import Settings
+from core.store.fair_queue import DeadLetters, FairQueue
 
-GROUP = "processors"
+
+class QueueName(StrEnum):
+    ONLINE = "online"
+    BULK = "bulk"
 
 
 @dataclass(frozen=True)
 class Job:
     """One image's models to run, or (``group_id`` set) a bulk run over a group's images."""
 
-    id: str
     models: list[str]
     image_id: str = ""
     group_id: str = ""
-    image_ids: tuple[str, ...] = ()
+    image_ids: tuple[str, ...] = field(default=())
+
+    def payload(self) -> dict[str, Any]:
+        if self.group_id:
+            return {"group": self.group_id, "images": list(self.image_ids), "models": self.models}
+        return {"image": self.image_id, "models": self.models}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Job:
+        return cls(models=list(payload["models"]), image_id=payload.get("image", ""),
+                   group_id=payload.get("group", ""), image_ids=tuple(payload.get("images", ())))
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every image the job is about."""
+        return self.image_ids if self.group_id else (self.image_id,)
 
 
-def _parse(entry_id: bytes, fields: dict[bytes, bytes]) -> Job:
-    return Job(
-        id=entry_id.decode(),
-        models=json.loads(fields[b"models"]),
-        image_id=fields.get(b"image", b"").decode(),
-        group_id=fields.get(b"group", b"").decode(),
-        image_ids=tuple(json.loads(fields.get(b"images", b"[]"))),
-    )
+class Jobs:
+    """The online and bulk queues of one key prefix, and their dead letters."""
 
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
+        def queue(name: QueueName) -> FairQueue:
+            return FairQueue(redis, keys.job_queue(name), lease_s=settings.job_lease_s,
+                             max_attempts=settings.max_job_attempts, quantum=settings.queue_quantum)
 
-class JobQueue:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self.queues = {name: queue(name) for name in QueueName}
+        self.dead = {name: DeadLetters(redis, q.keys) for name, q in self.queues.items()}
 
-    def add(self, pipe: Pipeline, image_id: str, models: list[str]) -> None:
-        """Queue a job inside the caller's transaction, so it commits with the record."""
-        pipe.xadd(self._keys.jobs, {"image": image_id, "models": json.dumps(models)})
+    @property
+    def online(self) -> FairQueue:
+        return self.queues[QueueName.ONLINE]
 
-    def add_bulk(self, pipe: Pipeline, group_id: str, image_ids: list[str], models: list[str]) -> None:
+    @property
+    def bulk(self) -> FairQueue:
+        return self.queues[QueueName.BULK]
+
+    def add(self, pipe: Pipeline, org: str, image_id: str, models: list[str]) -> None:
+        """Queue an image's job inside the caller's transaction, so it commits with the record."""
+        self.online.enqueue(pipe, org, Job(models=models, image_id=image_id).payload())
+
+    def add_many(self, pipe: Pipeline, org: str, image_ids: list[str], models: list[str]) -> None:
+        """Queue one job per image (a small group's), in few script calls."""
+        self.online.enqueue_many(pipe, org, (Job(models=models, image_id=i).payload() for i in image_ids))
+
+    def add_bulk(self, pipe: Pipeline, org: str, group_id: str, image_ids: list[str], models: list[str]) -> None:
         """Queue one bulk job for many images of a group (run as a Ray Data pipeline)."""
-        pipe.xadd(self._keys.jobs, {"group": group_id, "images": json.dumps(image_ids), "models": json.dumps(models)})
+        self.bulk.enqueue(pipe, org, Job(models=models, group_id=group_id, image_ids=tuple(image_ids)).payload())
 
-    async def touch(self, job_id: str, consumer: str) -> None:
-        """Reset a long job's idle time so it is not reclaimed while its worker is alive."""
-        await self._redis.xclaim(self._keys.jobs, GROUP, consumer, min_idle_time=0, message_ids=[job_id], justid=True)
-
-    async def ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(self._keys.jobs, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[Job]:
-        """New jobs for ``consumer``; recreates the group if Redis lost it (restart, flush)."""
-        try:
-            reply = await self._redis.xreadgroup(
-                GROUP, consumer, {self._keys.jobs: ">"}, count=count, block=block_ms
-            )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self.ensure_group()
-            return []
-        return [_parse(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
-
-    async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Job]:
-        """Take over jobs whose worker has held them longer than the visibility timeout."""
-        try:
-            _, entries, _ = await self._redis.xautoclaim(
-                self._keys.jobs, GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
-            )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self.ensure_group()
-            return []
-        return [_parse(entry_id, fields) for entry_id, fields in entries if fields]
-
-    async def ack(self, job_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self._keys.jobs, GROUP, job_id)
-            pipe.xdel(self._keys.jobs, job_id)
-            await pipe.execute()
+    async def counts(self) -> dict[str, int]:
+        """Jobs queued, running (leased) and dead, both queues together: the operator's figures."""
+        depths = [await queue.depth() for queue in self.queues.values()]
+        return {"queued": sum(d.total for d in depths), "running": sum(d.leased for d in depths),
+                "deadLetters": sum([await dead.count() for dead in self.dead.values()])}
 
     async def depth(self) -> int:
-        return int(await self._redis.xlen(self._keys.jobs))
+        """Jobs queued or running, both queues together."""
+        counts = await self.counts()
+        return counts["queued"] + counts["running"]
+
+    async def requeue_dead(self, queue: QueueName, entry: str) -> str | None:
+        """An operator's second chance for a dead letter: its images lose the
+        ``attempts_exhausted`` failure the engine gave them (so they run again and are announced
+        anew), and the job goes to the back of its org's queue with fresh attempts. Returns the
+        job id, or None when there is no such entry."""
+        letters = await self._redis.xrange(self.dead[queue].keys.dead, min=entry, max=entry)
+        if not letters:
+            return None
+        job = Job.from_payload(json.loads(letters[0][1][b"payload"]))
+        for image_id in job.images:
+            key = self._keys.image(image_id)
+            error = await self._redis.hget(key, "error")
+            if error and json.loads(error).get("code") == ErrorCode.ATTEMPTS_EXHAUSTED:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hdel(key, "error")
+                    pipe.hincrby(key, "seq", 1)
+                    await pipe.execute()
+        return await self.dead[queue].requeue(entry)

@@ -57,6 +57,7 @@ class Intake:
         limits: IntakeLimits,
         run: Callable[[QueuedJob], Awaitable[None]],
         exhausted: Callable[[QueuedJob], Awaitable[None]],
+        logger: logging.Logger = log,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -64,6 +65,7 @@ class Intake:
         self.limits = limits
         self._run = run
         self._exhausted = exhausted
+        self.log = logger
         self.token = new_token()
         self.held: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._orgs: Counter[str] = Counter()
@@ -76,7 +78,8 @@ class Intake:
         loop = asyncio.get_running_loop()
         steps = {"intake": self._intake, "heartbeat": self._heartbeat, "reclaimer": self._reclaim}
         self._loops = [
-            loop.create_task(supervise(f"{self.name} {what}", step, expected=EXPECTED), name=f"{self.name}-{what}")
+            loop.create_task(supervise(f"{self.name} {what}", step, expected=EXPECTED, logger=self.log),
+                             name=f"{self.name}-{what}")
             for what, step in steps.items()
         ]
 
@@ -125,19 +128,20 @@ class Intake:
         for job_id in await self.queue.renew(self.token, list(self.held)):
             task = self.held.get(job_id)
             if task is not None:
-                log.warning("%s: lease of job %s was taken over; stopping it here", self.name, job_id)
+                self.log.warning("%s: lease of job %s was taken over; stopping it here", self.name, job_id)
                 task.cancel()
         await asyncio.sleep(self.queue.lease_ms / 3000)
 
     async def _reclaim(self) -> None:
         reclaimed = await self.queue.reclaim(self.token)
         if reclaimed.requeued:
-            log.info("%s: %d expired leases back in their queues", self.name, reclaimed.requeued)
+            self.log.info("%s: %d expired leases back in their queues", self.name, reclaimed.requeued)
         for job in reclaimed.exhausted:
             with working_on(job=job.id, org=job.org, attempts=job.attempts):
                 await self._exhausted(job)
                 await self.dead.bury(self.token, job.id, DEAD_REASON)
-            log.warning("%s: job %s of %s used up %d attempts: dead letter", self.name, job.id, job.org, job.attempts)
+            self.log.warning("%s: job %s of %s used up %d attempts: dead letter", self.name, job.id, job.org,
+                             job.attempts)
         self.backlog = (await self.queue.depth()).total
         await asyncio.sleep(self.limits.reclaim_interval_s)
 
@@ -156,11 +160,11 @@ class Intake:
         except asyncio.CancelledError:
             raise  # lease lost, or the replica is stopping (``stop`` gives the job back)
         except Exception:
-            log.exception("%s: job %s failed; it comes back in %gs", self.name, job.id, self.limits.retry_delay_s)
+            self.log.exception("%s: job %s failed; it comes back in %gs", self.name, job.id, self.limits.retry_delay_s)
             try:
                 await self.queue.retry_later(self.token, job.id, self.limits.retry_delay_s)
             except EXPECTED as exc:  # its lease then simply expires
-                log.warning("%s: could not schedule the retry of %s: %s", self.name, job.id, exc)
+                self.log.warning("%s: could not schedule the retry of %s: %s", self.name, job.id, exc)
         finally:
             self._forget(job.id)
 

@@ -1,7 +1,7 @@
 """The fair job queue (per-org queues, deficit round-robin, leases, dead letters) in Redis."""
 
+from core.keys import QueueKeys
 from core.store.fair_queue.dead_letters import DeadLetter, DeadLetters
-from core.store.fair_queue.keys import QueueKeys
 from core.store.fair_queue.queue import Depth, FairQueue, QueuedJob, Reclaimed, new_token
 
 __all__ = ["DeadLetter", "DeadLetters", "Depth", "FairQueue", "QueueKeys", "QueuedJob", "Reclaimed", "new_token"]

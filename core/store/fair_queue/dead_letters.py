@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from core.store.fair_queue.keys import QueueKeys
+from core.keys import QueueKeys
 from core.store.fair_queue.scripts import Scripts
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from core.store.fair_queue.keys import QueueKeys
+from core.keys import QueueKeys
 from core.store.fair_queue.scripts import Scripts
 from core.tokens import new_id
 

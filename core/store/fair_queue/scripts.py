@@ -1,12 +1,14 @@
-"""The fair queue's Lua scripts, each prepended with ``lib.lua`` and registered once.
+"""The fair queue's Lua scripts (``lua/``), loaded once at import by the shared loader (``core.lua``).
 
-Self-contained on purpose: phase B moves these files onto the store's shared Lua loader.
+The scripts name their per-org and per-job keys ``K.org_queue(org)`` and ``K.job(id)``; the loader
+fills them in from ``core.keys.QueueKeys`` (built on ``A.base``, the queue's tagged prefix), so
+Lua never spells a key. The queue's fixed keys (ring, leases, wake, …) travel in ``KEYS``; the
+named arguments as one JSON table in ``ARGV[1]``.
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +16,22 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-LUA = Path(__file__).with_name("lua")
+from core.keys import queue_script_layout
+from core.lua import LuaLoader, LuaScript
+
+LUA_DIR = Path(__file__).with_name("lua")
+LOADER = LuaLoader(LUA_DIR, base="A.base", layout=queue_script_layout())
 NAMES = ("enqueue", "claim", "renew", "ack", "release", "reclaim", "depth", "bury", "requeue")
-
-
-@cache
-def source(name: str) -> str:
-    return (LUA / "lib.lua").read_text() + "\n" + (LUA / f"{name}.lua").read_text()
+SCRIPTS: dict[str, LuaScript] = {name: LOADER.load(name) for name in NAMES}
 
 
 class Scripts:
     """``await scripts.run(name, keys, **args)``: EVALSHA with the named arguments as one JSON."""
 
     def __init__(self, redis: Redis) -> None:
-        self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in NAMES}
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(script.source) for name, script in SCRIPTS.items()
+        }
 
     async def run(self, name: str, keys: list[str], **args: Any) -> Any:
         return await self._scripts[name](keys=keys, args=[json.dumps(args)])
@@ -36,4 +40,4 @@ class Scripts:
     def queue(pipe: Pipeline, name: str, keys: list[str], **args: Any) -> None:
         """Inside a caller's MULTI: EVAL with the source (a NOSCRIPT there would fail only that
         command and commit the rest)."""
-        pipe.eval(source(name), len(keys), *keys, json.dumps(args))
+        pipe.eval(SCRIPTS[name].source, len(keys), *keys, json.dumps(args))

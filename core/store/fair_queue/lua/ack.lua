@@ -4,7 +4,7 @@ local acked = 0
 for _, id in ipairs(A.ids) do
   if owned(id, A.token) then
     redis.call('ZREM', KEYS[1], id)
-    redis.call('DEL', job_key(id))
+    redis.call('DEL', K.job(id))
     acked = acked + 1
   end
 end

@@ -32,9 +32,9 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
   local room = (A.room[org] or A.default_room) - (given[org] or 0)
   local take = math.min(math.floor(credit), room, A.want - #out)
   local ids = {}
-  if take > 0 then ids = redis.call('LPOP', org_queue(org), take) or {} end
+  if take > 0 then ids = redis.call('LPOP', K.org_queue(org), take) or {} end
   for _, id in ipairs(ids) do
-    local job = job_key(id)
+    local job = K.job(id)
     local fields = redis.call('HMGET', job, 'payload', 'attempts', 'enq')
     if fields[1] then  -- a job whose record is gone (deleted by an operator) is dropped
       local attempts = tonumber(fields[2]) + 1
@@ -45,7 +45,7 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
   end
   credit = credit - #ids
   given[org] = (given[org] or 0) + #ids
-  if redis.call('LLEN', org_queue(org)) == 0 then
+  if redis.call('LLEN', K.org_queue(org)) == 0 then
     redis.call('LPOP', ring)
     redis.call('HDEL', deficits, org)
     visiting = false

@@ -3,7 +3,7 @@
 local orgs = redis.call('LRANGE', KEYS[1], 0, -1)
 local queued = {}
 for _, org in ipairs(orgs) do
-  queued[#queued + 1] = {org, redis.call('LLEN', org_queue(org))}
+  queued[#queued + 1] = {org, redis.call('LLEN', K.org_queue(org))}
 end
 if #queued == 0 then return cjson.encode({redis.call('ZCARD', KEYS[2])}) end
 return cjson.encode({redis.call('ZCARD', KEYS[2]), queued})

@@ -3,7 +3,7 @@
 local now = now_ms()
 local ids = {}
 for i, job in ipairs(A.jobs) do
-  redis.call('HSET', job_key(job[1]), 'org', A.org, 'payload', job[2], 'attempts', 0, 'enq', now)
+  redis.call('HSET', K.job(job[1]), 'org', A.org, 'payload', job[2], 'attempts', 0, 'enq', now)
   ids[i] = job[1]
 end
 if redis.call('RPUSH', KEYS[1], unpack(ids)) == #ids then  -- the queue was empty: join the round

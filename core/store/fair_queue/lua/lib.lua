@@ -1,6 +1,7 @@
 -- Shared by every fair-queue script (prepended by the loader).
--- A: the named arguments (ARGV[1], JSON). Per-org and per-job keys are built from A.base, the
--- queue's key prefix, which carries the queue's hash tag: every key lives in one cluster slot.
+-- A: the named arguments (ARGV[1], JSON). The per-org and per-job keys the scripts name as
+-- K.org_queue(org) and K.job(id) are filled in by the loader from core.keys.QueueKeys, built on
+-- A.base, the queue's key prefix, which carries its hash tag: every key lives in one cluster slot.
 local A = cjson.decode(ARGV[1])
 
 local function now_ms()
@@ -8,12 +9,9 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function org_queue(org) return A.base .. ':q:' .. org end
-local function job_key(id) return A.base .. ':job:' .. id end
-
 -- Put a job back at the front of its org's queue; the org joins the round if it had left it.
 local function requeue_front(ring, org, id)
-  if redis.call('LPUSH', org_queue(org), id) == 1 then
+  if redis.call('LPUSH', K.org_queue(org), id) == 1 then
     redis.call('RPUSH', ring, org)
   end
 end
@@ -26,5 +24,5 @@ end
 
 -- The job's owner token, or false; a job whose lease was taken over has another owner.
 local function owned(id, token)
-  return redis.call('HGET', job_key(id), 'owner') == token
+  return redis.call('HGET', K.job(id), 'owner') == token
 end

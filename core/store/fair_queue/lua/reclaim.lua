@@ -7,7 +7,7 @@ local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, A.limit)
 local requeued, exhausted = 0, {}
 for _, id in ipairs(expired) do
-  local job = job_key(id)
+  local job = K.job(id)
   local f = redis.call('HMGET', job, 'org', 'payload', 'attempts', 'enq')
   if not f[1] then
     redis.call('ZREM', KEYS[1], id)

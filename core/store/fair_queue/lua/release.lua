@@ -4,7 +4,7 @@
 local released = 0
 for _, id in ipairs(A.ids) do
   if owned(id, A.token) then
-    local job = job_key(id)
+    local job = K.job(id)
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', job, 'owner')
     redis.call('HINCRBY', job, 'attempts', -1)

@@ -6,9 +6,9 @@ if #entries == 0 then return false end
 local fields = {}
 local list = entries[1][2]
 for i = 1, #list, 2 do fields[list[i]] = list[i + 1] end
-redis.call('HSET', job_key(fields.job), 'org', fields.org, 'payload', fields.payload, 'attempts', 0,
+redis.call('HSET', K.job(fields.job), 'org', fields.org, 'payload', fields.payload, 'attempts', 0,
   'enq', now_ms())
-if redis.call('RPUSH', org_queue(fields.org), fields.job) == 1 then
+if redis.call('RPUSH', K.org_queue(fields.org), fields.job) == 1 then
   redis.call('RPUSH', KEYS[2], fields.org)
 end
 redis.call('XDEL', KEYS[1], A.entry)
