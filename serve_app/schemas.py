@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from core.schemas import DeliveryLog, EndpointHealth, Wire
+from core.wire_json import Text
 
 MAX_GRACE_S = 7 * 24 * 3600.0
 
@@ -26,7 +27,7 @@ class EndpointEnable(Wire):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
+    url: Text = Field(min_length=1)
 
 
 class EndpointEnabled(EndpointHealth):
@@ -71,4 +72,4 @@ class WebhookTest(Wire):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
+    url: Text = Field(min_length=1)
