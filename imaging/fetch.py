@@ -86,7 +86,8 @@ class ImageFetcher:
         self._timeout_s = timeout_s
         self._retries = retries
         self._backoff_s = backoff_s
-        client.cookies = httpx.Cookies(http.cookiejar.CookieJar(policy=NoCookies()))
+        # A jar, not ``httpx.Cookies``: the setter would copy one into a default jar.
+        client.cookies = http.cookiejar.CookieJar(policy=NoCookies())
         # Each redirect hop gets the same request-time URL check as the first URL (scheme,
         # credentials, address literals); the network backend then checks what it resolves to.
         client.event_hooks["request"].append(self._check_hop)
