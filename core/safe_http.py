@@ -5,12 +5,16 @@ each address is checked, and the socket connects to exactly the checked address.
 their hostnames, so connection pooling, ``Host``, SNI and certificate checks stay correct, and
 every redirect hop (a new connection) is checked the same way. Proxies from the environment are
 ignored: a proxy would connect on our behalf to an address we never checked.
+
+``retry_after_seconds`` reads a ``Retry-After`` header for both (image fetches, webhooks).
 """
 
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterable
+from email.utils import parsedate_to_datetime
 
 import httpcore
 import httpx
@@ -99,3 +103,22 @@ def safe_client(
         max_redirects=max_redirects,
         trust_env=False,
     )
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; ``None`` if absent
+    or unreadable (clamping is the caller's policy)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from core.wire_json import JsonObject, Text
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -64,6 +66,7 @@ class ErrorCode(StrEnum):
     URL_FORBIDDEN = "url_forbidden"
     FETCH_FAILED = "fetch_failed"
     FETCH_TIMEOUT = "fetch_timeout"
+    FETCH_THROTTLED = "fetch_throttled"  # the host's Retry-After reaches past the fetch deadline
     HTTP_ERROR = "http_error"
     TOO_MANY_REDIRECTS = "too_many_redirects"
     IMAGE_TOO_LARGE = "image_too_large"
@@ -80,7 +83,7 @@ def _dedupe(names: list[str]) -> list[str]:
 
 
 # Model names in a request: one to 32, duplicates dropped (order kept).
-ModelNames = Annotated[list[str], Field(min_length=1, max_length=32), AfterValidator(_dedupe)]
+ModelNames = Annotated[list[Text], Field(min_length=1, max_length=32), AfterValidator(_dedupe)]
 
 IMAGE_EVENTS = (EventType.IMAGE_COMPLETED, EventType.IMAGE_FAILED, EventType.IMAGE_UPDATED)
 GROUP_EVENTS = (EventType.GROUP_COMPLETED, EventType.GROUP_UPDATED, EventType.GROUP_PROGRESS)
@@ -123,15 +126,15 @@ class Submission(Wire):
     model_config = ConfigDict(extra="forbid")
 
     models: ModelNames
-    webhook_url: str | None = None
-    metadata: dict[str, Any] | None = None
-    external_id: str | None = Field(default=None, max_length=256)
+    webhook_url: Text | None = None
+    metadata: JsonObject | None = None
+    external_id: Text | None = Field(default=None, max_length=256)
 
 
 class ImageCreate(Submission):
     """Body of ``POST /v1/images``."""
 
-    url: str = Field(min_length=1)
+    url: Text = Field(min_length=1)
     webhook_events: ImageEvents | None = None
 
 
@@ -198,9 +201,9 @@ class GroupImage(Wire):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
-    metadata: dict[str, Any] | None = None
-    external_id: str | None = Field(default=None, max_length=256)
+    url: Text = Field(min_length=1)
+    metadata: JsonObject | None = None
+    external_id: Text | None = Field(default=None, max_length=256)
 
 
 class GroupImagesAdd(Wire):

@@ -59,7 +59,9 @@ class Settings(BaseModel):
     # Pillow itself refuses images over ~179 MP, so a higher limit would have no effect.
     max_image_pixels: int = Field(40_000_000, ge=1, le=178_000_000)
     max_image_side: int = 1333
-    fetch_timeout_s: float = 15.0
+    fetch_timeout_s: float = 15.0  # the whole download of one image, retries included
+    fetch_retries: int = Field(2, ge=0)  # more attempts after a 429/503 or a connection error
+    fetch_retry_backoff_s: float = Field(0.5, ge=0)  # first pause without Retry-After, doubling
     max_redirects: int = 3
 
     max_group_images: int = 10_000

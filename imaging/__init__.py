@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from core.settings import Settings
-from imaging.decode import DecodedImage, decode_image
+from imaging.decode import DecodedImage, decode_image, decode_pixels
 from imaging.fetch import ImageFetcher
 
-__all__ = ["DecodedImage", "ImageFetcher", "decode_image", "load_image"]
+__all__ = ["DecodedImage", "ImageFetcher", "decode_image", "decode_pixels", "load_image"]
 
 
 async def load_image(fetcher: ImageFetcher, url: str, settings: Settings, min_side: int = 0) -> DecodedImage:

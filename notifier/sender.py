@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 
 import httpcore
 import httpx
 
 from core.failures import Failure
+from core.safe_http import retry_after_seconds
 from core.schemas import Attempt, Delivery, utcnow
 from notifier.signing import signature_headers
 
@@ -37,25 +37,6 @@ def _connect_error(exc: BaseException) -> str:
             return "connection refused"
         cause = cause.__cause__ or cause.__context__
     return f"connection failed: {exc}"
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; ``None`` if absent
-    or unreadable (clamping is the caller's policy)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 async def _drain(response: httpcore.Response, limit: int, timeout_s: float) -> None:

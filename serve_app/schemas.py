@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from core.schemas import DeliveryLog, EndpointHealth, Wire
+from core.wire_json import Text
 
 MAX_GRACE_S = 7 * 24 * 3600.0
 
@@ -26,7 +27,7 @@ class EndpointEnable(Wire):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
+    url: Text = Field(min_length=1)
 
 
 class EndpointEnabled(EndpointHealth):
@@ -71,7 +72,7 @@ class WebhookTest(Wire):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
+    url: Text = Field(min_length=1)
 
 
 class EndpointRecover(Wire):
@@ -79,7 +80,7 @@ class EndpointRecover(Wire):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1)
+    url: Text = Field(min_length=1)
     since: datetime  # RFC 3339; deliveries created at or after it
 
 

@@ -58,6 +58,7 @@ def settings(redis_server: RedisServer) -> Settings:
         notifier_poll_s=0.1,
         webhook_timeout_s=2.0,
         fetch_timeout_s=5.0,
+        fetch_retry_backoff_s=0.05,
     )
 
 

@@ -20,6 +20,7 @@ from core.schemas import (
     utcnow,
 )
 from core.tokens import new_id
+from core.wire_json import dumps, stored_json
 
 MODEL_FIELD = "m:"
 
@@ -43,7 +44,7 @@ def image_record(image_id: str, fields: dict[str, str]) -> ImageRecord:
         url=fields["url"],
         models=models,
         error=error,
-        metadata=json.loads(fields.get("metadata", "null")),
+        metadata=stored_json(fields.get("metadata"), f"image {image_id} metadata"),
         external_id=fields.get("external_id") or None,
         webhook_url=fields.get("webhook_url") or None,
         webhook_events=json.loads(fields.get("webhook_events", "null")),
@@ -73,7 +74,7 @@ def new_image_fields(
         "org": org,
         "url": url,
         "models": json.dumps(models),
-        "metadata": json.dumps(metadata),
+        "metadata": dumps(metadata),
         "external_id": external_id or "",
         "webhook_url": webhook_url or "",
         "webhook_events": json.dumps(webhook_events),
@@ -105,7 +106,7 @@ def new_group_fields(
     fields: dict[str, Any] = {
         "org": org,
         "models": json.dumps(models),
-        "metadata": json.dumps(metadata),
+        "metadata": dumps(metadata),
         "external_id": external_id or "",
         "webhook_url": webhook_url or "",
         "webhook_events": json.dumps(webhook_events),
@@ -131,7 +132,7 @@ def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) ->
         models=json.loads(fields["models"]),
         counts=counts,
         aggregates=aggregates.aggregates({k: float(v) for k, v in sums.items()}, failed=counts.failed),
-        metadata=json.loads(fields.get("metadata", "null")),
+        metadata=stored_json(fields.get("metadata"), f"group {group_id} metadata"),
         external_id=fields.get("external_id") or None,
         webhook_url=fields.get("webhook_url") or None,
         webhook_events=json.loads(fields.get("webhook_events", "null")),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from core.urlpolicy import UrlRejected
+from core.wire_json import utf8_size
 from serve_app.context import ApiContext
 from serve_app.problems import invalid
 
@@ -28,5 +28,7 @@ def check_urls(ctx: ApiContext, **urls: str | None) -> None:
 
 
 def check_metadata(ctx: ApiContext, metadata: dict[str, Any] | None, field: str = "metadata") -> None:
-    if metadata is not None and len(json.dumps(metadata)) > ctx.settings.max_metadata_bytes:
-        raise invalid(field, f"metadata is larger than {ctx.settings.max_metadata_bytes} bytes")
+    """The size limit, in UTF-8 bytes of the stored JSON (depth and numbers: ``core.wire_json``)."""
+    limit = ctx.settings.max_metadata_bytes
+    if metadata is not None and (size := utf8_size(metadata)) > limit:
+        raise invalid(field, f"metadata is {size} bytes of UTF-8 JSON; the limit is {limit}")
