@@ -49,7 +49,7 @@ from deployments.engine.intake import Intake, IntakeLimits
 from deployments.engine.limits import StageLimits, decode_threads
 from deployments.engine.scaling import BACKLOG, HELD
 from deployments.model_client import ModelClient
-from imaging import DecodedImage, ImageFetcher, decode_image
+from imaging import DecodedImage, ImageFetcher, decode_image, decode_pixels
 
 log = logging.getLogger("sightwire.processor")
 
@@ -187,7 +187,10 @@ class Processor:
         async with limits.fetch.hold(org, key=urlsplit(url).hostname or ""):
             data = await self.fetcher.fetch(url)
         async with limits.bodies.hold(org, len(data)):
-            pixels = await limits.pixels.acquire(org, min(settings.max_image_pixels, settings.max_image_side ** 2))
+            # The decode's full raster, read from the header: its peak memory, and more than what
+            # the models then hold, so one grant covers decode and hand-off (0: refused unread).
+            raster = decode_pixels(data, settings.max_image_side, min_side)
+            pixels = await limits.pixels.acquire(org, max(1, min(raster, settings.max_image_pixels)))
             try:
                 async with limits.decode.hold(org):
                     image = await asyncio.get_running_loop().run_in_executor(
