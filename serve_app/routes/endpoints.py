@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from core.schemas import EndpointHealth, utcnow
 from serve_app.auth import Org
 from serve_app.lookups import Ctx
-from serve_app.problems import not_found
+from serve_app.problems import not_found, problem_responses
 from serve_app.schemas import EndpointEnable, EndpointEnabled, EndpointPage
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
@@ -17,7 +17,7 @@ def _never_sent(url: str) -> Exception:
     return not_found(f"endpoint {url} (nothing was ever sent to it)")
 
 
-@router.get("", response_model=EndpointHealth | EndpointPage)
+@router.get("", response_model=EndpointHealth | EndpointPage, responses=problem_responses(404))
 async def endpoints(org: Org, ctx: Ctx, url: str | None = None) -> EndpointHealth | EndpointPage:
     """One endpoint's health (``?url=``): breaker state, consecutive failures, last success and
     failure, deliveries held; without ``url``, every endpoint of the organisation."""
@@ -29,7 +29,7 @@ async def endpoints(org: Org, ctx: Ctx, url: str | None = None) -> EndpointHealt
     return health
 
 
-@router.post("/enable", response_model=EndpointEnabled)
+@router.post("/enable", response_model=EndpointEnabled, responses=problem_responses(404))
 async def enable_endpoint(body: EndpointEnable, org: Org, ctx: Ctx) -> EndpointEnabled:
     """Re-enable a disabled endpoint (or close an open breaker) and release every delivery it
     holds: they are sent at once, in order, newest state per resource."""
