@@ -1,0 +1,71 @@
+"""CLI commands that call the HTTP API through the light client (``sightwire_client``).
+
+Each prints a one-line summary, or the record as JSON with ``--json``. The key and URL come from
+``--api-key``/``--api-url`` or ``SIGHTWIRE_API_KEY``/``SIGHTWIRE_API_URL``, as for the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from sightwire_client import Client
+from sightwire_client.errors import SightwireError
+
+Call = Callable[[Client, argparse.Namespace], BaseModel]
+
+
+def _summary(record: BaseModel) -> str:
+    data = record.model_dump(mode="json", by_alias=True)
+    counts = data.get("counts")
+    tail = f" {counts['total'] - counts['pending']}/{counts['total']} done" if counts else ""
+    return f"{data.get('id')} {data.get('status')}{tail}"
+
+
+def _runner(call: Call) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with Client(args.api_key, base_url=args.api_url) as client:
+                record = call(client, args)
+        except (SightwireError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(record.model_dump_json(by_alias=True, indent=2) if args.json else _summary(record))
+        return 0
+
+    return run
+
+
+def _command(group: argparse._SubParsersAction, name: str, help_: str, call: Call) -> argparse.ArgumentParser:
+    command = group.add_parser(name, help=help_)
+    command.add_argument("--json", action="store_true", help="print the record as JSON")
+    command.add_argument("--api-key", help="default: $SIGHTWIRE_API_KEY")
+    command.add_argument("--api-url", help="default: $SIGHTWIRE_API_URL or http://127.0.0.1:8000")
+    command.set_defaults(func=_runner(call))
+    return command
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """``images submit/get/wait`` and ``groups submit/status``."""
+    images = commands.add_parser("images", help="submit and read images").add_subparsers(dest="action", required=True)
+    submit = _command(images, "submit", "queue an image URL",
+                      lambda c, a: c.submit_image(a.url, a.models, webhook_url=a.webhook_url))
+    submit.add_argument("url")
+    submit.add_argument("--models", nargs="+", required=True)
+    submit.add_argument("--webhook-url")
+    _command(images, "get", "an image's record", lambda c, a: c.get_image(a.id)).add_argument("id")
+    wait = _command(images, "wait", "wait until the image is finished", lambda c, a: c.wait(a.id, timeout=a.timeout))
+    wait.add_argument("id")
+    wait.add_argument("--timeout", type=float, default=300.0)
+
+    groups = commands.add_parser("groups", help="submit and follow groups").add_subparsers(dest="action", required=True)
+    gsubmit = _command(groups, "submit", "queue a group of image URLs",
+                       lambda c, a: c.submit_group(a.urls, a.models, webhook_url=a.webhook_url))
+    gsubmit.add_argument("urls", nargs="+")
+    gsubmit.add_argument("--models", nargs="+", required=True)
+    gsubmit.add_argument("--webhook-url")
+    status = _command(groups, "status", "a group's record (counts, aggregates)", lambda c, a: c.get_group(a.id))
+    status.add_argument("id")
