@@ -7,6 +7,7 @@ Each prints a one-line summary, or the record as JSON with ``--json``. The key a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
@@ -15,14 +16,15 @@ from pydantic import BaseModel
 from sightwire_client import Client
 from sightwire_client.errors import SightwireError
 
-Call = Callable[[Client, argparse.Namespace], BaseModel]
+Result = BaseModel | list[BaseModel]
+Call = Callable[[Client, argparse.Namespace], Result]
 
 
 def _summary(record: BaseModel) -> str:
     data = record.model_dump(mode="json", by_alias=True)
     counts = data.get("counts")
     tail = f" {counts['total'] - counts['pending']}/{counts['total']} done" if counts else ""
-    return f"{data.get('id')} {data.get('status')}{tail}"
+    return f"{data.get('id') or data.get('url')} {data.get('status') or data.get('state')}{tail}"
 
 
 def _runner(call: Call) -> Callable[[argparse.Namespace], int]:
@@ -33,7 +35,12 @@ def _runner(call: Call) -> Callable[[argparse.Namespace], int]:
         except (SightwireError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(record.model_dump_json(by_alias=True, indent=2) if args.json else _summary(record))
+        records = record if isinstance(record, list) else [record]
+        if args.json:
+            print(json.dumps([r.model_dump(mode="json", by_alias=True) for r in records], indent=2)
+                  if isinstance(record, list) else record.model_dump_json(by_alias=True, indent=2))
+        else:
+            print("\n".join(_summary(r) for r in records))
         return 0
 
     return run
@@ -49,7 +56,7 @@ def _command(group: argparse._SubParsersAction, name: str, help_: str, call: Cal
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """``images submit/get/wait`` and ``groups submit/status``."""
+    """``images submit/get/wait``, ``groups submit/status``, ``deliveries list``, ``endpoints show``."""
     images = commands.add_parser("images", help="submit and read images").add_subparsers(dest="action", required=True)
     submit = _command(images, "submit", "queue an image URL",
                       lambda c, a: c.submit_image(a.url, a.models, webhook_url=a.webhook_url))
@@ -69,3 +76,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gsubmit.add_argument("--webhook-url")
     status = _command(groups, "status", "a group's record (counts, aggregates)", lambda c, a: c.get_group(a.id))
     status.add_argument("id")
+
+    deliveries = commands.add_parser("deliveries", help="webhook deliveries").add_subparsers(dest="action",
+                                                                                             required=True)
+    listing = _command(deliveries, "list", "an image's or group's deliveries, newest first",
+                       lambda c, a: list(c.deliveries(a.resource_id)))
+    listing.add_argument("resource_id", help="img_… or grp_…")
+    endpoints = commands.add_parser("endpoints", help="webhook endpoints").add_subparsers(dest="action",
+                                                                                          required=True)
+    show = _command(endpoints, "show", "an endpoint's health (breaker state, failures, held deliveries)",
+                    lambda c, a: c.endpoint_health(a.url))
+    show.add_argument("url")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.support.servers import ImageHost
 pytestmark = pytest.mark.integration
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     assert main([*argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
@@ -32,5 +33,8 @@ async def test_images_and_groups_commands(stack: LocalStack, api_key: str, image
     group = run_json(capsys, "groups", "submit", url, url, "--models", "object_detection")
     assert group["counts"]["total"] == 2
     assert run_json(capsys, "groups", "status", group["id"])["id"] == group["id"]
+    assert run_json(capsys, "deliveries", "list", submitted["id"]) == []  # no webhookUrl: nothing sent
+    assert main(["endpoints", "show", "http://127.0.0.1:9/never"]) == 1
+    assert "never" in capsys.readouterr().err
     assert main(["images", "get", "img_missing"]) == 1
     assert "img_missing" in capsys.readouterr().err
