@@ -3,8 +3,9 @@
 ``create_app`` is plain FastAPI: the Serve ingress in ``serve_app.gateway`` builds it on each
 replica. Routes live in ``serve_app.routes``, one router per resource. Around them: the body cap
 (``serve_app.body_limit``, enforced as the body arrives), ``Idempotency-Key`` for every POST
-(``serve_app.idempotency``), the problem handlers (every error is
-problem+json) and, for the app's lifetime, the readiness refresh behind ``/readyz``.
+(``serve_app.idempotency``), the problem handlers (every error is problem+json), the OpenAPI
+document and offline ``/docs`` (``serve_app.openapi``) and, for the app's lifetime, the
+readiness refresh behind ``/readyz``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 from serve_app.body_limit import BodyLimit
 from serve_app.context import ApiContext
 from serve_app.idempotency import Idempotency
+from serve_app.openapi import install_openapi
 from serve_app.problems import install_problem_handlers
 from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, settings, webhooks
 
@@ -32,12 +34,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
         version="1",
         description="Asynchronous computer-vision inference with signed webhooks.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_openapi from local assets
+        redoc_url=None,  # so is /redoc
     )
     app.state.ctx = ctx
     install_problem_handlers(app, on_store_unreachable=ctx.readiness.store_unreachable)
     routers = (images, groups, operations, deliveries, endpoints, secrets, settings, webhooks)
     for router in (module.router for module in routers):
         app.include_router(router)
+    install_openapi(app)
     app.add_middleware(Idempotency, store=ctx.store, wait_s=ctx.settings.idempotency_wait_s)
     app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)  # outermost: caps what Idempotency reads
     return app

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -52,6 +53,29 @@ class Problem(Exception):
         return JSONResponse(body, status_code=self.status, media_type=MEDIA_TYPE, headers=self.headers)
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ProblemDocument(BaseModel):
+    """The body of every error, for the OpenAPI document (``Problem.response`` writes it)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route's own error statuses; ``serve_app.openapi`` declares the ones
+    every route shares (401, 422, 500, ...) and gives each the problem+json body."""
+    return {status: {"description": STATUS_TITLES.get(status, "Error")} for status in statuses}
+
+
 def invalid(field: str, message: str) -> Problem:
     """A 422 naming the offending field, as validation errors do."""
     return Problem(422, "validation-error", "Request validation failed", message,
@@ -66,6 +90,18 @@ def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
+
+STATUS_TITLES = {
+    400: "Bad request (malformed JSON, invalid cursor)",
+    401: "Missing or invalid API key",
+    404: "Not found",
+    409: "Conflict with the resource's state",
+    413: "Request body too large",
+    422: "Request validation failed",
+    429: "Rate limit of the API key reached (see Retry-After and RateLimit)",
+    500: "Internal server error",
+    503: "The store is unreachable; retry after Retry-After",
+}
 
 STATUS_TYPES = {401: "unauthorized", 404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from core.delivery import Outbox, RetryResult, endpoint_of
 from core.schemas import Delivery, DeliveryLog, utcnow
 from serve_app.lookups import Ctx, FoundDelivery, FoundGroup, FoundImage
-from serve_app.problems import Problem, not_found
+from serve_app.problems import Problem, not_found, problem_responses
 from serve_app.schemas import DeliveryPage
 
 router = APIRouter(tags=["deliveries"])
@@ -58,7 +58,8 @@ def _refusal(result: RetryResult, delivery: Delivery) -> Problem:
     return not_found(f"delivery {delivery.id}")
 
 
-@router.post("/v1/deliveries/{delivery_id}/retry", status_code=202, response_model=DeliveryLog)
+@router.post("/v1/deliveries/{delivery_id}/retry", status_code=202, response_model=DeliveryLog,
+             responses=problem_responses(409))
 async def retry_delivery(delivery: FoundDelivery, ctx: Ctx) -> DeliveryLog:
     """Send this delivery again now, with the same ``webhook-id`` (a delivered one too).
 

@@ -8,7 +8,7 @@ from core.delivery import endpoint_id
 from core.schemas import EndpointHealth, EndpointState, utcnow
 from serve_app.auth import Org
 from serve_app.lookups import Ctx
-from serve_app.problems import Problem, not_found
+from serve_app.problems import Problem, not_found, problem_responses
 from serve_app.schemas import EndpointEnable, EndpointEnabled, EndpointPage, EndpointRecover, EndpointRecovered
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
@@ -18,7 +18,7 @@ def _never_sent(url: str) -> Exception:
     return not_found(f"endpoint {url} (nothing was ever sent to it)")
 
 
-@router.get("", response_model=EndpointHealth | EndpointPage)
+@router.get("", response_model=EndpointHealth | EndpointPage, responses=problem_responses(404))
 async def endpoints(org: Org, ctx: Ctx, url: str | None = None) -> EndpointHealth | EndpointPage:
     """One endpoint's health (``?url=``): breaker state, consecutive failures, last success and
     failure, deliveries held; without ``url``, every endpoint of the organisation."""
@@ -30,7 +30,7 @@ async def endpoints(org: Org, ctx: Ctx, url: str | None = None) -> EndpointHealt
     return health
 
 
-@router.post("/enable", response_model=EndpointEnabled)
+@router.post("/enable", response_model=EndpointEnabled, responses=problem_responses(404))
 async def enable_endpoint(body: EndpointEnable, org: Org, ctx: Ctx) -> EndpointEnabled:
     """Re-enable a disabled endpoint (or close an open breaker) and release every delivery it
     holds: they are sent at once, in order, newest state per resource."""
@@ -43,7 +43,7 @@ async def enable_endpoint(body: EndpointEnable, org: Org, ctx: Ctx) -> EndpointE
     return EndpointEnabled(**health.model_dump(), released=released)
 
 
-@router.post("/recover", response_model=EndpointRecovered)
+@router.post("/recover", response_model=EndpointRecovered, responses=problem_responses(404, 409))
 async def recover_endpoint(body: EndpointRecover, org: Org, ctx: Ctx) -> EndpointRecovered:
     """Re-send every delivery to ``url`` created since ``since`` that failed (its retries used up)
     or that the breaker holds: each is due now, as a manual retry makes it. A disabled endpoint

@@ -12,7 +12,7 @@ from core.schemas import ImageCreate, ImageRecord, ImageStatus, ModelsAdd, Wire
 from core.store.ratelimit import LimitKind
 from serve_app.auth import Org, charge
 from serve_app.context import ApiContext, context
-from serve_app.problems import Problem, not_found
+from serve_app.problems import Problem, not_found, problem_responses
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -85,7 +85,7 @@ async def create_image(
     return record
 
 
-@router.get("", response_model=ImagePage)
+@router.get("", response_model=ImagePage, responses=problem_responses(400, 404))
 async def list_images(
     org: Org,
     ctx: Ctx,
@@ -120,7 +120,7 @@ async def get_image(image_id: str, org: Org, ctx: Ctx) -> ImageRecord:
     return record
 
 
-@router.post("/{image_id}/models", status_code=202, response_model=ImageRecord)
+@router.post("/{image_id}/models", status_code=202, response_model=ImageRecord, responses=problem_responses(409))
 async def add_models(image_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> ImageRecord:
     """Run more models on an image. Only models it does not have yet run (in one transaction
     with their job); when they finish, the webhook fires again as ``image.updated`` with every
