@@ -90,6 +90,7 @@ class FairLimiter:
         self._free = capacity
         self._flows: dict[str, _Flow] = {}
         self._ring: deque[str] = deque()  # flows with waiters; the head is being served
+        self._last_served: str | None = None  # the flow of the last grant
         self._key_held: Counter[Hashable] = Counter()
 
     # -- the public surface ------------------------------------------------------------------
@@ -215,7 +216,13 @@ class FairLimiter:
         idle = 0  # visits in a row that granted nothing
         while self._ring and self._free > 0:
             if idle >= len(self._ring) and not self._fast_forward():
-                return  # a whole round, and every waiter is capped
+                # A whole round, and every waiter is capped. The round ends where it began: on the
+                # flow served last, with fresh credit. Left there, it would take the next unit freed
+                # on a full key too, and every one after (another flow waiting on that key got none
+                # until its backlog was gone): its visit is over, the next flow's begins.
+                if len(self._ring) > 1 and self._ring[0] == self._last_served:
+                    self._rotate()
+                return
             flow = self._ring[0]
             state = self._flows[flow]
             found = self._eligible(state)
@@ -267,6 +274,8 @@ class FairLimiter:
         state.deficit -= grant.cost
         if key is not None:
             self._key_held[key] += grant.cost
+        self._last_served = grant.flow
         waiter.future.set_result(grant)
         if not state.waiting:
             self._leave_ring(grant.flow)
+
