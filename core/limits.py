@@ -6,9 +6,12 @@ wait at each. A FIFO semaphore would let one org's burst of 10,000 queue ahead o
 org's single image at every stage; ``FairLimiter`` instead serves its waiters by *deficit
 round-robin* over their flow (the org): each visit an org may take ``quantum x weight`` units,
 so two orgs with waiting work share the capacity equally (or by weight) whatever their queue
-lengths. It also bounds what one flow and one key (a destination host) may hold at once, and a
-waiter blocked by its key's cap never blocks waiters of other keys (no head-of-line blocking):
-each flow keeps one queue per key and skips the keys that are full.
+lengths. It also bounds what one flow, one key (a destination host) and one flow on one key may
+hold at once, and a waiter blocked by its key's cap never blocks waiters of other keys (no
+head-of-line blocking): each flow keeps one queue per key and skips the keys that are full. The
+flow-on-key cap, set below the key's, keeps slots of a shared host free for other flows: a slot
+already held cannot be taken back, so without it a second org waits for the first org's slow
+requests to that host to end.
 
 Acquisitions have a cost (1 for a slot; bytes or pixels for a budget). A cost larger than a
 bound is clamped to it, so an oversized request waits until it can hold that bound alone rather
@@ -57,6 +60,7 @@ class _Flow:
     """One flow's state: what it holds, its credit in the round, its waiters by key."""
 
     held: int = 0
+    key_held: Counter[Hashable] = field(default_factory=Counter)  # of ``held``, by key
     deficit: float = 0.0
     queues: OrderedDict[Hashable | None, deque[_Waiter]] = field(default_factory=OrderedDict)
 
@@ -68,8 +72,9 @@ class _Flow:
 class FairLimiter:
     """``capacity`` units shared round-robin by flow; see the module docstring.
 
-    ``flow_cap`` bounds the units one flow holds, ``key_cap`` the units one key holds (``None``:
-    unbounded); ``weight(flow)`` scales a flow's share (default 1; must be > 0)."""
+    ``flow_cap`` bounds the units one flow holds, ``key_cap`` the units one key holds,
+    ``flow_key_cap`` the units one flow holds of one key (``None``: unbounded); ``weight(flow)``
+    scales a flow's share (default 1; must be > 0)."""
 
     def __init__(
         self,
@@ -77,14 +82,16 @@ class FairLimiter:
         *,
         flow_cap: int | None = None,
         key_cap: int | None = None,
+        flow_key_cap: int | None = None,
         quantum: int = 1,
         weight: Callable[[str], float] | None = None,
     ) -> None:
-        if min(v for v in (capacity, quantum, flow_cap, key_cap) if v is not None) < 1:
+        if min(v for v in (capacity, quantum, flow_cap, key_cap, flow_key_cap) if v is not None) < 1:
             raise ValueError("capacity, quantum and caps must be at least 1")
         self.capacity = capacity
         self.flow_cap = flow_cap
         self.key_cap = key_cap
+        self.flow_key_cap = flow_key_cap
         self.quantum = quantum
         self._weight = weight or (lambda _flow: 1.0)
         self._free = capacity
@@ -134,7 +141,7 @@ class FairLimiter:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _clamp(self, cost: int, key: Hashable | None) -> int:
-        bounds = [self.capacity, self.flow_cap, self.key_cap if key is not None else None]
+        bounds = [self.capacity, self.flow_cap, *((self.key_cap, self.flow_key_cap) if key is not None else ())]
         return min(cost, *(b for b in bounds if b is not None))
 
     def _enqueue(self, waiter: _Waiter) -> None:
@@ -167,9 +174,10 @@ class FairLimiter:
         state = self._flows[grant.flow]
         state.held -= grant.cost
         if grant.key is not None:
-            self._key_held[grant.key] -= grant.cost
-            if not self._key_held[grant.key]:
-                del self._key_held[grant.key]
+            for held in (self._key_held, state.key_held):
+                held[grant.key] -= grant.cost
+                if not held[grant.key]:
+                    del held[grant.key]
         if not state.held and not state.waiting:
             del self._flows[grant.flow]
         self._dispatch()
@@ -197,7 +205,11 @@ class FairLimiter:
     def _fits_caps(self, state: _Flow, key: Hashable | None, cost: int) -> bool:
         if self.flow_cap is not None and state.held + cost > self.flow_cap:
             return False
-        return key is None or self.key_cap is None or self._key_held[key] + cost <= self.key_cap
+        if key is None:
+            return True
+        if self.flow_key_cap is not None and state.key_held[key] + cost > self.flow_key_cap:
+            return False
+        return self.key_cap is None or self._key_held[key] + cost <= self.key_cap
 
     def _eligible(self, state: _Flow) -> tuple[Hashable | None, _Waiter] | None:
         """The flow's first waiter (over its keys, oldest key first) that its caps allow.
@@ -274,6 +286,7 @@ class FairLimiter:
         state.deficit -= grant.cost
         if key is not None:
             self._key_held[key] += grant.cost
+            state.key_held[key] += grant.cost
         self._last_served = grant.flow
         waiter.future.set_result(grant)
         if not state.waiting:

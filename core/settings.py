@@ -77,6 +77,8 @@ class Settings(BaseModel):
     engine_max_in_flight: int = Field(256, ge=1)  # jobs a replica holds (claimed, leased) at once
     engine_org_max_in_flight: int = Field(128, ge=1)  # of those, one org's at most
     engine_host_fetches: int = Field(32, ge=1)  # downloads at once to one destination host
+    # of those, one org's at most: the rest stay free for other orgs' images on the same host
+    engine_org_host_fetches: int = Field(24, ge=1)
     engine_decode_threads: int = Field(0, ge=0)  # 0: one per CPU of the replica
     engine_body_budget_bytes: int = Field(256 * 1024 * 1024, ge=1)  # downloaded bodies not yet decoded
     engine_pixel_budget: int = Field(120_000_000, ge=1)  # decoded pixels not yet handed to the models

@@ -12,10 +12,11 @@ from deployments.engine.limits import StageLimits, model_in_flight
 
 async def test_stage_limits_follow_the_settings_and_the_registry() -> None:
     settings = Settings(engine_max_in_flight=64, engine_org_max_in_flight=16, engine_host_fetches=4,
-                        engine_decode_threads=3)
+                        engine_org_host_fetches=3, engine_decode_threads=3)
     specs = load_registry("bench", Path("/nonexistent")).models
     limits = StageLimits.build(settings, specs)
-    assert (limits.fetch.capacity, limits.fetch.flow_cap, limits.fetch.key_cap) == (64, 16, 4)
+    fetch = limits.fetch
+    assert (fetch.capacity, fetch.flow_cap, fetch.key_cap, fetch.flow_key_cap) == (64, 16, 4, 3)
     assert limits.decode.capacity == 3
     assert limits.bodies.capacity == settings.engine_body_budget_bytes
     assert limits.pixels.capacity == settings.engine_pixel_budget

@@ -94,6 +94,22 @@ async def test_a_flow_at_a_full_key_gets_the_next_freed_slot_of_that_key() -> No
     assert recorder.order.index("org_b") == 2  # the two held at once, then org_b
 
 
+async def test_a_flow_on_a_shared_key_leaves_room_for_other_flows() -> None:
+    """One org's backlog to a host holds at most ``flow_key_cap`` of its ``key_cap`` slots, so
+    another org's fetch to that host starts at once instead of after a slow fetch ends."""
+    limiter = FairLimiter(10, key_cap=4, flow_key_cap=3)
+    recorder = Recorder(limiter)
+    recorder.want("org_a", 6, key="host")
+    recorder.want("org_a", 1, key="other")  # its other hosts are not held up by it
+    await settle()
+    assert recorder.order == ["org_a"] * 4 and limiter.free == 6
+    recorder.want("org_b", 1, key="host")
+    await settle()
+    assert recorder.order[-1] == "org_b"  # granted with none of org_a's released
+    await recorder.release_all_one_by_one()
+    assert recorder.order.count("org_a") == 7 and limiter.free == 10
+
+
 async def test_a_flow_holds_at_most_its_cap() -> None:
     limiter = FairLimiter(10, flow_cap=3)
     recorder = Recorder(limiter)

@@ -53,7 +53,7 @@ class StageLimits:
         org_cap = settings.engine_org_max_in_flight
         return cls(
             fetch=FairLimiter(settings.engine_max_in_flight, flow_cap=org_cap, key_cap=settings.engine_host_fetches,
-                              weight=weight),
+                              flow_key_cap=settings.engine_org_host_fetches, weight=weight),
             bodies=FairLimiter(settings.engine_body_budget_bytes, quantum=BODY_QUANTUM, weight=weight),
             decode=FairLimiter(decode_threads(settings), weight=weight),
             pixels=FairLimiter(settings.engine_pixel_budget, quantum=PIXEL_QUANTUM, weight=weight),
