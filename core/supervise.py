@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 
 log = logging.getLogger("sightwire.supervise")
@@ -78,3 +78,16 @@ async def supervise(
             failures = 0
             continue
         await asyncio.sleep(backoff.delay(failures))
+
+
+@asynccontextmanager
+async def in_background(loop: Coroutine[object, object, None], name: str) -> AsyncIterator[None]:
+    """Run ``loop`` as a task for the lifetime of the block (an app's lifespan), then cancel it
+    and wait for it to end."""
+    task = asyncio.create_task(loop, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task

@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from core.schemas import ModelInfo
+from core.supervise import in_background
 
 log = logging.getLogger("sightwire.readiness")
 
@@ -101,13 +102,6 @@ class Readiness:
                 log.exception("readiness: refresh round failed")
             await asyncio.sleep(self._interval_s)
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Run the loop for the lifetime of the block (the app's lifespan)."""
-        task = asyncio.create_task(self.run(), name="sightwire-readiness")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return in_background(self.run(), "sightwire-readiness")

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
 from core.schemas import ImageRecord
+from core.supervise import in_background
 
 log = logging.getLogger("sightwire.waiters")
 RESUBSCRIBE_S = 0.5
@@ -30,16 +31,9 @@ class Waiters:
         self._channel = channel
         self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
+    def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Listen for the lifetime of the block (the app's lifespan)."""
-        task = asyncio.create_task(self._listen())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return in_background(self._listen(), "sightwire-waiters")
 
     async def _listen(self) -> None:
         while True:
