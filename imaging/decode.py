@@ -93,7 +93,7 @@ def decode_pixels(data: bytes, max_side: int, min_side: int = 0) -> int:
         with _open(data) as image:
             _draft(image, _orientation(image), max_side, min_side)
             return image.width * image.height
-    except Failure:
+    except Exception:  # Failure, or what a truncated header raises: decode_image reports it
         return 0
 
 

@@ -78,3 +78,5 @@ def test_decode_pixels_is_the_raster_the_decode_holds() -> None:
     assert decode_pixels(jpeg, 1333) == 2000 * 1500  # the 1/2 DCT scale still covers 1333 x 1000
     assert decode_pixels(jpeg, 1333, min_side=300) == 500 * 375  # 1/8 still covers 400 x 300
     assert decode_pixels(b"not an image", 1333) == 0
+    noise = encoded(Image.effect_noise((200, 200), 64), "PNG")
+    assert decode_pixels(noise[:400], 1333) == 0  # its chunks cut off: decode_image then says why
