@@ -152,19 +152,20 @@ class Processor:
 
     async def _exhausted(self, queued: QueuedJob) -> None:
         """A job that used up its attempts: each of its images not yet terminal fails with its own
-        code and is announced; the intake then buries the job. An image whose announcement
-        itself fails stays failed (logged); the dead letter keeps the job for an operator."""
+        code and is announced; the intake then buries the job. An image whose record cannot be
+        read or announced is logged and left as it is; the dead letter keeps the job for an
+        operator either way."""
         job = Job.from_payload(queued.payload)
         error = ErrorInfo(code=ErrorCode.ATTEMPTS_EXHAUSTED,
                           message=f"processing failed {queued.attempts} times; the job is a dead letter")
         for image_id in job.images:
-            if not runnable(await self.store.images.get(image_id)):
-                continue
-            await self.store.images.write_image_error(image_id, error)
             try:
+                if not runnable(await self.store.images.get(image_id)):
+                    continue
+                await self.store.images.write_image_error(image_id, error)
                 await self.store.images.finalize(image_id)
-            except Exception:
-                log.exception("could not announce the failure of image %s (job %s)", image_id, queued.id)
+            except Exception:  # a record that cannot even be read: the job is buried all the same
+                log.exception("could not fail and announce image %s (job %s)", image_id, queued.id)
 
     async def process_image(self, org: str, image_id: str, models: list[str]) -> None:
         """Run the image's still-queued ``models`` and announce the result; idempotent."""

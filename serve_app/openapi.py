@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
-from core.schemas import EventType, GroupCounts, GroupRecord, ImageRecord, ImageStatus, Wire
+from core.schemas import EndpointHealth, EventType, GroupCounts, GroupRecord, ImageRecord, ImageStatus, Wire
 from serve_app.auth import current_org
 from serve_app.problems import MEDIA_TYPE, STATUS_TITLES, ProblemDocument
 
@@ -172,6 +172,21 @@ class GroupEventPayload(Wire):
     data: GroupRecord | ThinData
 
 
+class EndpointData(EndpointHealth):
+    """An endpoint's health as ``GET /v1/endpoints`` shows it, and ``object: endpoint``."""
+
+    object: Literal["endpoint"] = "endpoint"
+
+
+class EndpointEventPayload(Wire):
+    """To the org's operations webhook (``PATCH /v1/settings``) when one of its endpoints is
+    disabled; the health says why (``disabledReason``)."""
+
+    type: Literal[EventType.ENDPOINT_DISABLED]
+    timestamp: datetime
+    data: EndpointData
+
+
 class TestEventPayload(Wire):
     type: Literal[EventType.TEST]
     timestamp: datetime
@@ -181,6 +196,7 @@ class TestEventPayload(Wire):
 PAYLOADS: dict[EventType, type[Wire]] = {
     **dict.fromkeys((EventType.IMAGE_COMPLETED, EventType.IMAGE_FAILED, EventType.IMAGE_UPDATED), ImageEventPayload),
     **dict.fromkeys((EventType.GROUP_COMPLETED, EventType.GROUP_UPDATED, EventType.GROUP_PROGRESS), GroupEventPayload),
+    EventType.ENDPOINT_DISABLED: EndpointEventPayload,
     EventType.TEST: TestEventPayload,
 }
 WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -204,12 +220,18 @@ async def _group_event(payload: GroupEventPayload, webhook_id: WebhookId, webhoo
     """Signed per Standard Webhooks with the organisation's ``whsec_`` secret."""
 
 
+async def _endpoint_event(payload: EndpointEventPayload, webhook_id: WebhookId, webhook_timestamp: WebhookTimestamp,
+                          webhook_signature: WebhookSignature) -> None:
+    """Signed per Standard Webhooks with the organisation's ``whsec_`` secret."""
+
+
 async def _test_event(payload: TestEventPayload, webhook_id: WebhookId, webhook_timestamp: WebhookTimestamp,
                       webhook_signature: WebhookSignature) -> None:
     """Signed per Standard Webhooks with the organisation's ``whsec_`` secret."""
 
 
-RECEIVERS = {ImageEventPayload: _image_event, GroupEventPayload: _group_event, TestEventPayload: _test_event}
+RECEIVERS = {ImageEventPayload: _image_event, GroupEventPayload: _group_event, EndpointEventPayload: _endpoint_event,
+             TestEventPayload: _test_event}
 
 
 def install_openapi(app: FastAPI) -> None:

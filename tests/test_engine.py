@@ -176,20 +176,16 @@ async def test_whole_app_killed_with_images_in_flight_the_last_is_delivered_with
 async def test_a_poison_job_becomes_a_dead_letter_and_other_orgs_go_on(
     stack: LocalStack, host: CountingHost, receiver: WebhookReceiver, org: str
 ) -> None:
-    """A record that cannot be announced (metadata nested 300 deep, written before validation
-    refused such): its job fails every attempt, is buried after ``max_job_attempts``, and the
-    processor keeps serving another org, before and after. Once an operator has fixed the
-    record, ``dead-letters requeue`` runs it again and its webhook arrives."""
+    """A record that cannot be read (its models field corrupt, as a bad migration would leave
+    it): its job fails every attempt, is buried after ``max_job_attempts`` (the record cannot
+    even be failed), and the processor keeps serving another org, before and after. Once an
+    operator has fixed the record, ``dead-letters requeue`` runs it again and its webhook arrives."""
     settings = engine_settings(stack)
     store = Store.from_settings(settings)
     url = host.put("/poison.png", png_bytes(seed=6))
     poison = await create(store, org, url, webhook_url=receiver.url("/poison"))
-    deep: dict = {}
-    node = deep
-    for _ in range(300):
-        node["a"] = {}
-        node = node["a"]
-    await store.redis.hset(store.keys.image(poison), "metadata", json.dumps(deep))
+    models = await store.redis.hget(store.keys.image(poison), "models")
+    await store.redis.hset(store.keys.image(poison), "models", "{not json")
     processor = Processor(settings, model_handles(MODEL))
     processor.start()
     other = "org_other_" + settings.key_prefix
@@ -209,7 +205,7 @@ async def test_a_poison_job_becomes_a_dead_letter_and_other_orgs_go_on(
             assert (await store.jobs.counts())["deadLetters"] == 1
             assert letter.entry in await list_letters(store, list(QueueName), 10)
 
-            await store.redis.hset(store.keys.image(poison), "metadata", json.dumps({"fixed": True}))
+            await store.redis.hset(store.keys.image(poison), "models", models)
             assert "requeued online" in await requeue_letters(store, [QueueName.ONLINE], [letter.entry], False)
             await until(lambda: _async(completed_once(receiver, "/poison", [poison])), 30, "the requeued image")
             assert await store.jobs.dead[QueueName.ONLINE].count() == 0
