@@ -34,6 +34,7 @@ from core.store.fair_queue import DeadLetters, FairQueue, QueuedJob, new_token
 from core.supervise import supervise, working_on
 
 log = logging.getLogger("sightwire.engine.intake")
+STOP_TIMEOUT_S = 10.0  # a stop never waits longer for its loops and jobs to end
 
 EXPECTED = (RedisError, OSError, TimeoutError)  # the store being away: logged in one line, retried
 DEAD_REASON = "attempts"
@@ -90,7 +91,11 @@ class Intake:
         jobs = list(self.held)
         for task in self.held.values():
             task.cancel()
-        await asyncio.gather(*self._loops, *self.held.values(), return_exceptions=True)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await asyncio.gather(*self._loops, *self.held.values(), return_exceptions=True)
+        except TimeoutError:  # something awaited a reply that never came: say so, and go on
+            self.log.error("%s: loops or jobs still running %gs after stop", self.name, STOP_TIMEOUT_S)
         if jobs:
             await self.queue.release(self.token, jobs)
 
