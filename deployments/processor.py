@@ -225,6 +225,8 @@ class Processor:
             image, pixels = await self._load(org, record.url, min_side)
         except Failure as failure:
             self.metrics.fetch_error(failure.code)
+            log.info("image %s failed: %s", record.id, failure.code.value,
+                     extra={"org": org, "image_id": record.id, "code": failure.code.value})
             await self.store.images.write_image_error(record.id, failure.info())
             return
         try:
@@ -253,7 +255,7 @@ class Processor:
             except TimeoutError:
                 result = failed_result(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
             except Exception as exc:  # any model error fails this model only
-                log.exception("model %s failed on %s", name, image_id)
+                log.exception("model %s failed on %s", name, image_id, extra={"org": org, "image_id": image_id})
                 result = failed_result(ErrorCode.MODEL_FAILED, f"{name}: {describe(exc)}")
         await self.store.images.write_model_result(image_id, name, result)
 
