@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import base64
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
