@@ -73,6 +73,7 @@ class LocalStack:
         self.num_cpus = num_cpus
         self.show_logs = show_logs
         self.logs_dir: Path | None = None
+        self.metrics_url: str | None = None  # the Ray node's Prometheus endpoint, when this stack started Ray
         redis_dir = Path(settings.data_dir).expanduser() / "redis"
         self._redis = RedisServer(redis_dir, appendfsync=settings.redis_appendfsync) if embedded_redis else None
         self._owns_ray = False
@@ -96,6 +97,7 @@ class LocalStack:
             )
             self._owns_ray = True
             self.logs_dir = Path(context.address_info["session_dir"]) / "logs"
+            self.metrics_url = f"http://127.0.0.1:{context.address_info['metrics_export_port']}/metrics"
         serve.start(http_options={"host": self.host, "port": self.port})
         serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/", blocking=False,
                   logging_config=LoggingConfig(encoding="JSON") if self.settings.log_format is LogFormat.JSON else None)

@@ -108,6 +108,8 @@ def test_sightwire_serve_shows_processor_notifier_and_model_logs(tmp_path: Path,
         logs_line = output.wait_for(r"^logs: ", 5)
         logs_dir = Path(re.search(r"in (\S+) \(Serve", logs_line).group(1))
         assert (logs_dir / "serve").is_dir(), logs_line
+        metrics_url = output.wait_for(r"^metrics: http://127\.0\.0\.1:\d+/metrics ", 5).split()[1]
+        assert "# TYPE" in httpx.get(metrics_url, timeout=10).text
 
         org = "org_logs"
         key = asyncio.run(api_key(Settings(redis_url=redis.url, key_prefix="swlogs"), org))
