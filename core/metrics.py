@@ -76,7 +76,8 @@ class EngineMetrics:
     def claimed(self, queue: QueueName, org: str) -> None:
         """An org had a job: it gets a depth series at the next refresh even if its queue is
         already empty by then (a fast drain would otherwise never show)."""
-        self._seen[queue].add(org)
+        if self._ray:
+            self._seen[queue].add(org)
 
     async def refresh(self, jobs: Jobs, in_flight: dict[QueueName, int]) -> None:
         """Queue depths per org (0 for orgs seen before and now drained), dead letters, in flight."""

@@ -48,7 +48,7 @@ from core.store import Job, Store
 from core.store.fair_queue import QueuedJob
 from core.store.jobs import QueueName
 from core.supervise import supervise
-from deployments.engine.intake import Intake, IntakeLimits
+from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
 from deployments.engine.limits import StageLimits, decode_threads
 from deployments.engine.scaling import BACKLOG, HELD
 from deployments.model_client import ModelClient
@@ -131,7 +131,7 @@ class Processor:
         for intake in self.intakes.values():
             intake.start()
         self._metrics_loop = asyncio.get_running_loop().create_task(
-            supervise("processor metrics", self._report, logger=log), name="processor-metrics")
+            supervise("processor metrics", self._report, expected=EXPECTED, logger=log), name="processor-metrics")
 
     async def stop(self) -> None:
         """Stop claiming and give back what is held (another replica takes it at once)."""
@@ -211,9 +211,9 @@ class Processor:
                 async with limits.decode.hold(org):
                     with self.metrics.decoding():
                         image = await asyncio.get_running_loop().run_in_executor(
-                        self._decoders, decode_image, data, settings.max_image_pixels, settings.max_image_side,
-                        min_side,
-                    )
+                            self._decoders, decode_image, data, settings.max_image_pixels, settings.max_image_side,
+                            min_side,
+                        )
             except BaseException:
                 pixels.release()
                 raise
