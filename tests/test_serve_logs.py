@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -136,3 +137,22 @@ def test_sightwire_serve_shows_processor_notifier_and_model_logs(tmp_path: Path,
             serve.wait(10)
         redis.cleanup()
     assert serve.returncode == 0, "\n".join(output.lines[-60:])
+
+
+def test_json_lines_carry_the_extra_fields_and_the_traceback() -> None:
+    """Outside a Serve request: no request fields, the ``extra=`` ones and the exception's text."""
+    from serve_app.worker_logs import JsonFormatter
+
+    try:
+        raise ValueError("bad pixels")
+    except ValueError:
+        record = logging.getLogger("sightwire.processor").makeRecord(
+            "sightwire.processor", logging.WARNING, __file__, 1, "image %s failed", ("img_1",), sys.exc_info(),
+            extra={"org": "org_1", "image_id": "img_1"},
+        )
+    entry = json.loads(JsonFormatter().format(record))
+    assert {k: entry[k] for k in ("level", "logger", "message", "org", "image_id")} == {
+        "level": "WARNING", "logger": "sightwire.processor", "message": "image img_1 failed",
+        "org": "org_1", "image_id": "img_1",
+    }
+    assert "ValueError: bad pixels" in entry["exc_info"] and "request_id" not in entry
