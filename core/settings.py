@@ -31,6 +31,13 @@ class AppendFsync(StrEnum):
     NO = "no"  # when the OS flushes (often ~30 s on Linux): that much
 
 
+class LogFormat(StrEnum):
+    """How ``sightwire serve``'s workers write Sightwire's log lines (serve_app/worker_logs.py)."""
+
+    TEXT = "text"
+    JSON = "json"  # one object a line, with the record's context fields (request id, org, image id)
+
+
 class GpuPolicy(StrEnum):
     """What a model's ``num_gpus`` means on a cluster that has no GPU now (core/placement.py)."""
 
@@ -70,6 +77,7 @@ class Settings(BaseModel):
     webhook_payload_cap_bytes: int = 256 * 1024
 
     model_timeout_s: float = 120.0
+    log_format: LogFormat = LogFormat.TEXT  # sightwire serve's worker log lines: text or json
     gpu_policy: GpuPolicy = GpuPolicy.AUTO  # a model's GPU ask on a cluster with none (core/placement.py)
     # The online engine (deployments/engine, docs/engine.md): per processor replica unless said.
     processor_min_replicas: int = Field(1, ge=1)  # >= 1: a replica must be there to report the backlog

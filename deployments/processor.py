@@ -18,7 +18,8 @@ pushes the outbox's wake token, which the notifier waits on.
 A model call that fails because its replica died or is unavailable is retried a bounded number
 of times (inference is pure). Each model has its own deadline (registry ``timeout_s``). A decoded
 image is put in the object store once and goes to every model by reference; calls to one model
-are coalesced into multi-image requests (``deployments.model_client``).
+are coalesced into multi-image requests (``deployments.model_client``). Queue depths, jobs in
+flight, fetch errors, decode and model times go to Prometheus (``core.metrics``).
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from core.failures import Failure, describe, failed_result
+from core.metrics import REFRESH_S, EngineMetrics
 from core.registry import ModelSpec, decode_min_side, load_registry
 from core.schemas import ErrorCode, ErrorInfo, ImageRecord, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.store import Job, Store
 from core.store.fair_queue import QueuedJob
 from core.store.jobs import QueueName
-from deployments.engine.intake import Intake, IntakeLimits
+from core.supervise import supervise
+from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
 from deployments.engine.limits import StageLimits, decode_threads
 from deployments.engine.scaling import BACKLOG, HELD
 from deployments.model_client import ModelClient
@@ -107,6 +110,8 @@ class Processor:
         self.model_retries: Counter[str] = Counter()  # calls retried after a replica died, per model
         self.clients = model_clients(self.specs, models)
         self.store = Store.from_settings(settings)
+        self.metrics = EngineMetrics()
+        self._metrics_loop: asyncio.Task[None] | None = None
         self.fetcher = ImageFetcher.from_settings(settings)
         self.limits = StageLimits.build(settings, {n: s for n, s in self.specs.items() if n in models})
         self._decoders = ThreadPoolExecutor(decode_threads(settings), thread_name_prefix="sightwire-decode")
@@ -125,17 +130,27 @@ class Processor:
     def start(self) -> None:
         for intake in self.intakes.values():
             intake.start()
+        self._metrics_loop = asyncio.get_running_loop().create_task(
+            supervise("processor metrics", self._report, expected=EXPECTED, logger=log), name="processor-metrics")
 
     async def stop(self) -> None:
         """Stop claiming and give back what is held (another replica takes it at once)."""
-        await asyncio.gather(*(intake.stop() for intake in self.intakes.values()))
+        loops = [self._metrics_loop] if self._metrics_loop is not None else []
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*(intake.stop() for intake in self.intakes.values()), *loops, return_exceptions=True)
         self._decoders.shutdown(wait=False, cancel_futures=True)
         await self.fetcher.aclose()
         await self.store.close()
 
     # -- jobs ----------------------------------------------------------------------------------
 
+    async def _report(self) -> None:
+        await self.metrics.refresh(self.store.jobs, {name: len(i.held) for name, i in self.intakes.items()})
+        await asyncio.sleep(REFRESH_S)
+
     async def _run_online(self, queued: QueuedJob) -> None:
+        self.metrics.claimed(QueueName.ONLINE, queued.org)
         job = Job.from_payload(queued.payload)
         await self.process_image(queued.org, job.image_id, job.models)
 
@@ -143,6 +158,7 @@ class Processor:
         """A large group: hand it to the Ray Data pipeline; the intake's heartbeat renews the
         lease while the run lives. With no pipeline deployed the images run here, one job's
         worth of the online stages each."""
+        self.metrics.claimed(QueueName.BULK, queued.org)
         job = Job.from_payload(queued.payload)
         if self.bulk is None:
             await asyncio.gather(*(self.process_image(queued.org, image_id, job.models) for image_id in job.image_ids))
@@ -194,10 +210,11 @@ class Processor:
             pixels = await limits.pixels.acquire(org, max(1, min(raster, settings.max_image_pixels)))
             try:
                 async with limits.decode.hold(org):
-                    image = await asyncio.get_running_loop().run_in_executor(
-                        self._decoders, decode_image, data, settings.max_image_pixels, settings.max_image_side,
-                        min_side,
-                    )
+                    with self.metrics.decoding():
+                        image = await asyncio.get_running_loop().run_in_executor(
+                            self._decoders, decode_image, data, settings.max_image_pixels, settings.max_image_side,
+                            min_side,
+                        )
             except BaseException:
                 pixels.release()
                 raise
@@ -208,6 +225,9 @@ class Processor:
         try:
             image, pixels = await self._load(org, record.url, min_side)
         except Failure as failure:
+            self.metrics.fetch_error(failure.code)
+            log.info("image %s failed: %s", record.id, failure.code.value,
+                     extra={"org": org, "image_id": record.id, "code": failure.code.value})
             await self.store.images.write_image_error(record.id, failure.info())
             return
         try:
@@ -226,8 +246,9 @@ class Processor:
                 return
             timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
             try:
-                async with asyncio.timeout(timeout_s):
-                    answer = await self._call_model(name, image)
+                with self.metrics.model_call(name):
+                    async with asyncio.timeout(timeout_s):
+                        answer = await self._call_model(name, image)
                 result = ModelResult(
                     status=ModelStatus.COMPLETE, version=answer["version"], result=answer["result"],
                     completed_at=utcnow(),
@@ -235,7 +256,7 @@ class Processor:
             except TimeoutError:
                 result = failed_result(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
             except Exception as exc:  # any model error fails this model only
-                log.exception("model %s failed on %s", name, image_id)
+                log.exception("model %s failed on %s", name, image_id, extra={"org": org, "image_id": image_id})
                 result = failed_result(ErrorCode.MODEL_FAILED, f"{name}: {describe(exc)}")
         await self.store.images.write_model_result(image_id, name, result)
 

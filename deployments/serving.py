@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from core.failures import describe
+from core.metrics import ModelMetrics
 from core.placement import cluster_gpus, fit_to_cluster
 from core.registry import ModelSpec, Registry
 from core.schemas import ModelInfo
@@ -45,6 +46,7 @@ class ModelDeployment:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.runner = load_runner(spec)
+        self.metrics = ModelMetrics(spec.name)
         self.batcher: Batcher[Prepared, dict[str, Any]] = Batcher(
             self._run, spec.batching.max_batch_size, spec.batching.batch_wait_timeout_s
         )
@@ -93,7 +95,9 @@ class ModelDeployment:
         return out
 
     def _run(self, batch: list[Prepared]) -> list[dict[str, Any]]:
-        return [{"version": self.runner.version, "result": r} for r in self.runner.run(batch)]
+        with self.metrics.batch(len(batch)):
+            results = self.runner.run(batch)
+        return [{"version": self.runner.version, "result": r} for r in results]
 
 
 def max_ongoing_requests(spec: ModelSpec) -> int:

@@ -70,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if stack.logs_dir is not None:
         serve_logs = stack.logs_dir / "serve"
         print(f"logs: here, and every process's in {stack.logs_dir} (Serve's in {serve_logs})", flush=True)
+        print(f"metrics: {stack.metrics_url} (Prometheus text; docs/operations.md#metrics)", flush=True)
     try:
         stopping.wait()
     finally:

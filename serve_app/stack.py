@@ -3,8 +3,9 @@
 ``LocalStack`` is what ``sightwire serve`` and ``sightwire demo`` run, and what the integration
 tests start once per session. Ray's GCS gets a free port from ``ray.init`` (never 6379).
 With ``show_logs`` (``sightwire serve``) the processor's, the notifier's and the models' log lines
-are streamed to this terminal (``serve_app.worker_logs``); either way ``logs_dir`` is the Ray
-session's log folder, where every process's full output stays.
+are streamed to this terminal (``serve_app.worker_logs``), as text or, with ``log_format`` json,
+one JSON object a line (Serve's own replica logs in ``logs/serve`` too); either way ``logs_dir`` is
+the Ray session's log folder, where every process's full output stays.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 import httpx
 import ray
 from ray import serve
+from ray.serve.schema import LoggingConfig
 
 from core.registry import LOCAL_PROFILES
-from core.settings import Settings
+from core.settings import LogFormat, Settings
 from models.tiny import ensure_local_profile
 from notifier import NAMESPACE, notifier_handle
 from serve_app import worker_logs
@@ -71,6 +73,7 @@ class LocalStack:
         self.num_cpus = num_cpus
         self.show_logs = show_logs
         self.logs_dir: Path | None = None
+        self.metrics_url: str | None = None  # the Ray node's Prometheus endpoint, when this stack started Ray
         redis_dir = Path(settings.data_dir).expanduser() / "redis"
         self._redis = RedisServer(redis_dir, appendfsync=settings.redis_appendfsync) if embedded_redis else None
         self._owns_ray = False
@@ -90,16 +93,22 @@ class LocalStack:
                 worker_logs.configure()
             context = ray.init(
                 address="local", num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
-                log_to_driver=self.show_logs,
-                runtime_env={"worker_process_setup_hook": worker_logs.HOOK} if self.show_logs else None,
+                log_to_driver=self.show_logs, runtime_env=self._runtime_env() if self.show_logs else None,
             )
             self._owns_ray = True
             self.logs_dir = Path(context.address_info["session_dir"]) / "logs"
+            self.metrics_url = f"http://127.0.0.1:{context.address_info['metrics_export_port']}/metrics"
         serve.start(http_options={"host": self.host, "port": self.port})
-        serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/", blocking=False,
+                  logging_config=LoggingConfig(encoding="JSON") if self.settings.log_format is LogFormat.JSON else None)
         self.wait_ready(ready_timeout_s)
         self._write_runtime_file()
         return self
+
+    def _runtime_env(self) -> dict[str, object]:
+        """Every worker installs Sightwire's log handler, in the format of the settings."""
+        return {"worker_process_setup_hook": worker_logs.HOOK,
+                "env_vars": {worker_logs.FORMAT_VARIABLE: self.settings.log_format.value}}
 
     def wait_ready(self, timeout_s: float) -> None:
         wait_ready(self.url, timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -14,6 +15,7 @@ from serve_app.context import ApiContext, context
 from serve_app.problems import invalid, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
+log = logging.getLogger("sightwire.api")
 router = APIRouter(prefix="/v1/groups", tags=["groups"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
@@ -38,6 +40,7 @@ async def create_group(body: GroupCreate, org: Org, ctx: Ctx, request: Request, 
     check_metadata(ctx, body.metadata)
     await charge(request, response, LimitKind.IMAGES, len(body.images))
     record = await ctx.store.groups.create(org, body)
+    log.info("group %s queued, %d images", record.id, len(body.images), extra={"org": org, "group_id": record.id})
     response.headers["Location"] = f"/v1/groups/{record.id}"
     return record
 

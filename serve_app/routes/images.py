@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -15,6 +16,7 @@ from serve_app.context import ApiContext, context
 from serve_app.problems import Problem, not_found, problem_responses
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
+log = logging.getLogger("sightwire.api")
 router = APIRouter(prefix="/v1/images", tags=["images"])
 Ctx = Annotated[ApiContext, Depends(context)]
 
@@ -74,6 +76,7 @@ async def create_image(
     check_metadata(ctx, body.metadata)
     await charge(request, response, LimitKind.IMAGES)
     record = await ctx.store.images.create(org, body)
+    log.info("image %s queued", record.id, extra={"org": org, "image_id": record.id})
     response.headers["Location"] = f"/v1/images/{record.id}"
     wait_s = preferred_wait(prefer)
     if wait_s:
