@@ -140,8 +140,9 @@ def test_group_page_in_headless_chromium(tmp_path: Path) -> None:
     page.write_text(sample_page(), encoding="utf-8")
     # Offline where the machine allows a private network namespace: the page needs no network,
     # and Chromium's own background traffic stays off the wire (and is switched off anyway).
-    isolated = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
-    offline = ["unshare", "-n"] if isolated else []
+    unshare = ["unshare", "-n"]
+    isolated = bool(shutil.which("unshare")) and subprocess.run([*unshare, "true"], capture_output=True).returncode == 0
+    offline = unshare if isolated else []
     subprocess.run(
         [*offline, "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
