@@ -17,7 +17,6 @@ import asyncio
 import base64
 import html
 import io
-import math
 import sys
 import zlib
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -124,7 +123,11 @@ class Annotations:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+    """A DataFrame's size cell: an int, or missing (``None``, ``NaN``, ``pd.NA``)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _boxes(result: Mapping[str, Any], width: int | None, height: int | None) -> Iterable[Box]:

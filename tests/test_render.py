@@ -167,7 +167,7 @@ async def test_bulk_frame_shows_thumbnails(settings: Settings, image_host: Image
          **{name: m.model_dump(mode="json", by_alias=True) for name, m in record.models.items()}},
         {"url": image_host.url("/render-missing.png"), "id": "b", "status": "failed", "width": None, "height": None,
          "error_code": "http_error", "error_message": "image host answered HTTP 404", **dict.fromkeys(record.models)},
-    ])
+    ]).astype({"width": "Int64", "height": "Int64"})  # as bulk.run returns them: pd.NA where missing
     shown = bulk.show(frame, settings=settings)._repr_html_()
     tags = Tags()
     tags.feed(shown)
