@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFont
+from PIL import ImageDraw, ImageFont, ImageOps
 
 from core.aggregates import ROOM_MODEL, SCORE_MODELS
 from core.failures import Failure
@@ -186,10 +186,9 @@ def draw(picture: PILImage.Image, notes: Annotations) -> PILImage.Image:
 
 
 def thumbnail(picture: PILImage.Image, notes: Annotations, side: int = THUMB_SIDE) -> PILImage.Image:
-    """Drawn after resizing, so labels keep a readable size on a small picture."""
-    small = picture.convert("RGB")
-    small.thumbnail((side, side), PILImage.Resampling.LANCZOS)
-    return draw(small, notes)
+    """Fitted to ``side`` (small pictures grow too) and drawn after resizing, so every thumbnail
+    has labels of the same readable size."""
+    return draw(ImageOps.contain(picture.convert("RGB"), (side, side), PILImage.Resampling.LANCZOS), notes)
 
 
 def data_uri(picture: PILImage.Image) -> str:

@@ -102,6 +102,11 @@ class Tags(HTMLParser):
         return [attrs for name, attrs in self.tags if name == tag]
 
 
+def inline(img: dict[str, str | None]) -> PILImage.Image:
+    """The picture of an ``<img>`` whose ``src`` is a base64 ``data:`` URI."""
+    return PILImage.open(io.BytesIO(base64.b64decode(str(img["src"]).split(",", 1)[1])))
+
+
 def sample_page() -> str:
     group = Group.model_validate({
         "id": "grp_1", "status": "partial", "sequence": 9, "createdAt": NOW, "updatedAt": NOW,
@@ -124,7 +129,7 @@ def test_group_page_structure() -> None:
     images = tags.all("img")
     assert len(images) == 2 and len(tags.all("figure")) == 3  # the failed image: its error instead
     assert all(str(i["src"]).startswith("data:image/jpeg;base64,") for i in images)
-    thumb = PILImage.open(io.BytesIO(base64.b64decode(str(images[0]["src"]).split(",", 1)[1])))
+    thumb = inline(images[0])
     assert thumb.width == 320 and thumb.height > 240  # 640x480 fitted in 320, plus the caption strip
     # Self-contained: nothing to load, no script, and what clients wrote is escaped.
     assert all(str(a.get("src", "data:")).startswith("data:") and "href" not in a for _, a in tags.tags)
@@ -197,4 +202,5 @@ def test_render_command(stack: LocalStack, api_key: str, image_host: ImageHost, 
     tags = Tags()
     tags.feed((tmp_path / "page.html").read_text(encoding="utf-8"))
     assert len(tags.all("img")) == 2 and len(tags.all("tr")) >= 2
+    assert inline(tags.all("img")[0]).width == 320  # a small image grows: readable labels
     assert main(["render", "img_missing", "-o", str(out)]) == 1
