@@ -36,7 +36,7 @@ log = logging.getLogger("sightwire.bulk")
 
 NULLABLE_INTS = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
 
-__all__ = ["PipelineOptions", "ensure_ray", "resolve_models", "run", "stream"]
+__all__ = ["PipelineOptions", "ensure_ray", "resolve_models", "run", "show", "stream"]
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -170,6 +170,15 @@ def run(
     frame = frame[_column_order(list(frame.columns), names)]
     frame.attrs.update(_timing(len(frame), started))
     return frame
+
+
+def show(frame: pd.DataFrame, *, settings: Settings | None = None, limit: int = 50) -> Any:
+    """The first ``limit`` rows of ``run``'s DataFrame as thumbnails with their boxes, labels and
+    scores (Jupyter displays it). The images are downloaded again under ``settings``' URL policy:
+    pass the settings the run used."""
+    from serve_app.render import FrameView
+
+    return FrameView.of(frame, settings or Settings.from_env(), limit)
 
 
 def _timing(images: int, started: float) -> dict[str, Any]:

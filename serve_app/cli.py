@@ -21,6 +21,7 @@ from core.settings import Settings
 from core.store import Store
 from serve_app.cli_api import add_commands as add_api_commands
 from serve_app.dead_letters import add_commands as add_dead_letter_commands
+from serve_app.render import add_commands as add_render_commands
 from sightwire_client.listen import add_arguments as add_listen_arguments
 
 
@@ -207,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_dead_letter_commands(commands, _with_store)
     add_api_commands(commands)
+    add_render_commands(commands)
 
     demo = commands.add_parser("demo", help="end-to-end demo with tiny models, offline")
     demo.add_argument("--port", type=int, default=0, help="API port (default: a free one)")

@@ -33,3 +33,6 @@ def test_bulk_inference_notebook_runs(ray_session: None, tiny_models_dir: Path, 
     assert not [o for o in outputs if o.output_type == "error"]
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "not_an_image" in shown and "http_error" in shown and "complete" in shown
+    # bulk.show: a thumbnail for each of the six photos, the two failures named instead.
+    pictures = "".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert pictures.count('src="data:image/jpeg;base64,') == 6 and pictures.count("<figure>") == 8
