@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 
@@ -91,3 +91,14 @@ async def in_background(loop: Coroutine[object, object, None], name: str) -> Asy
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+
+
+async def stop_steps(name: str, steps: Iterable[Awaitable[object]], timeout_s: float = 10.0) -> None:
+    """Await each step of a shutdown, at most ``timeout_s`` each: a step that awaits a reply that
+    never comes is logged and left, so a stop always ends (a replica's, a test's)."""
+    for step in steps:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await step
+        except TimeoutError:
+            log.warning("%s stop: a step took over %gs; going on", name, timeout_s)

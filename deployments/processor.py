@@ -47,7 +47,7 @@ from core.settings import Settings
 from core.store import Job, Store
 from core.store.fair_queue import QueuedJob
 from core.store.jobs import QueueName
-from core.supervise import supervise
+from core.supervise import stop_steps, supervise
 from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
 from deployments.engine.limits import StageLimits, decode_threads
 from deployments.engine.scaling import BACKLOG, HELD
@@ -138,10 +138,10 @@ class Processor:
         loops = [self._metrics_loop] if self._metrics_loop is not None else []
         for loop in loops:
             loop.cancel()
-        await asyncio.gather(*(intake.stop() for intake in self.intakes.values()), *loops, return_exceptions=True)
+        await stop_steps("processor", [
+            asyncio.gather(*(intake.stop() for intake in self.intakes.values()), *loops, return_exceptions=True)])
         self._decoders.shutdown(wait=False, cancel_futures=True)
-        await self.fetcher.aclose()
-        await self.store.close()
+        await stop_steps("processor", (self.fetcher.aclose(), self.store.close()))
 
     # -- jobs ----------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from core.safe_http import policy_pool
 from core.schemas import Attempt, Delivery, EndpointHealth, EndpointState, utcnow
 from core.settings import Settings
 from core.store import Store
-from core.supervise import Backoff, supervise
+from core.supervise import Backoff, stop_steps, supervise
 from core.urlpolicy import UrlPolicy
 from notifier.lanes import Lane, Lanes
 from notifier.metrics import NotifierMetrics
@@ -133,16 +133,10 @@ class DeliveryLoop:
         tasks = [*self._tasks, *self.lanes.tasks(), *self._background]
         for task in tasks:
             task.cancel()
-        steps = (
+        await stop_steps("notifier", (
             asyncio.gather(*tasks, return_exceptions=True), self._recorder.aclose(), self.pool.aclose(),
             self.store.close(),
-        )
-        for step in steps:
-            try:
-                async with asyncio.timeout(STOP_STEP_S):
-                    await step
-            except TimeoutError:
-                log.warning("notifier stop: a step took over %ss; going on", STOP_STEP_S)
+        ), STOP_STEP_S)
 
     # -- the loop ---------------------------------------------------------------------------
 
