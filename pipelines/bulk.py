@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,11 @@ def stream(
     return pipeline, table is not None
 
 
-def _batches(pipeline: Dataset) -> Iterator[pa.Table]:
-    yield from pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
+def _batches(pipeline: Dataset, on_rows: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    for table in pipeline.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if on_rows is not None:
+            on_rows(table.num_rows)
+        yield table
 
 
 def _decode_results(frame: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
@@ -121,13 +124,14 @@ def run(
     address: str | None = None,
     num_cpus: int | None = None,
     options: PipelineOptions | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Run ``models`` over every image of ``source``.
 
     Args:
         source: a list of URLs (or of dicts with ``url``), a CSV/Parquet manifest path with a
-            ``url`` column (``id`` and other columns are passed through), a DataFrame, or a
-            ``ray.data.Dataset``.
+            ``url`` column (``id`` and other columns are passed through), a DataFrame, an Arrow
+            table, or a ``ray.data.Dataset``.
         models: registry model names (one name, a list, or ``None`` for all of the profile).
         profile: ``tiny``, ``bench``, ``pretrained`` or a registry YAML path (default:
             ``settings.models``).
@@ -139,6 +143,8 @@ def run(
         address: a Ray cluster to run on (when Ray is not initialised yet); default: local Ray.
         num_cpus: CPUs of a local Ray started here (default: all of this machine's).
         options: pipeline knobs (loader batch size, fetch concurrency, ...).
+        on_rows: called with the number of rows of each batch as it comes out (one progress bar
+            for the whole run, as ``sightwire bulk run`` draws).
 
     Returns:
         One row per image: ``url``, ``id``, ``status`` (complete/partial/failed), ``width``,
@@ -158,8 +164,8 @@ def run(
     started = time.monotonic()
     pipeline, ordered = stream(source, specs, settings, progress=progress, options=options)
     if output is not None:
-        return _write(pipeline, Path(output).expanduser(), names, started)
-    tables = list(_batches(pipeline))
+        return _write(_batches(pipeline, on_rows), Path(output).expanduser(), names, started)
+    tables = list(_batches(pipeline, on_rows))
     if not tables:
         return pd.DataFrame(columns=_column_order(OUTPUT_COLUMNS, names))
     table = pa.concat_tables(tables, promote_options="permissive")
@@ -186,7 +192,7 @@ def _timing(images: int, started: float) -> dict[str, Any]:
     return {"images": images, "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2)}
 
 
-def _write(pipeline: Dataset, path: Path, models: Sequence[str], started: float) -> pd.DataFrame:
+def _write(batches: Iterator[pa.Table], path: Path, models: Sequence[str], started: float) -> pd.DataFrame:
     """Stream every batch into one Parquet file on this machine; return counts per outcome."""
     path.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[tuple[str, str | None], int] = {}
@@ -194,7 +200,7 @@ def _write(pipeline: Dataset, path: Path, models: Sequence[str], started: float)
     schema: pa.Schema | None = None
     images = 0
     try:
-        for table in _batches(pipeline):
+        for table in batches:
             table = table.drop_columns([c for c in (ROW,) if c in table.column_names])
             table = table.select(_column_order(table.column_names, models))
             if writer is None:

@@ -4,7 +4,8 @@
 - a pandas DataFrame with a ``url`` column,
 - a CSV or Parquet manifest path (local, or any URI pyarrow can open, e.g. ``s3://``) with a
   ``url`` column and optionally ``id`` and other columns, which are passed through,
-- a ``ray.data.Dataset`` with a ``url`` column (for manifests too large for the driver).
+- a ``ray.data.Dataset`` with a ``url`` column (for manifests too large for the driver),
+- a pyarrow Table with a ``url`` column (a manifest already read, e.g. by ``read_manifest``).
 
 Every source but a Dataset gets a hidden row position so results come back in input order,
 and an ``id`` (the position) when it has none. A manifest is read by the driver — it holds
@@ -28,7 +29,7 @@ from ray.data import Dataset
 
 from pipelines.columns import ID, ROW, URL, WANTED
 
-Source = Sequence[str] | Sequence[Mapping[str, Any]] | str | os.PathLike[str] | pd.DataFrame | Dataset
+Source = Sequence[str] | Sequence[Mapping[str, Any]] | str | os.PathLike[str] | pd.DataFrame | pa.Table | Dataset
 
 BLOCK_ROWS = 32  # rows per block: enough blocks for every loader to start at once
 
@@ -75,6 +76,8 @@ def to_table(source: Source) -> pa.Table | None:
         return None
     if isinstance(source, (str, os.PathLike)):
         return _table(read_manifest(source))
+    if isinstance(source, pa.Table):
+        return _table(source)
     if isinstance(source, pd.DataFrame):
         return _table(pa.Table.from_pandas(source, preserve_index=False))
     if isinstance(source, Sequence):

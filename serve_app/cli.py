@@ -20,6 +20,8 @@ from typing import Any
 from core.settings import Settings
 from core.store import Store
 from serve_app.cli_api import add_commands as add_api_commands
+from serve_app.cli_api import subcommands as api_subcommands
+from serve_app.cli_bulk import add_commands as add_bulk_commands
 from serve_app.dead_letters import add_commands as add_dead_letter_commands
 from serve_app.render import add_commands as add_render_commands
 from sightwire_client.listen import add_arguments as add_listen_arguments
@@ -186,9 +188,7 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--images-per-min", help="a number, 0 (unlimited) or default")
     limits.set_defaults(func=cmd_keys_limits)
 
-    secret = commands.add_parser("secret", help="webhook signing secrets").add_subparsers(
-        dest="action", required=True
-    )
+    secret = api_subcommands(commands, "secret", "webhook signing secrets")
     show = secret.add_parser("show", help="print the org's whsec_ signing secret")
     show.add_argument("--org", required=True)
     show.set_defaults(func=cmd_secret_show)
@@ -209,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     add_dead_letter_commands(commands, _with_store)
     add_api_commands(commands)
     add_render_commands(commands)
+    add_bulk_commands(commands)
 
     demo = commands.add_parser("demo", help="end-to-end demo with tiny models, offline")
     demo.add_argument("--port", type=int, default=0, help="API port (default: a free one)")

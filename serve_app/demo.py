@@ -1,8 +1,9 @@
 """``sightwire demo``: the whole flow on one machine, offline, with the tiny models.
 
 Starts Redis, Ray and the Serve app; serves the bundled sample images and runs a webhook
-receiver, both on loopback; creates an API key; submits an image; waits for the signed webhook,
-verifies it with the reference ``standardwebhooks`` library and prints it; stops everything.
+receiver, both on loopback; creates an API key; submits an image through the light client
+(``sightwire_client``); waits for the signed webhook, verifies it with the reference
+``standardwebhooks`` library and prints it; stops everything.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 from standardwebhooks import Webhook
 
 from core.settings import Settings
 from core.store import Store
 from serve_app.local import free_port
 from serve_app.stack import LocalStack
+from sightwire_client import Client
 
 SAMPLES = Path(__file__).parent / "samples"
 WEBHOOK_WAIT_S = 180.0
@@ -88,26 +89,26 @@ def run_demo(port: int = 0) -> int:
 def submit_and_verify(
     stack: LocalStack, image_port: int, receiver_port: int, inbox: queue.Queue[tuple[dict[str, str], bytes]]
 ) -> int:
-    async def credentials() -> tuple[str, str]:
+    """Create a key (on the store: no HTTP route makes keys), then do what an integrator does,
+    through the light client: read the signing secret, submit, receive and verify the webhook."""
+    async def create_key() -> str:
         store = Store.from_settings(stack.settings)
         try:
-            key = await store.accounts.create_api_key("demo")
-            return key, (await store.accounts.webhook_secrets("demo"))[0]
+            return await store.accounts.create_api_key("demo")
         finally:
             await store.close()
 
-    key, secret = asyncio.run(credentials())
+    key = asyncio.run(create_key())
     print(f"API ready at {stack.url}; created an API key for org 'demo'", flush=True)
-    request = {
-        "url": f"http://127.0.0.1:{image_port}/kitchen.jpg",
-        "models": ["object_detection", "room_classification", "condition_score", "quality_score"],
-        "webhookUrl": f"http://127.0.0.1:{receiver_port}/hooks/sightwire",
-        "metadata": {"listing": "demo-1"},
-    }
-    response = httpx.post(f"{stack.url}/v1/images", json=request,
-                          headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    print(f"POST /v1/images -> {response.status_code} {response.json()['id']} ({response.json()['status']})")
-    response.raise_for_status()
+    with Client(key, base_url=stack.url) as sightwire:
+        secret = sightwire.webhook_secret().secret
+        image = sightwire.submit_image(
+            f"http://127.0.0.1:{image_port}/kitchen.jpg",
+            ["object_detection", "room_classification", "condition_score", "quality_score"],
+            webhook_url=f"http://127.0.0.1:{receiver_port}/hooks/sightwire",
+            metadata={"listing": "demo-1"},
+        )
+    print(f"submitted {image.id} ({image.status}) with sightwire_client.Client.submit_image", flush=True)
     try:
         headers, body = inbox.get(timeout=WEBHOOK_WAIT_S)
     except queue.Empty:
