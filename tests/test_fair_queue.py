@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from core.keys import QUEUE_SCRIPT_KEYS
-from core.store.fair_queue import DeadLetters, FairQueue, QueueKeys, new_token
+from core.store.fair_queue import DeadLetters, FairQueue, QueuedJob, QueueKeys, new_token
 from core.store.fair_queue.scripts import LOADER
 from tests.support.queues import fill
 
@@ -198,7 +198,14 @@ async def test_an_enqueue_wakes_a_waiting_replica_and_a_claim_passes_the_token_o
     redis: Redis, queue_keys: QueueKeys
 ) -> None:
     jobs = queue(redis, queue_keys)
-    waiter = asyncio.create_task(jobs.wait_and_claim(new_token(), 1, {}, BIG, idle_s=5))
+
+    async def idle_replica() -> list[QueuedJob]:  # as the intake does: claim, wait for a token, claim
+        token = new_token()
+        assert not await jobs.claim(token, 1, {}, BIG)
+        assert await jobs.wait(5)
+        return await jobs.claim(token, 1, {}, BIG)
+
+    waiter = asyncio.create_task(idle_replica())
     await asyncio.sleep(0.2)
     started = time.monotonic()
     await fill(redis, jobs, "org_a", 3)

@@ -21,7 +21,6 @@ At-least-once: a job is deleted only by ``ack`` or ``bury``; work must be idempo
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -173,13 +172,3 @@ class FairQueue:
     async def weights(self) -> dict[str, float]:
         raw = await self._redis.hgetall(self.keys.weights)
         return {org.decode(): float(value) for org, value in raw.items()}
-
-    async def wait_and_claim(self, token: str, want: int, room: Mapping[str, int], default_room: int,
-                             idle_s: float) -> list[QueuedJob]:
-        """Claim; when nothing is there, wait for a wake token (at most ``idle_s``) and try again once."""
-        jobs = await self.claim(token, want, room, default_room)
-        if jobs or want < 1:
-            return jobs
-        async with asyncio.timeout(idle_s + 5):  # BLPOP's own timeout, plus a margin for a hung link
-            await self.wait(idle_s)
-        return await self.claim(token, want, room, default_room)
