@@ -27,15 +27,23 @@ DOWN = Route(b"down", 500, "text/plain")
 
 
 class FlakyReceiver(WebhookReceiver):
-    """Answers 500 to the messages in ``failing`` (by ``webhook-id``), or to all while ``fail_all``."""
+    """Answers 500 to the messages in ``failing`` (by ``webhook-id``), or to all while ``fail_all``.
+    While ``fail_next``, the next message it sees joins ``failing`` (its id is not known before it
+    is sent, and the notifier may send it before the test could name it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.failing: set[str] = set()
         self.fail_all = False
+        self.fail_next = False
 
     def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
-        fail = self.fail_all or request.headers.get("webhook-id") in self.failing
+        message = request.headers.get("webhook-id")
+        with self._lock:
+            if self.fail_next:
+                self.failing.add(message)
+                self.fail_next = False
+        fail = self.fail_all or message in self.failing
         with self._lock:
             self.received.append(
                 Received(request.path, {k.lower(): v for k, v in request.headers.items()}, body, time.time()))
@@ -64,11 +72,12 @@ async def test_recover_resends_failed_and_held_deliveries(
         return await api.post("/v1/endpoints/recover", json={"url": target, "since": since.isoformat()},
                               headers=auth(api_key))
 
+    flaky.fail_next = True
     failed = await send_test(api, api_key, url)
-    flaky.failing.add(failed["webhookId"])
     while (await api.get(f"/v1/deliveries/{failed['id']}", headers=auth(api_key))).json()["status"] == "pending":
         await send_test(api, api_key, url)  # successes in between keep the breaker closed
         await asyncio.sleep(0.4)
+    assert flaky.failing == {failed["webhookId"]}  # the first message sent is the one failing
     assert (await delivered(api, api_key, failed["id"]))["status"] == "failed"
     for _ in range(200):  # the successes in between are all sent before everything fails
         if (await health())["pending"] == 0:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
 
 import pytest
 
-from core.supervise import Backoff, supervise, working_on
+from core.supervise import Backoff, stop_steps, supervise, working_on
 
 FAST = Backoff(first=0.001, cap=0.004)
 
@@ -102,3 +103,42 @@ async def test_a_success_resets_the_backoff(caplog: pytest.LogCaptureFixture) ->
 def test_backoff_doubles_up_to_its_cap() -> None:
     backoff = Backoff(first=0.1, cap=0.5)
     assert [backoff.delay(n) for n in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+
+
+async def test_a_stuck_stop_step_is_left_named_and_the_next_step_still_runs(caplog: pytest.LogCaptureFixture) -> None:
+    async def parked_forever() -> None:
+        await asyncio.Event().wait()
+
+    stuck = asyncio.create_task(parked_forever(), name="stuck-sender")
+    closed = asyncio.Event()
+
+    async def close() -> None:
+        closed.set()
+
+    with caplog.at_level(logging.WARNING, logger="sightwire.supervise"):
+        await asyncio.wait_for(stop_steps("notifier", (asyncio.shield(stuck), close()), timeout_s=0.05), 2)
+    assert closed.is_set()  # the step after the stuck one ran
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "notifier stop: Future took over 0.05s" in warning
+    assert "stuck-sender (cancels pending: 0): parked_forever (test_supervise.py" in warning  # where it waits
+    stuck.cancel()
+
+
+async def test_a_cancellation_swallowed_inside_a_step_still_stops_the_loop() -> None:
+    """Python 3.11's ``asyncio.wait_for`` (under every redis-py command with a socket timeout)
+    returns the inner result when it finishes as the task is cancelled: the step then returns
+    normally with the cancel still requested, and the loop must stop all the same."""
+    calls = 0
+
+    async def swallowing_step() -> None:
+        nonlocal calls
+        calls += 1
+        with suppress(asyncio.CancelledError):  # what the library does, deterministically
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(supervise("notifier loop", swallowing_step))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), 1)
+    assert task.cancelled() and calls == 1
