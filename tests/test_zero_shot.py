@@ -17,6 +17,7 @@ from models.clip_vocabulary import prompt_words
 from models.families import load_group
 from models.tiny import READY_MARKER, ensure_tiny_profile
 from models.zero_shot import ZeroShotClassifier, crop_box
+from tests.support.answers import assert_same_answer
 
 CLIP_MODELS = ("room_classification", "condition_score", "quality_score")
 
@@ -116,13 +117,8 @@ def test_a_shared_backbone_answers_as_the_separate_models(
         assert set(many) == set(one) == names
         for name in names:
             [separate] = runners[name].predict([img])
-            for answer in (many[name], one[name]):
-                assert answer.keys() == separate.keys()
-                assert answer.get("label") == separate.get("label") and answer.get("score") == separate.get("score")
-                key = "topK" if "topK" in answer else "distribution"
-                ours = [t["confidence"] for t in answer[key]] if key == "topK" else answer[key]
-                theirs = [t["confidence"] for t in separate[key]] if key == "topK" else separate[key]
-                assert ours == pytest.approx(theirs, abs=1e-5)
+            assert_same_answer(many[name], separate)
+            assert_same_answer(one[name], separate)
     with pytest.raises(ValueError, match="do not share"):
         ZeroShotClassifier(group.specs[0], group.specs[1].model_copy(update={"revision": "other"}))
 
