@@ -12,8 +12,6 @@ checkpoint, revision and precision share one image forward (``ModelSpec.backbone
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -168,11 +166,11 @@ class ModelGroup:
 
     @property
     def deployment_name(self) -> str:
+        """``model-<name>`` for a model alone; ``backbone-<its models' names, joined by +>`` for a
+        shared backbone (a model is in one group only, so names never clash)."""
         if not self.shared:
             return self.specs[0].deployment_name
-        backbone = self.specs[0].backbone or ""
-        base = re.sub(r"[^a-z0-9_-]+", "-", Path(backbone.split("@")[0]).name.lower()).strip("-")
-        return f"backbone-{base}-{hashlib.sha256(backbone.encode()).hexdigest()[:6]}"
+        return "backbone-" + "+".join(self.names)
 
     @property
     def batching(self) -> Batching:
@@ -227,6 +225,10 @@ class Registry(Strict):
 
     def names(self) -> list[str]:
         return list(self.models)
+
+    def deployment_of(self, name: str) -> str:
+        """The Serve deployment that serves model ``name``: its serving group's."""
+        return next(g.deployment_name for g in serving_groups(self.models.values()) if name in g.names)
 
 
 def registry_path(models: str) -> Path:

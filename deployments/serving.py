@@ -1,7 +1,7 @@
 """Every registry model on a Serve deployment: one generic class, options from its serving group.
 
 A deployment serves one ``core.registry.ModelGroup``: a model alone (``model-<name>``), or the
-zero-shot models of one CLIP backbone together (``backbone-<checkpoint>-<hash>``: one copy of the
+zero-shot models of one CLIP backbone together (``backbone-<its models, joined by +>``: one copy of the
 weights per replica, one vision forward per image, each model a head on its embedding).
 
 A request carries one decoded image (``predict``) or several, each with the models it wants

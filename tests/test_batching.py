@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray import serve
 
-from core.registry import load_registry, serving_groups
+from core.registry import load_registry
 from deployments.batcher import Batcher
 from deployments.model_client import ModelClient
 from imaging import DecodedImage
@@ -92,9 +92,7 @@ def photo(seed: int) -> DecodedImage:
 
 def clip_deployment(stack: LocalStack) -> str:
     """The tiny profile's shared CLIP backbone deployment (its three zero-shot models)."""
-    groups = serving_groups(load_registry("tiny", stack.settings.models_dir).models.values())
-    [group] = [g for g in groups if g.shared]
-    return group.deployment_name
+    return load_registry("tiny", stack.settings.models_dir).deployment_of("condition_score")
 
 
 @pytest.mark.integration

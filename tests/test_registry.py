@@ -111,7 +111,9 @@ def test_zero_shot_models_on_one_checkpoint_share_a_backbone(tmp_path: Path) -> 
             ["object_detection"], ["room_classification", "condition_score", "quality_score"]]
         detector, clip = groups
         assert not detector.shared and detector.deployment_name == "model-object_detection"
-        assert clip.shared and clip.deployment_name.startswith("backbone-clip")
+        assert clip.shared and clip.deployment_name == "backbone-room_classification+condition_score+quality_score"
+        assert registry.deployment_of("quality_score") == clip.deployment_name
+        assert registry.deployment_of("object_detection") == "model-object_detection"
     room = load_registry("tiny", tmp_path)["room_classification"]
     assert load_registry("tiny", tmp_path)["object_detection"].backbone is None
     other = {"revision": room.model_copy(update={"name": "b", "revision": "v2"}),
