@@ -12,9 +12,10 @@ import pytest
 import ray
 from ray import serve
 
-from core.registry import load_registry
+from core.registry import load_registry, serving_groups
 from deployments.batcher import Batcher
 from deployments.model_client import ModelClient
+from deployments.serving import ModelDeployment
 from imaging import DecodedImage
 from models.zero_shot import ZeroShotClassifier
 from serve_app.gateway import APP_NAME
@@ -136,3 +137,19 @@ async def test_the_shared_backbone_runs_one_forward_per_image_for_all_its_models
             answer, [expected] = next(answers), separate[name].predict([image])
             assert answer["version"] == separate[name].version
             assert_same_answer(answer["result"], expected)
+
+
+async def test_an_images_forward_outlives_a_cancelled_request_for_it(ray_session: None, tiny_models_dir: Path) -> None:
+    """A replica shares an image's forward between requests: a request cancelled while the
+    forward runs (its caller's deadline) must not cancel it for the next model of that image."""
+    group = next(g for g in serving_groups(load_registry("tiny", tiny_models_dir).models.values()) if g.shared)
+    replica = ModelDeployment.func_or_class(group)  # the replica's class, in this process
+    ref = ray.put(photo(7))
+    first = asyncio.create_task(replica.predict_many([ref], [["room_classification"]]))
+    await asyncio.sleep(0)  # its forward is under way
+    first.cancel()
+    [answer] = await replica.predict_many([ref], [["quality_score"]])
+    assert answer["quality_score"]["version"] == replica.runner.version_of("quality_score")
+    assert 1 <= answer["quality_score"]["result"]["score"] <= 6
+    assert replica.batch_stats()["items"] == 1  # one forward for both
+    assert first.cancelled()
