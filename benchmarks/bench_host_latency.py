@@ -113,7 +113,7 @@ def main() -> None:
                 await images_per_s(0, 32)  # warm-up: connections, replicas, caches
                 for repeat in range(args.repeats):
                     capacity.append(await served_rate(handle, images, 3 * spec.batching.max_batch_size,
-                                                      args.capacity_seconds, client))
+                                                      args.capacity_seconds, client, spec.name))
                     order = [0, args.latency_ms] if repeat % 2 == 0 else [args.latency_ms, 0]
                     for delay_ms in order:
                         before = cpu_by_process()

@@ -60,7 +60,7 @@ def deploy(spec: ModelSpec, threads: int) -> DeploymentHandle:
 
 
 async def served_rate(handle: DeploymentHandle, images: list[DecodedImage], concurrency: int, seconds: float,
-                      client: ModelClient | None) -> float:
+                      client: ModelClient | None, model: str) -> float:
     """Images/s with ``concurrency`` images always in flight (after a warm-up): through
     ``client`` (put once, coalesced) or, without one, one ``handle.predict`` request per image."""
     done = 0
@@ -69,7 +69,7 @@ async def served_rate(handle: DeploymentHandle, images: list[DecodedImage], conc
         if client is None:
             await handle.predict.remote(image)
         else:
-            await client.predict(ray.put(image))
+            await client.predict(ray.put(image), model)
 
     async def one(k: int, until: float) -> None:
         nonlocal done
@@ -108,7 +108,8 @@ def bench_model(spec: ModelSpec, images: list[DecodedImage], args: argparse.Name
         for _ in range(args.rounds):
             predict.append(measured(lambda: bare.predict_rate(args.seconds), bare_cpu))
             served.append(measured(
-                lambda: asyncio.run(served_rate(handle, images, concurrency, args.seconds, client)), served_cpu
+                lambda: asyncio.run(served_rate(handle, images, concurrency, args.seconds, client, spec.name)),
+                served_cpu,
             ))
             forward.append(bare.forward_rate(args.seconds))
         batches = asyncio.run(batch_stats(handle))

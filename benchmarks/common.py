@@ -1,7 +1,7 @@
 """Shared pieces of the model benchmarks: test images, the bench profile, the bare loop.
 
 The "bare loop" is the limit every serving benchmark is held against (SPEC §8): the same model
-(``models.families.load_runner``, the very code the Serve deployment runs) called in a plain
+(``models.families.load_group``, the very code the Serve deployment runs) called in a plain
 ``torch.inference_mode`` loop on pre-decoded images, at the registry's batch size, on the same
 machine, with the same number of torch threads. It is measured two ways:
 
@@ -30,10 +30,11 @@ import httpx
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from core.registry import ModelSpec, load_registry
+from core.registry import ModelGroup, ModelSpec, load_registry
 from core.settings import Settings
 from core.store import Store
 from imaging import DecodedImage, decode_image
+from models.base import Prepared
 from models.tiny import ensure_local_profile
 
 SAMPLES = Path(__file__).parents[1] / "serve_app" / "samples"
@@ -114,16 +115,23 @@ def bench_registry(models_dir: Path | None = None) -> dict[str, ModelSpec]:
 
 
 class BareLoop:
-    """The model at ``spec``'s batch size in a bare inference loop (see the module docstring)."""
+    """The model at ``spec``'s batch size in a bare inference loop (see the module docstring);
+    given a serving group (``core.registry.ModelGroup``), its one runner answering every model
+    of the group on each image: the limit of a shared backbone (one forward, a head per model)."""
 
-    def __init__(self, spec: ModelSpec, images: list[DecodedImage], threads: int) -> None:
-        from models.families import load_runner
+    def __init__(self, spec: ModelSpec | ModelGroup, images: list[DecodedImage], threads: int) -> None:
+        from models.families import load_group
 
         torch.set_num_threads(threads)
-        self.runner = load_runner(spec)
-        self.batch = spec.batching.max_batch_size
+        group = spec if isinstance(spec, ModelGroup) else ModelGroup((spec,))
+        self.runner = load_group(group)
+        self.names = group.names
+        self.batch = group.batching.max_batch_size
         self.batches = [[images[(b * self.batch + i) % len(images)] for i in range(self.batch)] for b in range(8)]
         self.prepared = [[self.runner.prepare(img) for img in group] for group in self.batches]
+
+    def _answers(self, prepared: list[Prepared]) -> list[dict[str, Any]]:
+        return [self.runner.answer(features, self.names) for features in self.runner.features(prepared)]
 
     def _rate(self, step: Callable[[int], object], seconds: float) -> float:
         with torch.inference_mode():
@@ -137,11 +145,12 @@ class BareLoop:
 
     def predict_rate(self, seconds: float) -> float:
         """Images/s: preprocessing + forward + formatting, batch after batch."""
-        return self._rate(lambda i: self.runner.predict(self.batches[i % len(self.batches)]), seconds)
+        return self._rate(
+            lambda i: self._answers([self.runner.prepare(img) for img in self.batches[i % len(self.batches)]]), seconds)
 
     def forward_rate(self, seconds: float) -> float:
         """Images/s: forward + formatting only, on batches prepared beforehand."""
-        return self._rate(lambda i: self.runner.run(self.prepared[i % len(self.prepared)]), seconds)
+        return self._rate(lambda i: self._answers(self.prepared[i % len(self.prepared)]), seconds)
 
 
 def process_table() -> tuple[dict[int, int], dict[int, tuple[float, str]]]:

@@ -5,12 +5,15 @@ typo in ``max_batch_size`` fails at start-up instead of quietly running unbatche
 Built-in profiles live in ``core/profiles/<name>.yaml``; ``${models_dir}`` in a checkpoint is
 replaced by ``Settings.models_dir`` (where ``sightwire models make-tiny`` builds the tiny models).
 Zero-shot models carry their prompt sets here (``classes``), so the labels a client sees and the
-text they are matched against are reviewed together, in one file. See ``docs/models.md``.
+text they are matched against are reviewed together, in one file. Zero-shot models on the same
+checkpoint, revision and precision share one image forward (``ModelSpec.backbone``,
+``serving_groups``): nothing to declare. See ``docs/models.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -124,11 +127,82 @@ class ModelSpec(Strict):
     def deployment_name(self) -> str:
         return f"model-{self.name}"
 
+    @property
+    def backbone(self) -> str | None:
+        """What decides this model's image forward, when its result is only a head on it: a
+        zero-shot model's answer is its prompt set (a matrix product) on the CLIP image embedding,
+        and that embedding depends on the checkpoint, its revision (which fix the weights and the
+        image processor's preprocessing) and the precision alone. Models with the same value share
+        one forward per image (``serving_groups``); ``None``: the model's forward is its own."""
+        if self.task not in ZERO_SHOT_TASKS:
+            return None
+        return f"{self.checkpoint}@{self.revision or ''}:{self.precision}"
+
 
 def decode_min_side(specs: Iterable[ModelSpec]) -> int:
     """The shortest side an image must keep when decoded for these models: their largest
     ``input_size`` (0, no bound, for none)."""
     return max((spec.input_size for spec in specs), default=0)
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """Registry models served by one loaded network: one Serve deployment, one Ray Data stage.
+
+    A model with its own forward is a group of one, named after it (``model-<name>``). Models
+    that share a ``backbone`` are one group: one copy of the weights per replica, one forward per
+    image, each model a head on it. The group's batching, autoscaling and resources are the
+    members' largest (the shortest batch wait): one replica does the work of all of them."""
+
+    specs: tuple[ModelSpec, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+    @property
+    def shared(self) -> bool:
+        return len(self.specs) > 1
+
+    @property
+    def deployment_name(self) -> str:
+        """``model-<name>`` for a model alone; ``backbone-<its models' names, joined by +>`` for a
+        shared backbone (a model is in one group only, so names never clash)."""
+        if not self.shared:
+            return self.specs[0].deployment_name
+        return "backbone-" + "+".join(self.names)
+
+    @property
+    def batching(self) -> Batching:
+        return Batching(
+            max_batch_size=max(s.batching.max_batch_size for s in self.specs),
+            batch_wait_timeout_s=min(s.batching.batch_wait_timeout_s for s in self.specs),
+        )
+
+    @property
+    def autoscaling(self) -> Autoscaling:
+        return Autoscaling(
+            min_replicas=max(s.autoscaling.min_replicas for s in self.specs),
+            max_replicas=max(s.autoscaling.max_replicas for s in self.specs),
+            target_ongoing_requests=max(s.autoscaling.target_ongoing_requests for s in self.specs),
+        )
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(
+            num_cpus=max(s.resources.num_cpus for s in self.specs),
+            num_gpus=max(s.resources.num_gpus for s in self.specs),
+        )
+
+
+def serving_groups(specs: Iterable[ModelSpec]) -> list[ModelGroup]:
+    """``specs`` as the groups they are served in, in order of their first model: models with
+    the same ``backbone`` together, every other model alone."""
+    groups: dict[tuple[bool, str], list[ModelSpec]] = {}
+    for spec in specs:
+        key = (True, spec.backbone) if spec.backbone else (False, spec.name)
+        groups.setdefault(key, []).append(spec)
+    return [ModelGroup(tuple(members)) for members in groups.values()]
 
 
 class Registry(Strict):
@@ -151,6 +225,10 @@ class Registry(Strict):
 
     def names(self) -> list[str]:
         return list(self.models)
+
+    def deployment_of(self, name: str) -> str:
+        """The Serve deployment that serves model ``name``: its serving group's."""
+        return next(g.deployment_name for g in serving_groups(self.models.values()) if name in g.names)
 
 
 def registry_path(models: str) -> Path:

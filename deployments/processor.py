@@ -51,7 +51,7 @@ from core.supervise import stop_steps, supervise
 from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
 from deployments.engine.limits import StageLimits, decode_threads
 from deployments.engine.scaling import BACKLOG, HELD
-from deployments.model_client import ModelClient
+from deployments.model_client import model_clients
 from imaging import DecodedImage, ImageFetcher, decode_image, decode_pixels
 
 log = logging.getLogger("sightwire.processor")
@@ -73,17 +73,6 @@ def model_specs(settings: Settings) -> dict[str, ModelSpec]:
 def model_timeouts(settings: Settings, specs: dict[str, ModelSpec]) -> dict[str, float]:
     """Each registry model's deadline: its ``timeout_s``, else ``settings.model_timeout_s``."""
     return {name: spec.timeout_s or settings.model_timeout_s for name, spec in specs.items()}
-
-
-def model_clients(specs: dict[str, ModelSpec], models: dict[str, DeploymentHandle]) -> dict[str, ModelClient]:
-    """A coalescing client per model: requests of up to a batch, two in flight per replica."""
-    clients = {}
-    for name, handle in models.items():
-        spec = specs.get(name)
-        batch = spec.batching.max_batch_size if spec else 8
-        replicas = spec.autoscaling.max_replicas if spec else 1
-        clients[name] = ModelClient(handle, max_images=batch, max_in_flight=2 * replicas)
-    return clients
 
 
 def runnable(record: ImageRecord | None) -> bool:
@@ -268,7 +257,7 @@ class Processor:
         model itself raises are not retried: they would fail again."""
         for attempt in range(1, MODEL_ATTEMPTS + 1):
             try:
-                return await self.clients[name].predict(image)
+                return await self.clients[name].predict(image, name)
             except RETRYABLE_MODEL_ERRORS as exc:
                 if attempt == MODEL_ATTEMPTS:
                     raise

@@ -72,7 +72,7 @@ class Detector(ModelRunner):
     def prepare(self, image: DecodedImage) -> Prepared:
         return Prepared(square(image, self.spec.input_size), image.width, image.height)
 
-    def run(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+    def features(self, batch: list[Prepared]) -> list[dict[str, Any]]:
         scores, labels, boxes = self.forward(self.tensors(np.stack([p.pixels for p in batch])))
         scores, labels, boxes = scores.cpu(), labels.cpu(), boxes.cpu()  # one sync per batch
         return [self._result(p, scores[i], labels[i], boxes[i]) for i, p in enumerate(batch)]

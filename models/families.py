@@ -3,7 +3,8 @@ built locally (random weights) for the ``tiny`` and ``bench`` profiles.
 
 Adding a family is a module with a ``ModelRunner`` subclass and a local builder, one row here,
 and its ``Task`` value in the registry schema: the Serve deployment, the bulk pipeline and the
-profile builder all look a model up here.
+profile builder all look a model up here. A family whose models can share a forward (the
+zero-shot CLIP one: ``ModelSpec.backbone``) takes the other models of its group after its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.registry import ModelSpec, Task
+from core.registry import ModelGroup, ModelSpec, Task
 from models import detection, zero_shot
 from models.base import ModelRunner
 
@@ -44,3 +45,10 @@ def load_runner(spec: ModelSpec) -> ModelRunner:
     """The plain (Serve-free) model for ``spec``: for Serve replicas, Ray Data actors and bare
     benchmarks alike."""
     return FAMILIES[spec.task].runner(spec)
+
+
+def load_group(group: ModelGroup) -> ModelRunner:
+    """One runner for every model of a serving group (one network, one forward per image): what
+    a Serve replica and a Ray Data model actor hold."""
+    own, *shared = group.specs
+    return FAMILIES[own.task].runner(own, *shared)

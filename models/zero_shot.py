@@ -5,7 +5,9 @@ One family serves two registry tasks. ``zero-shot-image-classification`` answers
 probable class with its top-k; ``scoring`` reads a 1..6 score (UAD C1-C6 / Q1-Q6) from the
 distribution over six ordered classes. Each class's text embedding is the normalised mean of its
 prompts' embeddings, computed once at load; after that the text tower is dropped and a batch is
-one vision forward plus one matrix product with the class embeddings.
+one vision forward; each model is then a head on the image embedding (one matrix product with
+its class embeddings). One runner holds every model of a backbone (``ModelSpec.backbone``): the
+weights once, the vision forward once per image, however many prompt sets ask about it.
 
 Preparation follows CLIP's own preprocessing (shortest side to the processor's size, bicubic,
 centre crop) but crops first, in one Pillow ``resize`` with a source box: the same pixels for a
@@ -16,6 +18,7 @@ same shape, so a batch is one stacked uint8 tensor, moved to the device once.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,11 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from core.registry import ModelSpec, Task
+from core.schemas import ModelInfo
 from imaging import DecodedImage
 from models.base import ModelRunner, Prepared
 from models.clip_vocabulary import prompt_words, prompts_of, write_clip_vocabulary
-from models.loading import model_version
+from models.loading import model_version, precision_name
 
 RESAMPLING = {int(r): r for r in Image.Resampling}
 
@@ -43,11 +47,56 @@ def crop_box(width: int, height: int, shortest: int, crop_w: int, crop_h: int) -
     return (left, top, left + box_w, top + box_h)
 
 
-class ZeroShotClassifier(ModelRunner):
-    """A CLIP checkpoint plus the registry's prompt sets; plain Python, for Serve and bare loops."""
+@dataclass(frozen=True)
+class PromptHead:
+    """One zero-shot model on the shared image embedding: its class embeddings' rows in the
+    runner's stacked matrix, and how its result reads the probabilities."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    spec: ModelSpec
+    version: str
+    rows: slice  # this model's classes in ``ZeroShotClassifier.class_embeds``
+
+    def result(self, logits: np.ndarray) -> dict[str, Any]:
+        """The result from this head's logits (one image): softmax, then classify or score."""
+        exp = np.exp(logits - logits.max())
+        probs = (exp / exp.sum()).tolist()
+        if self.spec.task is Task.SCORING:
+            return self._score(probs)
+        return self._classify(probs)
+
+    def _classify(self, probs: list[float]) -> dict[str, Any]:
+        labels = self.spec.labels
+        order = sorted(range(len(probs)), key=lambda i: probs[i], reverse=True)
+        top = [{"label": labels[i], "confidence": round(probs[i], 6)} for i in order[: self.spec.top_k]]
+        return {"label": top[0]["label"], "confidence": top[0]["confidence"], "topK": top}
+
+    def _score(self, probs: list[float]) -> dict[str, Any]:
+        expected = sum((level + 1) * p for level, p in enumerate(probs))
+        if self.spec.score == "expected":
+            index = min(max(round(expected), 1), len(probs)) - 1
+        else:
+            index = max(range(len(probs)), key=lambda i: probs[i])
+        return {
+            "score": index + 1,
+            "label": self.spec.labels[index],
+            "confidence": round(probs[index], 6),
+            "expected": round(expected, 4),
+            "distribution": [round(p, 6) for p in probs],
+        }
+
+
+class ZeroShotClassifier(ModelRunner):
+    """A CLIP checkpoint plus the registry's prompt sets; plain Python, for Serve and bare loops.
+
+    ``spec`` is the runner's own model; ``shared`` are other zero-shot models on the same
+    backbone (``ModelSpec.backbone``): one copy of the weights and one vision forward per image
+    serve them all, each a head (a matrix product with its class embeddings) on the embedding."""
+
+    def __init__(self, spec: ModelSpec, *shared: ModelSpec) -> None:
         super().__init__(spec)
+        specs = (spec, *shared)
+        if len({s.backbone for s in specs}) != 1:
+            raise ValueError(f"models {[s.name for s in specs]} do not share one CLIP backbone")
         model = self.pretrained(CLIPModel).eval()
         tokenizer = self.pretrained(CLIPTokenizer)
         processor = self.pretrained(CLIPImageProcessorPil)
@@ -60,27 +109,48 @@ class ZeroShotClassifier(ModelRunner):
 
         commit = getattr(model.config, "_commit_hash", None)
         model.to(self.device)
-        self.class_embeds = self._class_embeddings(model, tokenizer)  # fp32 [classes, dim]
+        embeds = [self._class_embeddings(model, tokenizer, s) for s in specs]
         self.logit_scale = float(model.logit_scale.detach().exp())
         # Only the image tower runs per batch; the text tower is no longer needed.
         self.vision = model.vision_model.to(self.device, self.dtype)
         self.projection = model.visual_projection.to(self.device, self.dtype)
         del model
 
+        # Every head's class embeddings in one matrix: one product answers all of an image's heads.
+        self.class_embeds = torch.cat(embeds).cpu().numpy()  # fp32 [all classes, dim]
+        self.heads: dict[str, PromptHead] = {}
+        start = 0
+        for s, e in zip(specs, embeds, strict=True):
+            config = json.dumps({"classes": [c.model_dump() for c in s.classes], "score": s.score})
+            self.heads[s.name] = PromptHead(s, model_version(s, commit, config), slice(start, start + len(e)))
+            start += len(e)
         self.labels = spec.labels
-        config = json.dumps({"classes": [c.model_dump() for c in spec.classes], "score": spec.score})
-        self.version = model_version(spec, commit, config)
+        self.version = self.heads[spec.name].version
 
     @torch.inference_mode()
-    def _class_embeddings(self, model: CLIPModel, tokenizer: CLIPTokenizer) -> torch.Tensor:
+    def _class_embeddings(self, model: CLIPModel, tokenizer: CLIPTokenizer, spec: ModelSpec) -> torch.Tensor:
         """One unit vector per class: the normalised mean of its prompts' unit embeddings."""
         embeds = []
-        for cls in self.spec.classes:
+        for cls in spec.classes:
             tokens = tokenizer(list(cls.prompts), padding=True, truncation=True, return_tensors="pt")
             text = model.get_text_features(**tokens.to(self.device)).pooler_output.float()
             mean = torch.nn.functional.normalize(text, dim=-1).mean(0)
             embeds.append(torch.nn.functional.normalize(mean, dim=-1))
         return torch.stack(embeds)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.heads)
+
+    def version_of(self, name: str) -> str:
+        return self.heads[name].version
+
+    def info(self, name: str | None = None) -> ModelInfo:
+        spec = self.heads[name or self.spec.name].spec
+        return ModelInfo(
+            name=spec.name, task=spec.task, version=self.version_of(spec.name), labels=spec.labels,
+            device=str(self.device), precision=precision_name(self.dtype),
+        )
 
     def prepare(self, image: DecodedImage) -> Prepared:
         height, width = image.pixels.shape[:2]
@@ -89,38 +159,19 @@ class ZeroShotClassifier(ModelRunner):
         return Prepared(np.asarray(pixels), image.width, image.height)
 
     @torch.inference_mode()
-    def probabilities(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 NHWC on the host → class probabilities [batch, classes] on the host."""
+    def embeddings(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC on the host → unit image embeddings [batch, dim] (fp32) on the host."""
         features = self.projection(self.vision(pixel_values=self.tensors(pixels)).pooler_output).float()
         features = torch.nn.functional.normalize(features, dim=-1)
-        logits = self.logit_scale * features @ self.class_embeds.T
-        return logits.softmax(-1).cpu()  # the batch's only device-to-host copy and sync
+        return features.cpu().numpy()  # the batch's only device-to-host copy and sync
 
-    def run(self, batch: list[Prepared]) -> list[dict[str, Any]]:
-        probs = self.probabilities(np.stack([p.pixels for p in batch])).tolist()
-        if self.spec.task is Task.SCORING:
-            return [self._score(row) for row in probs]
-        return [self._classify(row) for row in probs]
+    def features(self, batch: list[Prepared]) -> list[np.ndarray]:
+        return list(self.embeddings(np.stack([p.pixels for p in batch])))
 
-    def _classify(self, probs: list[float]) -> dict[str, Any]:
-        order = sorted(range(len(probs)), key=lambda i: probs[i], reverse=True)
-        top = [{"label": self.labels[i], "confidence": round(probs[i], 6)} for i in order[: self.spec.top_k]]
-        return {"label": top[0]["label"], "confidence": top[0]["confidence"], "topK": top}
-
-    def _score(self, probs: list[float]) -> dict[str, Any]:
-        expected = sum((level + 1) * p for level, p in enumerate(probs))
-        if self.spec.score == "expected":
-            index = min(max(round(expected), 1), len(probs)) - 1
-        else:
-            index = max(range(len(probs)), key=lambda i: probs[i])
-        return {
-            "score": index + 1,
-            "label": self.labels[index],
-            "confidence": round(probs[index], 6),
-            "expected": round(expected, 4),
-            "distribution": [round(p, 6) for p in probs],
-        }
-
+    def answer(self, features: np.ndarray, names: Collection[str]) -> dict[str, dict[str, Any]]:
+        """Each of ``names``' result from one image embedding: every head's logits in one product."""
+        logits = self.logit_scale * (self.class_embeds @ features)
+        return {name: self.heads[name].result(logits[self.heads[name].rows]) for name in names}
 
 
 # --- the local (random-weight) build -------------------------------------------------------------

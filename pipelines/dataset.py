@@ -4,8 +4,9 @@
       │  map_batches(LoadStage)             loader actors: async SSRF-safe fetch, decode in threads
       ▼
     rows + pixels (or an error code)
-      │  map_batches(ModelStage) per model  actor pool per model, sized from the registry;
-      ▼                                     the last one also finishes the rows:
+      │  map_batches(ModelStage) per group  actor pool per serving group (a model, or the models
+      ▼                                     of one CLIP backbone: one forward per image), sized
+                                            from the registry; the last one also finishes the rows:
     url, id, status, width, height, error_code, error_message, <model>...
 
 Every stage works on one batch at a time and Ray Data streams batches through all stages with
@@ -42,7 +43,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from core.failures import MAX_MESSAGE_CHARS, Failure, describe, failed_result
 from core.placement import cluster_gpus, fit_to_cluster
-from core.registry import ModelSpec, decode_min_side
+from core.registry import ModelGroup, ModelSpec, decode_min_side, serving_groups
 from core.schemas import ErrorCode, ErrorInfo, ModelResult, ModelStatus, image_status, utcnow
 from core.settings import Settings
 from imaging import DecodedImage, ImageFetcher, decode_image
@@ -225,66 +226,74 @@ class LoadStage:
 
 
 class ModelStage:
-    """Ray Data callable class: one registry model, loaded once per actor with ``load_runner``.
+    """Ray Data callable class: one serving group (a registry model, or the models of one shared
+    backbone), loaded once per actor with ``load_group``.
 
-    Runs the model on the rows of a batch that have pixels (and want this model), adds the
-    column ``<model name>`` with a ``ModelResult`` JSON per row (null where the model did not
-    run) and, internal, its status (``_state:<model name>``). The last model's stage also
-    finishes the batch (``finish_batch`` with every model's name in ``finish``): one stage
-    fewer, so no extra workers, and the pixels go at once."""
+    Runs the group's forward once on the rows of a batch that have pixels and want any of its
+    models, then each model's head on the rows that want it; adds the column ``<model name>``
+    with a ``ModelResult`` JSON per row (null where the model did not run) and, internal, its
+    status (``_state:<model name>``), per model. The last group's stage also finishes the batch
+    (``finish_batch`` with every model's name in ``finish``): one stage fewer, so no extra
+    workers, and the pixels go at once."""
 
-    def __init__(self, spec: ModelSpec, finish: Sequence[str] = (), trace_nodes: bool = False) -> None:
-        from models.families import load_runner  # torch and transformers: on the model actors only
+    def __init__(self, group: ModelGroup, finish: Sequence[str] = (), trace_nodes: bool = False) -> None:
+        from models.families import load_group  # torch and transformers: on the model actors only
 
-        self.spec = spec
+        self.group = group
         self.finish = list(finish)
         self.trace_nodes = trace_nodes
-        self.runner = load_runner(spec)
-        self.version = self.runner.version
+        self.runner = load_group(group)
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        name = self.spec.name
+        names = self.group.names
         n = batch.num_rows
         ok = batch[OK].to_pylist()
-        wanted = batch[WANTED].to_pylist() if WANTED in batch.column_names else [None] * n
-        rows = [i for i in range(n) if ok[i] and (wanted[i] is None or name in json.loads(wanted[i]))]
-        outputs: list[str | None] = [None] * n
-        states: list[str | None] = [None] * n
+        wanted_column = batch[WANTED].to_pylist() if WANTED in batch.column_names else [None] * n
+        wanted = [set(names) if w is None else set(names) & set(json.loads(w)) for w in wanted_column]
+        rows = [i for i in range(n) if ok[i] and wanted[i]]
+        outputs: dict[str, list[str | None]] = {name: [None] * n for name in names}
+        states: dict[str, list[str | None]] = {name: [None] * n for name in names}
         if rows:
             pixels = pixel_views(batch[PIXELS], batch[PIXEL_HEIGHT].to_pylist(), batch[PIXEL_WIDTH].to_pylist())
             width, height = batch[WIDTH].to_pylist(), batch[HEIGHT].to_pylist()
             images = [DecodedImage(pixels=pixels[i], width=width[i], height=height[i]) for i in rows]
-            for i, result in zip(rows, self._predict(images), strict=True):
-                outputs[i], states[i] = result.to_json(), result.status.value
-        batch = batch.append_column(name, pa.array(outputs, pa.string()))
-        batch = batch.append_column(state_column(name), pa.array(states, pa.string()))
-        if self.trace_nodes:
-            batch = batch.append_column(NODE_PREFIX + name, pa.array([self.node_id] * n, pa.string()))
+            for i, results in zip(rows, self._predict(images, [wanted[i] for i in rows]), strict=True):
+                for name, result in results.items():
+                    outputs[name][i], states[name][i] = result.to_json(), result.status.value
+        for name in names:
+            batch = batch.append_column(name, pa.array(outputs[name], pa.string()))
+            batch = batch.append_column(state_column(name), pa.array(states[name], pa.string()))
+            if self.trace_nodes:
+                batch = batch.append_column(NODE_PREFIX + name, pa.array([self.node_id] * n, pa.string()))
         return finish_batch(batch, self.finish) if self.finish else batch
 
-    def _predict(self, images: list[DecodedImage]) -> list[ModelResult]:
+    def _predict(self, images: list[DecodedImage], wanted: list[set[str]]) -> list[dict[str, ModelResult]]:
         """The batch at once; if it fails, image by image, so one bad image fails only itself."""
         try:
-            return self._complete(self.runner.predict(images), len(images))
+            return self._complete(images, wanted)
         except Exception:
             if len(images) == 1:
                 raise
         results = []
-        for image in images:
+        for image, names in zip(images, wanted, strict=True):
             try:
-                results.extend(self._complete(self.runner.predict([image]), 1))
+                results.extend(self._complete([image], [names]))
             except Exception as exc:
-                results.append(failed_result(ErrorCode.MODEL_FAILED, f"{self.spec.name}: {describe(exc)}"))
+                results.append({name: failed_result(ErrorCode.MODEL_FAILED, f"{name}: {describe(exc)}")
+                                for name in names})
         return results
 
-    def _complete(self, answers: list[dict[str, Any]], expected: int) -> list[ModelResult]:
-        if len(answers) != expected:
-            raise RuntimeError(f"{self.spec.name} returned {len(answers)} results for {expected} images")
+    def _complete(self, images: list[DecodedImage], wanted: list[set[str]]) -> list[dict[str, ModelResult]]:
+        """One forward for the batch, then each image's wanted heads."""
+        features = self.runner.features([self.runner.prepare(image) for image in images])
+        if len(features) != len(images):
+            raise RuntimeError(f"{self.group.names} returned {len(features)} results for {len(images)} images")
         now = utcnow()
         return [
-            ModelResult(status=ModelStatus.COMPLETE, version=self.version, result=answer, completed_at=now)
-            for answer in answers
+            {name: ModelResult(status=ModelStatus.COMPLETE, version=self.runner.version_of(name), result=answer,
+                               completed_at=now) for name, answer in self.runner.answer(f, names).items()}
+            for f, names in zip(features, wanted, strict=True)
         ]
 
 
@@ -321,28 +330,28 @@ def finish_batch(batch: pa.Table, models: Sequence[str]) -> pa.Table:
 BATCHES_PER_ACTOR = 4
 
 
-def actor_pool(spec: ModelSpec, rows: int | None = None) -> ActorPoolStrategy:
-    """The model's actor pool, sized like its Serve deployment: min..max replicas (min ≥ 1).
+def actor_pool(group: ModelGroup, rows: int | None = None) -> ActorPoolStrategy:
+    """The group's actor pool, sized like its Serve deployment: min..max replicas (min ≥ 1).
 
     With a known, small number of ``rows``, no more actors than there is work for: loading a
     model costs seconds, and a run of a few dozen images is over before a second one is up."""
-    low = max(1, spec.autoscaling.min_replicas)
-    high = max(low, spec.autoscaling.max_replicas)
+    low = max(1, group.autoscaling.min_replicas)
+    high = max(low, group.autoscaling.max_replicas)
     if rows is not None:
-        useful = math.ceil(rows / (spec.batching.max_batch_size * BATCHES_PER_ACTOR))
+        useful = math.ceil(rows / (group.batching.max_batch_size * BATCHES_PER_ACTOR))
         high = max(1, min(high, useful))
         low = min(low, high)
     return ActorPoolStrategy(min_size=low, max_size=high)
 
 
-def loader_count(specs: Sequence[ModelSpec], options: PipelineOptions) -> int:
+def loader_count(groups: Sequence[ModelGroup], options: PipelineOptions) -> int:
     """How many fetch/decode actors at most: the CPUs the model actors leave free.
 
     Capped so the loaders can never take the CPUs the model actors (and any reads) need."""
     if options.loaders is not None:
         return max(1, options.loaders)
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    reserved = sum(s.resources.num_cpus * max(1, s.autoscaling.max_replicas) for s in specs)
+    reserved = sum(g.resources.num_cpus * max(1, g.autoscaling.max_replicas) for g in groups)
     free = cpus - reserved
     per_loader = max(options.loader_cpus, 0.01)
     return int(max(1, min(8, math.floor(free / per_loader))))
@@ -375,7 +384,8 @@ def build_pipeline(
     # pool before the model pools, and a loader holds its CPU share for the whole run: spread
     # over the cluster (Ray Data's default), one took a node sized for a model actor and the
     # pool never started; Ray's default policy also leaves the driver's node once it is half used.
-    loaders = loader_count(specs, options)
+    groups = serving_groups(specs)  # models on one backbone: one stage, one forward per image
+    loaders = loader_count(groups, options)
     rows: int | None = None
     block_rows = options.fetch_batch_size
     if isinstance(source, pa.Table):
@@ -394,17 +404,18 @@ def build_pipeline(
         scheduling_strategy=near_driver,
     )
     names = [spec.name for spec in specs]
-    for position, spec in enumerate(specs):
+    for position, group in enumerate(groups):
         ds = ds.map_batches(
             ModelStage,
             fn_constructor_kwargs={
-                "spec": spec, "finish": names if position == len(specs) - 1 else (), "trace_nodes": options.trace_nodes
+                "group": group, "finish": names if position == len(groups) - 1 else (),
+                "trace_nodes": options.trace_nodes,
             },
-            batch_size=spec.batching.max_batch_size,
+            batch_size=group.batching.max_batch_size,
             batch_format="pyarrow",
-            compute=actor_pool(spec, rows),
-            num_cpus=spec.resources.num_cpus,
-            num_gpus=spec.resources.num_gpus,
+            compute=actor_pool(group, rows),
+            num_cpus=group.resources.num_cpus,
+            num_gpus=group.resources.num_gpus,
         )
     if options.wait_for_min_actors_s > 0:
         ds.context.wait_for_min_actors_s = options.wait_for_min_actors_s

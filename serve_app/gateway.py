@@ -37,7 +37,7 @@ class ApiGateway:
         self._ctx = ApiContext(settings, Store.from_settings(settings), registry, self._model_info)
 
     async def _model_info(self, name: str) -> ModelInfo:
-        return await self._models[name].info.remote()
+        return await self._models[name].info.remote(name)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._ctx)

@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
 from ray import serve
 
+from core.registry import load_registry, serving_groups
 from deployments.batcher import Batcher
 from deployments.model_client import ModelClient
+from deployments.serving import ModelDeployment
 from imaging import DecodedImage
+from models.zero_shot import ZeroShotClassifier
 from serve_app.gateway import APP_NAME
 from serve_app.stack import LocalStack
+from tests.support.answers import assert_same_answer
+
+CLIP_MODELS = ("room_classification", "condition_score", "quality_score")
 
 
 class SlowModel:
@@ -84,17 +91,65 @@ def photo(seed: int) -> DecodedImage:
     return DecodedImage(pixels=pixels, width=160, height=120 + seed)
 
 
+def clip_deployment(stack: LocalStack) -> str:
+    """The tiny profile's shared CLIP backbone deployment (its three zero-shot models)."""
+    return load_registry("tiny", stack.settings.models_dir).deployment_of("condition_score")
+
+
 @pytest.mark.integration
 async def test_model_client_coalesces_and_answers_as_single_requests_do(stack: LocalStack) -> None:
     """Through the real deployment: 24 concurrent calls leave as a few multi-image requests
     (images by ObjectRef), and each image gets exactly the answer it gets alone."""
-    handle = serve.get_deployment_handle("model-condition_score", app_name=APP_NAME)
+    handle = serve.get_deployment_handle(clip_deployment(stack), app_name=APP_NAME)
     client = ModelClient(handle, max_images=8, max_in_flight=1)
     images = [photo(seed) for seed in range(24)]
-    together = await asyncio.gather(*(client.predict(ray.put(image)) for image in images))
-    alone = [await handle.predict.remote(image) for image in images[:6]]
+    together = await asyncio.gather(*(client.predict(ray.put(image), "condition_score") for image in images))
+    alone = [await handle.predict.remote(image, "condition_score") for image in images[:6]]
     assert client.stats()["images"] == 24 and client.stats()["requests"] <= 6
     for one, many in zip(alone, together[:6], strict=True):
         assert one["version"] == many["version"]
         assert one["result"]["score"] == many["result"]["score"]
         assert one["result"]["distribution"] == pytest.approx(many["result"]["distribution"], abs=1e-5)
+
+
+@pytest.mark.integration
+async def test_the_shared_backbone_runs_one_forward_per_image_for_all_its_models(
+    stack: LocalStack, tiny_models_dir: Path
+) -> None:
+    """The three zero-shot models are one deployment (one copy of the weights per replica):
+    an image's calls for all three, together or one after another, cost one forward, and each
+    model's answer is the one its own separate runner gives."""
+    handle = serve.get_deployment_handle(clip_deployment(stack), app_name=APP_NAME)
+    registry = load_registry("tiny", tiny_models_dir)
+    separate = {name: ZeroShotClassifier(registry[name]) for name in CLIP_MODELS}
+    assert [(await handle.info.remote(name)).version for name in CLIP_MODELS] == [
+        separate[name].version for name in CLIP_MODELS]
+    client = ModelClient(handle, max_images=3 * 8, max_in_flight=2)
+    images = [photo(seed) for seed in range(100, 112)]
+    refs = [ray.put(image) for image in images]
+    before = (await handle.batch_stats.remote())["items"]
+    together = await asyncio.gather(*(client.predict(ref, name) for ref in refs[:8] for name in CLIP_MODELS))
+    one_by_one = [await client.predict(ref, name) for ref in refs[8:] for name in CLIP_MODELS]
+    assert (await handle.batch_stats.remote())["items"] - before == len(images)  # not 3 x
+    answers = iter([*together, *one_by_one])
+    for image in images:
+        for name in CLIP_MODELS:
+            answer, [expected] = next(answers), separate[name].predict([image])
+            assert answer["version"] == separate[name].version
+            assert_same_answer(answer["result"], expected)
+
+
+async def test_an_images_forward_outlives_a_cancelled_request_for_it(ray_session: None, tiny_models_dir: Path) -> None:
+    """A replica shares an image's forward between requests: a request cancelled while the
+    forward runs (its caller's deadline) must not cancel it for the next model of that image."""
+    group = next(g for g in serving_groups(load_registry("tiny", tiny_models_dir).models.values()) if g.shared)
+    replica = ModelDeployment.func_or_class(group)  # the replica's class, in this process
+    ref = ray.put(photo(7))
+    first = asyncio.create_task(replica.predict_many([ref], [["room_classification"]]))
+    await asyncio.sleep(0)  # its forward is under way
+    first.cancel()
+    [answer] = await replica.predict_many([ref], [["quality_score"]])
+    assert answer["quality_score"]["version"] == replica.runner.version_of("quality_score")
+    assert 1 <= answer["quality_score"]["result"]["score"] <= 6
+    assert replica.batch_stats()["items"] == 1  # one forward for both
+    assert first.cancelled()

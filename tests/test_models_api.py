@@ -27,6 +27,7 @@ from notifier import NAMESPACE, start_notifier
 from serve_app.gateway import APP_NAME
 from serve_app.stack import LocalStack
 from tests.conftest import png_bytes
+from tests.support.engine import model_handles
 from tests.support.servers import ImageHost, Received, WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -161,7 +162,7 @@ async def test_one_model_failing_leaves_the_others_results(
     record = await store.images.create(
         org, ImageCreate(url=url, models=ALL_MODELS, webhook_url=receiver.url("/partial"))
     )
-    handles = {name: serve.get_deployment_handle(f"model-{name}", app_name=APP_NAME) for name in ALL_MODELS}
+    handles = model_handles(*ALL_MODELS)
     notifier_name = new_id("notifier-partial")
     start_notifier(settings, name=notifier_name)  # woken by the outbox's token, not by the processor
     processor = Processor(settings, handles, timeouts={"room_classification": 0.001})

@@ -17,6 +17,7 @@ import pytest
 import ray
 import yaml
 
+from core.registry import decode_min_side, load_registry
 from core.schemas import (
     EventType,
     GroupCreate,
@@ -28,15 +29,19 @@ from core.schemas import (
 from core.settings import Settings
 from core.store import Store
 from core.tokens import new_id
+from imaging import decode_image
 from notifier import NAMESPACE, start_notifier
 from pipelines import bulk
-from pipelines.dataset import row_status
+from pipelines.columns import WANTED
+from pipelines.dataset import build_pipeline, row_status
 from pipelines.group_run import process_group
 from pipelines.sources import blocks, read_manifest, to_table
 from tests.conftest import png_bytes
+from tests.support.answers import assert_same_answer
 from tests.support.servers import ImageHost, WebhookReceiver
 
 MODEL = "object_detection"
+CLIP_MODELS = ("room_classification", "condition_score", "quality_score")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +96,41 @@ def test_run_over_urls_reports_each_image(
     assert (junk["status"], junk["error_code"]) == ("failed", "not_an_image")
     assert missing[MODEL] is None and junk[MODEL] is None
     assert frame.attrs["images"] == 20
+
+
+def test_the_shared_backbone_answers_as_the_separate_models(
+    ray_session: None, bulk_settings: Settings, image_host: ImageHost, tiny_models_dir: Path
+) -> None:
+    """The three zero-shot models run as one stage (one forward per image); each image, whichever
+    of them it wants (as a group run asks), gets each model's answer as its own runner gives it."""
+    from models.zero_shot import ZeroShotClassifier
+
+    registry = load_registry("tiny", tiny_models_dir)
+    prefix = new_id("shared")
+    data = [png_bytes(50 + 7 * i, 40 + 3 * i, seed=50 + i) for i in range(6)]
+    urls = [image_host.put(f"/{prefix}/{i}.png", body) for i, body in enumerate(data)]
+    wanted = [list(CLIP_MODELS), ["quality_score"], list(CLIP_MODELS), ["room_classification", "condition_score"],
+              list(CLIP_MODELS), ["condition_score"]]
+    table = pa.table({"id": [str(i) for i in range(len(urls))], "url": urls, WANTED: [json.dumps(w) for w in wanted]})
+    specs = [registry[name] for name in CLIP_MODELS]
+    pipeline = build_pipeline(table, specs, bulk_settings)  # the group runs' entry: rows want some models
+    pipeline.context.enable_progress_bars = False
+    out = pa.concat_tables(list(pipeline.iter_batches(batch_size=None, batch_format="pyarrow")))
+    rows = {row["id"]: row for row in out.to_pylist()}
+    min_side = decode_min_side(registry[name] for name in CLIP_MODELS)
+    for name in CLIP_MODELS:
+        runner = ZeroShotClassifier(registry[name])
+        for i, body in enumerate(data):
+            value = rows[str(i)][name]
+            if name not in wanted[i]:
+                assert value is None
+                continue
+            value = json.loads(value)
+            image = decode_image(body, bulk_settings.max_image_pixels, bulk_settings.max_image_side, min_side)
+            [expected] = runner.predict([image])
+            assert value["status"] == "complete" and value["version"] == runner.version
+            assert_same_answer(value["result"], expected)
+    assert {row["status"] for row in rows.values()} == {"complete"}
 
 
 def test_run_over_a_csv_manifest_writes_parquet(

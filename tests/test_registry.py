@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.registry import Registry, Task, decode_min_side, load_registry
+from core.registry import (
+    Autoscaling,
+    Batching,
+    Registry,
+    Resources,
+    Task,
+    decode_min_side,
+    load_registry,
+    serving_groups,
+)
 
 
 def test_builtin_profiles_load(tmp_path: Path) -> None:
@@ -91,3 +100,45 @@ def test_zero_shot_fields_are_strict() -> None:
         )
     with pytest.raises(ValidationError, match="score"):
         Registry.model_validate(zero_shot(classes=classes, score="median"))
+
+
+def test_zero_shot_models_on_one_checkpoint_share_a_backbone(tmp_path: Path) -> None:
+    """The registry says which models share one forward: same checkpoint, revision, precision."""
+    for profile in ("tiny", "bench", "pretrained"):
+        registry = load_registry(profile, tmp_path)
+        groups = serving_groups(registry.models.values())
+        assert [g.names for g in groups] == [
+            ["object_detection"], ["room_classification", "condition_score", "quality_score"]]
+        detector, clip = groups
+        assert not detector.shared and detector.deployment_name == "model-object_detection"
+        assert clip.shared and clip.deployment_name == "backbone-room_classification+condition_score+quality_score"
+        assert registry.deployment_of("quality_score") == clip.deployment_name
+        assert registry.deployment_of("object_detection") == "model-object_detection"
+    room = load_registry("tiny", tmp_path)["room_classification"]
+    assert load_registry("tiny", tmp_path)["object_detection"].backbone is None
+    other = {"revision": room.model_copy(update={"name": "b", "revision": "v2"}),
+             "precision": room.model_copy(update={"name": "c", "precision": "fp16"}),
+             "checkpoint": room.model_copy(update={"name": "d", "checkpoint": "/elsewhere"})}
+    for field, spec in other.items():
+        assert [g.names for g in serving_groups([room, spec])] == [[room.name], [spec.name]], field
+    twin = room.model_copy(update={"name": "e", "top_k": 1, "input_size": 256})  # a head's own settings
+    [group] = serving_groups([room, twin])
+    assert group.names == [room.name, "e"]
+
+
+def test_a_shared_backbone_is_served_with_its_models_largest_settings(tmp_path: Path) -> None:
+    room = load_registry("tiny", tmp_path)["room_classification"]
+    big = room.model_copy(update={
+        "name": "big", "batching": Batching(max_batch_size=32, batch_wait_timeout_s=0.05),
+        "autoscaling": Autoscaling(min_replicas=2, max_replicas=3, target_ongoing_requests=4),
+        "resources": Resources(num_cpus=0.5, num_gpus=0.25),
+    })
+    small = room.model_copy(update={
+        "batching": Batching(max_batch_size=8, batch_wait_timeout_s=0.002),
+        "autoscaling": Autoscaling(min_replicas=1, max_replicas=4, target_ongoing_requests=16),
+        "resources": Resources(num_cpus=1, num_gpus=0),
+    })
+    [group] = serving_groups([small, big])
+    assert group.batching == Batching(max_batch_size=32, batch_wait_timeout_s=0.002)
+    assert group.autoscaling == Autoscaling(min_replicas=2, max_replicas=4, target_ongoing_requests=16)
+    assert group.resources == Resources(num_cpus=1, num_gpus=0.25)

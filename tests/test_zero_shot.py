@@ -11,11 +11,13 @@ import pytest
 import torch
 from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
-from core.registry import SCORE_LEVELS, load_registry
+from core.registry import SCORE_LEVELS, load_registry, serving_groups
 from imaging import DecodedImage
 from models.clip_vocabulary import prompt_words
+from models.families import load_group
 from models.tiny import READY_MARKER, ensure_tiny_profile
 from models.zero_shot import ZeroShotClassifier, crop_box
+from tests.support.answers import assert_same_answer
 
 CLIP_MODELS = ("room_classification", "condition_score", "quality_score")
 
@@ -92,6 +94,33 @@ def test_matches_transformers_clip_forward(runners: dict[str, ZeroShotClassifier
         reference = model(**inputs, pixel_values=pixels).logits_per_image.softmax(-1)[0].tolist()
     [ours] = runner.predict([img])
     assert ours["distribution"] == pytest.approx(reference, abs=1e-4)
+
+
+def test_a_shared_backbone_answers_as_the_separate_models(
+    runners: dict[str, ZeroShotClassifier], tiny_models_dir: Path
+) -> None:
+    """One runner for the three models (one vision tower, one forward per image, a head each)
+    gives each model the answer its own runner gives, alone and batched, whichever heads an
+    image asks for."""
+    [group] = [g for g in serving_groups(load_registry("tiny", tiny_models_dir).models.values()) if g.shared]
+    shared = load_group(group)
+    assert shared.names == list(CLIP_MODELS)
+    assert {name: shared.version_of(name) for name in CLIP_MODELS} == {n: r.version for n, r in runners.items()}
+    assert shared.info("quality_score") == runners["quality_score"].info()
+    images = [image(seed, w, h) for seed, (w, h) in enumerate([(60, 90), (200, 40), (640, 480), (33, 33)])]
+    wanted = [set(CLIP_MODELS), {"quality_score"}, {"room_classification", "condition_score"}, set(CLIP_MODELS)]
+    features = shared.features([shared.prepare(img) for img in images])
+    batched = [shared.answer(f, names) for f, names in zip(features, wanted, strict=True)]
+    alone = [shared.answer(shared.features([shared.prepare(img)])[0], names)
+             for img, names in zip(images, wanted, strict=True)]
+    for img, names, many, one in zip(images, wanted, batched, alone, strict=True):
+        assert set(many) == set(one) == names
+        for name in names:
+            [separate] = runners[name].predict([img])
+            assert_same_answer(many[name], separate)
+            assert_same_answer(one[name], separate)
+    with pytest.raises(ValueError, match="do not share"):
+        ZeroShotClassifier(group.specs[0], group.specs[1].model_copy(update={"revision": "other"}))
 
 
 def test_crop_box_is_clips_resize_then_centre_crop() -> None:

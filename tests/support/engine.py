@@ -10,11 +10,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from core.registry import load_registry
 from core.settings import Settings
 from core.store import Store
 from core.tokens import new_id
@@ -25,8 +27,10 @@ from tests.support.servers import ImageHost
 
 
 def model_handles(*names: str) -> dict[str, DeploymentHandle]:
-    """The session stack's real model deployments."""
-    return {name: serve.get_deployment_handle(f"model-{name}", app_name=APP_NAME) for name in names}
+    """The session stack's real model deployments (the tiny profile's; the three CLIP models
+    share one), by model name."""
+    registry = load_registry("tiny", Path("."))  # where the checkpoints are does not change the grouping
+    return {name: serve.get_deployment_handle(registry.deployment_of(name), app_name=APP_NAME) for name in names}
 
 
 @ray.remote(num_cpus=0)
