@@ -6,12 +6,13 @@ Requests forbid unknown fields so that a typo is a 422, not a silently ignored o
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from core.wire_json import JsonObject, Text
@@ -76,6 +77,7 @@ class ErrorCode(StrEnum):
     MODEL_FAILED = "model_failed"
     MODEL_TIMEOUT = "model_timeout"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # the job failed max_job_attempts times: a dead letter
+    DEADLINE = "deadline"  # the submission's deadline passed first: canceled, results so far kept
 
 
 def _dedupe(names: list[str]) -> list[str]:
@@ -112,6 +114,48 @@ def events_of(resource: str, allowed: tuple[EventType, ...]) -> Any:
 ImageEvents = events_of("an image", IMAGE_EVENTS)
 GroupEvents = events_of("a group", GROUP_EVENTS)
 
+MAX_DEADLINE_S = 7 * 24 * 3600  # a deadline further out than a week is a client's mistake
+
+
+def _deadline(value: Any) -> datetime:
+    """A submission's ``deadline`` as the moment it falls: seconds from now (like Replicate's
+    ``Cancel-After``) or an RFC 3339 time with its offset; in the future, at most a week out."""
+    now = utcnow()
+    if isinstance(value, bool):
+        raise ValueError("seconds from now or an RFC 3339 time")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("seconds from now must be a finite number above 0")
+        if value > MAX_DEADLINE_S:
+            raise ValueError(f"at most {MAX_DEADLINE_S} seconds (a week) from now")
+        return now + timedelta(seconds=value)
+    if isinstance(value, datetime):
+        at = value
+    elif isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not an RFC 3339 time (e.g. 2026-12-02T05:00:00Z)") from None
+    else:
+        raise ValueError("seconds from now or an RFC 3339 time")
+    if at.tzinfo is None:
+        raise ValueError("an RFC 3339 time needs its offset (Z or +hh:mm)")
+    if at <= now:
+        raise ValueError("this time has already passed")
+    if at - now > timedelta(seconds=MAX_DEADLINE_S):
+        raise ValueError(f"at most {MAX_DEADLINE_S} seconds (a week) from now")
+    return at.astimezone(UTC)
+
+
+# Resolved when the request is read, so a relative deadline counts from its arrival.
+Deadline = Annotated[
+    datetime, BeforeValidator(_deadline),
+    WithJsonSchema({"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DEADLINE_S},
+                              {"type": "string", "format": "date-time"}],
+                    "description": "seconds from now, or an RFC 3339 time; work not done by then "
+                                   "is canceled with error code `deadline`"}),
+]
+
 
 class ErrorInfo(Wire):
     code: ErrorCode
@@ -129,6 +173,7 @@ class Submission(Wire):
     webhook_url: Text | None = None
     metadata: JsonObject | None = None
     external_id: Text | None = Field(default=None, max_length=256)
+    deadline: Deadline | None = None
 
 
 class ImageCreate(Submission):
@@ -164,6 +209,7 @@ class ImageRecord(Wire):
     width: int | None = None
     height: int | None = None
     group_id: str | None = None
+    deadline: datetime | None = None
     sequence: int
     created_at: datetime
     updated_at: datetime
@@ -194,6 +240,7 @@ class ModelsAdd(Wire):
     model_config = ConfigDict(extra="forbid")
 
     models: ModelNames
+    deadline: Deadline | None = None
 
 
 class GroupImage(Wire):
@@ -212,6 +259,7 @@ class GroupImagesAdd(Wire):
     model_config = ConfigDict(extra="forbid")
 
     images: list[GroupImage] = Field(min_length=1)
+    deadline: Deadline | None = None
 
 
 class GroupCreate(Submission, GroupImagesAdd):
@@ -272,6 +320,7 @@ class GroupRecord(Wire):
     webhook_url: str | None = None
     webhook_events: list[EventType] | None = None
     bulk: bool = False
+    deadline: datetime | None = None
     image_ids: list[str] | None = None
     images: list[ImageSummary] | None = None
     sequence: int
@@ -279,15 +328,16 @@ class GroupRecord(Wire):
     updated_at: datetime
 
 
-def group_status(counts: GroupCounts, *, started: bool, canceled: bool) -> ImageStatus:
-    """A group's status from its counts, by the same rules as an image's from its models."""
-    if canceled:
-        return ImageStatus.CANCELED
+def group_status(counts: GroupCounts, *, started: bool) -> ImageStatus:
+    """A group's status from its counts, by the same rules as an image's from its models: a
+    canceled group is ``canceled`` only when every image was canceled, else ``partial``."""
     if counts.pending > 0:
         done = counts.total - counts.pending
         return ImageStatus.PROCESSING if started or done > 0 else ImageStatus.QUEUED
     if counts.total and counts.failed == counts.total:
         return ImageStatus.FAILED
+    if counts.total and counts.canceled == counts.total:
+        return ImageStatus.CANCELED
     if counts.failed or counts.partial or counts.canceled:
         return ImageStatus.PARTIAL
     return ImageStatus.COMPLETE

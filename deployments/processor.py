@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,6 +46,7 @@ from core.registry import ModelSpec, decode_min_side, load_registry
 from core.schemas import ErrorCode, ErrorInfo, ImageRecord, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.store import Job, Store
+from core.store.deadlines import DEADLINE_ERROR
 from core.store.fair_queue import QueuedJob
 from core.store.jobs import QueueName
 from core.supervise import stop_steps, supervise
@@ -60,6 +62,7 @@ log = logging.getLogger("sightwire.processor")
 MODEL_ATTEMPTS = 4
 MODEL_RETRY_BACKOFF_S = 0.25
 RETRYABLE_MODEL_ERRORS = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+DEADLINE_SWEEP_S = 0.25  # how late past its deadline a queued image may be canceled and announced
 
 
 def model_specs(settings: Settings) -> dict[str, ModelSpec]:
@@ -92,6 +95,11 @@ def runnable(record: ImageRecord | None) -> bool:
     return record is not None and not record.status.is_terminal
 
 
+def expired(record: ImageRecord) -> bool:
+    """Whether the image's deadline has passed (the work left is canceled, not started)."""
+    return record.deadline is not None and record.deadline <= utcnow()
+
+
 class Processor:
     """The engine of one replica, independent of Serve so it can be run and tested directly."""
 
@@ -111,7 +119,7 @@ class Processor:
         self.clients = model_clients(self.specs, models)
         self.store = Store.from_settings(settings)
         self.metrics = EngineMetrics()
-        self._metrics_loop: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self.fetcher = ImageFetcher.from_settings(settings)
         self.limits = StageLimits.build(settings, {n: s for n, s in self.specs.items() if n in models})
         self._decoders = ThreadPoolExecutor(decode_threads(settings), thread_name_prefix="sightwire-decode")
@@ -130,12 +138,17 @@ class Processor:
     def start(self) -> None:
         for intake in self.intakes.values():
             intake.start()
-        self._metrics_loop = asyncio.get_running_loop().create_task(
-            supervise("processor metrics", self._report, expected=EXPECTED, logger=log), name="processor-metrics")
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(supervise("processor metrics", self._report, expected=EXPECTED, logger=log),
+                             name="processor-metrics"),
+            loop.create_task(supervise("processor deadlines", self._sweep_deadlines, expected=EXPECTED, logger=log),
+                             name="processor-deadlines"),
+        ]
 
     async def stop(self) -> None:
         """Stop claiming and give back what is held (another replica takes it at once)."""
-        loops = [self._metrics_loop] if self._metrics_loop is not None else []
+        loops = self._loops
         for loop in loops:
             loop.cancel()
         await stop_steps("processor", [
@@ -148,6 +161,22 @@ class Processor:
     async def _report(self) -> None:
         await self.metrics.refresh(self.store.jobs, {name: len(i.held) for name, i in self.intakes.items()})
         await asyncio.sleep(REFRESH_S)
+
+    async def _sweep_deadlines(self) -> None:
+        """Cancel what passed its deadline, queued or not (every replica sweeps; expiring is
+        idempotent), so a deadline is announced on time even when nothing is processing."""
+        await self.store.deadlines.sweep(time.time())
+        await asyncio.sleep(DEADLINE_SWEEP_S)
+
+    async def _admit(self, record: ImageRecord | None) -> bool:
+        """``runnable``, and the engine's side of deadlines: an image past its deadline is
+        canceled (code ``deadline``) instead of being worked on."""
+        if not runnable(record):
+            return False
+        if expired(record):  # type: ignore[arg-type]
+            await self.store.images.cancel(record.id, error=DEADLINE_ERROR)  # type: ignore[union-attr]
+            return False
+        return True
 
     async def _run_online(self, queued: QueuedJob) -> None:
         self.metrics.claimed(QueueName.ONLINE, queued.org)
@@ -188,7 +217,7 @@ class Processor:
         record = await self.store.images.get(image_id)
         if record is None:
             return
-        if runnable(record) and record.error is None:
+        if await self._admit(record) and record.error is None:
             queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
             pending = [name for name in models if name in queued]
             if pending:
@@ -242,7 +271,7 @@ class Processor:
         limiter = self.limits.models.get(name)
         async with limiter.hold(org) if limiter else contextlib.nullcontext():
             current = await self.store.images.get(image_id)
-            if not runnable(current) or current.models[name].status is not ModelStatus.QUEUED:  # type: ignore[union-attr]
+            if not await self._admit(current) or current.models[name].status is not ModelStatus.QUEUED:  # type: ignore[union-attr]
                 return
             timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
             try:
