@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import ray
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, TaskCancelledError
 from ray.remote_function import RemoteFunction
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -63,6 +63,7 @@ MODEL_ATTEMPTS = 4
 MODEL_RETRY_BACKOFF_S = 0.25
 RETRYABLE_MODEL_ERRORS = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
 DEADLINE_SWEEP_S = 0.25  # how late past its deadline a queued image may be canceled and announced
+BULK_CANCEL_POLL_S = 0.5  # how often a bulk run's group is checked for a cancel
 
 
 def model_specs(settings: Settings) -> dict[str, ModelSpec]:
@@ -186,14 +187,27 @@ class Processor:
     async def _run_bulk(self, queued: QueuedJob) -> None:
         """A large group: hand it to the Ray Data pipeline; the intake's heartbeat renews the
         lease while the run lives. With no pipeline deployed the images run here, one job's
-        worth of the online stages each."""
+        worth of the online stages each.
+
+        A canceled group's run is cancelled (``ray.cancel``: its Ray Data execution shuts down
+        with it), so it stops even before its first batch, when the run's own check between
+        batches (``pipelines.group_run``) has nothing to see yet."""
         self.metrics.claimed(QueueName.BULK, queued.org)
         job = Job.from_payload(queued.payload)
         if self.bulk is None:
             await asyncio.gather(*(self.process_image(queued.org, image_id, job.models) for image_id in job.image_ids))
             return
         ref = self.bulk.remote(self.settings, job.group_id, list(job.image_ids), models=job.models)
-        await asyncio.wrap_future(ref.future())
+        run = asyncio.wrap_future(ref.future())
+        while not (await asyncio.wait({run}, timeout=BULK_CANCEL_POLL_S))[0]:
+            if await self.store.groups.canceled(job.group_id):
+                log.info("group %s canceled: cancelling its bulk run", job.group_id,
+                         extra={"org": queued.org, "group_id": job.group_id})
+                ray.cancel(ref)
+                with contextlib.suppress(TaskCancelledError):
+                    await run
+                return
+        run.result()
 
     async def _exhausted(self, queued: QueuedJob) -> None:
         """A job that used up its attempts: each of its images not yet terminal fails with its own

@@ -9,17 +9,15 @@ or decoded), then ``finalize``, which moves the group's counts and aggregates an
 webhook in the outbox (whose wake token the notifier waits on: nothing here calls it).
 
 Writes are idempotent and ``finalize`` announces each state once, so running a group twice (a
-retried task, a reclaimed job) is harmless. A canceled group (``GroupStore.cancel``) stops its
-run between batches: the stream is closed, which shuts the Ray Data execution down, and what
-was already written is kept (later writes to canceled images are dropped by the store).
-Launch it off the caller's event loop as a Ray task:
+retried task, a reclaimed job) is harmless. A canceled group's run is cancelled by the processor
+that launched it (``ray.cancel``), which shuts its Ray Data execution down; what was written is
+kept, and a write that races the cancel is dropped by the store (the image is final). Launch it off the caller's event loop as a Ray task:
 ``process_group_remote.remote(settings, group_id, image_ids)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Iterable, Sequence
@@ -150,13 +148,9 @@ def process_group(
             specs = [registry[name] for name in needed if name in registry]
             available = {spec.name for spec in specs}
             processed = 0
-            with contextlib.closing(_stream(todo, specs, settings, options)) as batches:
-                for table in batches:
-                    runner.run(_write_batch(store, group_id, table, todo, available))
-                    processed += table.num_rows
-                    if runner.run(store.groups.canceled(group_id)):
-                        log.info("group %s canceled: the run stops after %d images", group_id, processed)
-                        break
+            for table in _stream(todo, specs, settings, options):
+                runner.run(_write_batch(store, group_id, table, todo, available))
+                processed += table.num_rows
             return processed
         finally:
             runner.run(store.close())
