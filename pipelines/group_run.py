@@ -11,7 +11,8 @@ webhook in the outbox (whose wake token the notifier waits on: nothing here call
 Writes are idempotent and ``finalize`` announces each state once, so running a group twice (a
 retried task, a reclaimed job) is harmless. A canceled group's run is cancelled by the processor
 that launched it (``ray.cancel``), which shuts its Ray Data execution down; what was written is
-kept, and a write that races the cancel is dropped by the store (the image is final). Launch it off the caller's event loop as a Ray task:
+kept, and a write that races the cancel is dropped by the store (the image is final).
+Launch it off the caller's event loop as a Ray task:
 ``process_group_remote.remote(settings, group_id, image_ids)``.
 """
 
