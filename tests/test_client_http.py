@@ -160,6 +160,19 @@ async def test_cancel_and_webhook_calls_use_their_paths(api: Either, server: Web
     assert all("idempotency-key" in r.headers for i, r in enumerate(server.received) if i != 1)
 
 
+async def test_group_cancel_and_retry_use_their_paths(api: Either, server: WebhookReceiver) -> None:
+    group = {**IMAGE, "id": "grp_1", "object": "group", "models": ["m"], "counts": {"total": 2, "canceled": 2},
+             "status": "canceled"}
+    server.script = [answer(group), answer({**group, "status": "processing"}, 202),
+                     answer({"type": "about:blank", "title": "Nothing to retry", "status": 409}, 409)]
+    assert (await api("cancel_group", "grp_1")).status is sw.Status.CANCELED
+    assert (await api("retry_group", "grp_1")).status is sw.Status.PROCESSING
+    with pytest.raises(sw.Conflict) as refused:
+        await api("retry_group", "grp_1")
+    assert refused.value.status == 409
+    assert [r.path for r in server.received] == ["/v1/groups/grp_1/cancel"] + ["/v1/groups/grp_1/retry"] * 2
+
+
 def test_a_missing_api_key_is_refused_early(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SIGHTWIRE_API_KEY", raising=False)
     with pytest.raises(ValueError, match="SIGHTWIRE_API_KEY"):

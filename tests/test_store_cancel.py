@@ -174,3 +174,12 @@ async def test_retry_reruns_only_failures(store: Store, org: str) -> None:
         (EventType.GROUP_COMPLETED, "partial"), (EventType.GROUP_UPDATED, "complete")]
     with pytest.raises(RetryRefused):  # nothing failed any more
         await store.groups.retry(created.id, org)
+
+
+async def test_models_added_to_a_canceled_group_skip_its_canceled_images(store: Store, org: str) -> None:
+    created = await store.groups.create(org, group(2))
+    canceled = await store.groups.cancel(created.id, org)
+    grown, _ = await store.groups.add_models(created.id, org, ["c"])
+    assert grown.counts == canceled.counts and grown.status is ImageStatus.CANCELED
+    records = await store.images.get_many(await store.groups.image_ids(created.id))
+    assert all("c" not in r.models for r in records)

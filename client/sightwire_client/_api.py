@@ -232,6 +232,12 @@ class Operations:
     def cancel_group(self, group_id: str, *, idempotency_key: str | None = None) -> Operation[Group]:
         return self._post(Group, _path("groups", group_id, "cancel"), None, idempotency_key)
 
+    @endpoint
+    def retry_group(self, group_id: str, *, idempotency_key: str | None = None) -> Operation[Group]:
+        """Run the group's failures again (failed images, failed models of partial ones); 409 while
+        it runs or when nothing failed."""
+        return self._post(Group, _path("groups", group_id, "retry"), None, idempotency_key)
+
     # --- waiting ------------------------------------------------------------------------------
 
     @endpoint

@@ -136,7 +136,10 @@ class ImageStore:
         """Queue the ``models`` the image lacks (in the caller's transaction); returns them.
 
         A counted group image goes back to pending until the new models finish; a ``deadline``
-        replaces the image's (the caller puts it on the sweep)."""
+        replaces the image's (the caller puts it on the sweep). A canceled image is final: nothing
+        is queued on it."""
+        if fields.get("canceled") == "1":
+            return []
         current = json.loads(fields["models"])
         added = [m for m in models if m not in current]
         if not added:
