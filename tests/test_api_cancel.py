@@ -9,13 +9,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from core.schemas import ErrorCode, ImageCreate, ImageStatus, ModelStatus
 from core.store import Store
 from core.store.jobs import QueueName
+from core.tokens import new_id
+from deployments.processor import Processor
+from serve_app.stack import LocalStack
 from tests.conftest import png_bytes
+from tests.support.engine import model_handles
 from tests.support.servers import ImageHost, WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -191,6 +197,33 @@ async def test_deadline_cancels_in_time_with_its_code(
     data = json.loads(hit.body)["data"]
     assert data["status"] == "canceled" and data["error"]["code"] == "deadline"
     assert data["models"]["object_detection"]["status"] == "queued"
+
+
+async def test_engine_cancels_at_the_deadline_before_starting_or_calling_a_model(
+    stack: LocalStack, org: str, host: CountingHost
+) -> None:
+    """The engine's own check, with no sweep running (a processor of this test's key prefix,
+    not started): past its deadline an image is canceled instead of fetched, or, when the
+    deadline passes while it downloads, before its model is called."""
+    settings = stack.settings.model_copy(update={"key_prefix": new_id("swdl")})
+    store = Store.from_settings(settings)
+    processor = Processor(settings, model_handles(*MODELS))
+    try:
+        late = await store.images.create(org, ImageCreate(url=host.put("/dl/a.png", png_bytes(seed=81)),
+                                                          models=MODELS, deadline=0.2))
+        slow = await store.images.create(org, ImageCreate(url=host.put("/dl/b.png", png_bytes(seed=82), delay_s=1.0),
+                                                          models=MODELS, deadline=0.5))
+        await asyncio.sleep(0.3)
+        await processor.process_image(org, late.id, MODELS)
+        await processor.process_image(org, slow.id, MODELS)
+        for record, fetches in ((late, 0), (slow, 1)):
+            stored = await store.images.get(record.id)
+            assert stored.status is ImageStatus.CANCELED and stored.error.code is ErrorCode.DEADLINE
+            assert stored.models["object_detection"].status is ModelStatus.QUEUED
+            assert host.hits[urlsplit(record.url).path] == fetches
+    finally:
+        await processor.stop()
+        await store.close()
 
 
 @pytest.mark.parametrize("deadline", [-5, 0, 10**9, "2020-01-01T00:00:00Z", "2030-01-01T00:00:00", "soon", True])

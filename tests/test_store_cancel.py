@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -18,7 +19,9 @@ from core.schemas import (
     ImageStatus,
     ModelResult,
     ModelStatus,
+    utcnow,
 )
+from core.settings import Settings
 from core.store import Store
 from core.store.groups import RetryRefused
 from core.store.jobs import QueueName
@@ -183,3 +186,45 @@ async def test_models_added_to_a_canceled_group_skip_its_canceled_images(store: 
     assert grown.counts == canceled.counts and grown.status is ImageStatus.CANCELED
     records = await store.images.get_many(await store.groups.image_ids(created.id))
     assert all("c" not in r.models for r in records)
+
+
+async def test_deadlines_of_growth_and_models_requests(store: Store, org: str) -> None:
+    created = await store.groups.create(org, group(1))
+    grown = await store.groups.add_images(created.id, org, [GroupImage(url="http://example.com/new.png")],
+                                          deadline=_soon())
+    added = grown.image_ids[-1]
+    assert (await store.images.get(added)).deadline is not None
+    assert (await store.images.get(grown.image_ids[0])).deadline is None  # growth's deadline is the new images'
+    single = await store.images.create(org, image())
+    record, _ = await store.images.add_models(single.id, org, ["c"], deadline=_soon())
+    assert record.deadline is not None
+    await store.groups.add_models(created.id, org, ["c"], deadline=_soon())
+    assert (await store.groups.get(created.id, org)).deadline is not None
+    await asyncio.sleep(0.2)
+    due = set(await store.deadlines.due(time.time()))
+    assert {added, single.id, created.id} <= due
+
+
+def _soon() -> datetime:
+    return utcnow() + timedelta(seconds=0.1)
+
+
+async def test_retry_of_a_bulk_group_queues_one_bulk_job_of_its_failures(settings: Settings, org: str) -> None:
+    store = Store.from_settings(settings.model_copy(update={"bulk_threshold": 2}))
+    try:
+        created = await store.groups.create(org, group(3))
+        ok, failed, broken = await store.groups.image_ids(created.id)
+        for image_id, result in ((ok, DONE), (failed, FAILED)):
+            for name in ("a", "b"):
+                await store.images.write_model_result(image_id, name, result)
+            await store.images.finalize(image_id)
+        await store.images.write_image_error(broken, ErrorInfo(code=ErrorCode.FETCH_FAILED, message="x"))
+        await store.images.finalize(broken)
+        jobs = store.keys.job_queue(QueueName.BULK)
+        before = await store.redis.llen(jobs.org_queue(org))
+        await store.groups.retry(created.id, org)
+        [job_id] = await store.redis.lrange(jobs.org_queue(org), before, -1)
+        payload = json.loads(await store.redis.hget(jobs.job(job_id.decode()), "payload"))
+        assert payload == {"group": created.id, "images": [failed, broken], "models": ["a", "b"]}
+    finally:
+        await store.close()
