@@ -14,9 +14,9 @@ from core.keys import Keys
 from core.schemas import ErrorCode, ErrorInfo
 from core.store.groups import GroupStore
 from core.store.images import ImageStore
+from core.store.records import GROUP_ID_PREFIX
 
 DEADLINE_ERROR = ErrorInfo(code=ErrorCode.DEADLINE, message="the deadline passed before the work was done")
-GROUP_PREFIX = "grp_"
 
 
 class Deadlines:
@@ -34,7 +34,7 @@ class Deadlines:
     async def expire(self, resource_id: str) -> None:
         """Cancel what is left of an image or group with code ``deadline`` (a finished one is
         left as it is), then take it off the sweep. Safe to repeat on any replica."""
-        if resource_id.startswith(GROUP_PREFIX):
+        if resource_id.startswith(GROUP_ID_PREFIX + "_"):
             await self._groups.cancel(resource_id, error=DEADLINE_ERROR)
         else:
             await self._images.cancel(resource_id, error=DEADLINE_ERROR)

@@ -264,7 +264,8 @@ class GroupStore:
 
     async def cancel(self, group_id: str, org: str | None = None, error: ErrorInfo | None = None) -> GroupRecord | None:
         """Cancel every unfinished image of a group (``ImageStore.cancel``: results so far are
-        kept) and mark the group canceled, which stops its bulk run between batches. The group
+        kept) and mark the group canceled, which the processor running its bulk job watches for
+        (it cancels the Ray Data run). The group
         then announces its final state once: ``canceled``, or ``partial`` with ``counts.canceled``
         when some images had finished. A finished group is answered as it is."""
         key = self._keys.group(group_id)

@@ -23,6 +23,7 @@ from core.tokens import new_id
 from core.wire_json import dumps, stored_json
 
 MODEL_FIELD = "m:"
+GROUP_ID_PREFIX = "grp"  # a group id is ``grp_…``, an image id ``img_…``
 
 
 def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -133,7 +134,7 @@ def new_group_fields(
         "created_at": now,
         "updated_at": now,
     }
-    return new_id("grp"), fields
+    return new_id(GROUP_ID_PREFIX), fields
 
 
 def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) -> GroupRecord:
