@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -12,12 +12,14 @@ from core.store.groups import GroupFull, RetryRefused
 from core.store.ratelimit import LimitKind
 from serve_app.auth import Org, charge
 from serve_app.context import ApiContext, context
-from serve_app.problems import Problem, invalid, not_found, problem_responses
+from serve_app.problems import Problem, invalid, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 log = logging.getLogger("sightwire.api")
 router = APIRouter(prefix="/v1/groups", tags=["groups"])
 Ctx = Annotated[ApiContext, Depends(context)]
+RETRY_REFUSED: dict[int | str, dict[str, Any]] = {
+    409: {"description": "Nothing to retry: the group is still running, or none of its images failed"}}
 
 
 def check_images(ctx: ApiContext, images: list[GroupImage], already: int = 0) -> None:
@@ -82,7 +84,7 @@ async def add_models(group_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> Grou
     return outcome[0]
 
 
-@router.post("/{group_id}/cancel", response_model=GroupRecord, responses=problem_responses(404))
+@router.post("/{group_id}/cancel", response_model=GroupRecord)
 async def cancel_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
     """Cancel every unfinished image (a bulk run stops between batches); results so far are
     kept. The group's webhook fires once with its final state: ``canceled``, or ``partial``
@@ -93,7 +95,7 @@ async def cancel_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
     return record
 
 
-@router.post("/{group_id}/retry", status_code=202, response_model=GroupRecord, responses=problem_responses(404, 409))
+@router.post("/{group_id}/retry", status_code=202, response_model=GroupRecord, responses=RETRY_REFUSED)
 async def retry_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
     """Run again only what failed (failed images, failed models of partial ones); the group
     re-opens and its webhook fires again when it finishes. 409 while it runs or when nothing

@@ -142,7 +142,7 @@ async def add_models(image_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> Imag
     return outcome[0]
 
 
-@router.post("/{image_id}/cancel", response_model=ImageRecord, responses=problem_responses(404))
+@router.post("/{image_id}/cancel", response_model=ImageRecord)
 async def cancel_image(image_id: str, org: Org, ctx: Ctx) -> ImageRecord:
     """Cancel an image: queued work never starts, running work stops before its next model,
     results already written are kept; the webhook fires once with the ``canceled`` record. An
