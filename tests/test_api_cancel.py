@@ -134,21 +134,19 @@ async def test_cancel_group_counts_partial(
     assert again["sequence"] == canceled["sequence"] and again["counts"] == canceled["counts"]
 
 
-async def bulk_run_held(store: Store, group_id: str) -> bool:
+async def bulk_run_held(store: Store, org: str, group_id: str) -> bool:
     """Whether a bulk job of the group is queued or leased (its Ray Data run not ended)."""
     keys = store.keys.job_queue(QueueName.BULK)
-    job_ids = [j.decode() for j in await store.redis.zrange(keys.leases, 0, -1)]
-    for org_queue in await store.redis.keys(keys.org_queue("*")):
-        job_ids += [j.decode() for j in await store.redis.lrange(org_queue, 0, -1)]
+    job_ids = await store.redis.zrange(keys.leases, 0, -1) + await store.redis.lrange(keys.org_queue(org), 0, -1)
     for job_id in job_ids:
-        payload = await store.redis.hget(keys.job(job_id), "payload")
+        payload = await store.redis.hget(keys.job(job_id.decode()), "payload")
         if payload and json.loads(payload).get("group") == group_id:
             return True
     return False
 
 
 async def test_cancel_bulk_group_stops_its_run(
-    api: httpx.AsyncClient, api_key: str, host: CountingHost, stack_store: Store
+    api: httpx.AsyncClient, api_key: str, org: str, host: CountingHost, stack_store: Store
 ) -> None:
     """Canceled while its Ray Data run downloads: the run ends long before it fetched every image."""
     total = 400
@@ -159,9 +157,8 @@ async def test_cancel_bulk_group_stops_its_run(
     await until(lambda: sum(host.hits.values()) >= 16, timeout_s=90)  # the run is under way
     canceled = (await api.post(f"{path}/cancel", headers=auth(api_key))).json()
     assert canceled["counts"]["pending"] == 0 and canceled["counts"]["canceled"] > 0
-    await until(lambda: _ended(stack_store, group["id"]), timeout_s=30)
+    await until(lambda: ended(stack_store, org, group["id"]), timeout_s=30)
     fetched = await quiet(host)
-    print("fetched", fetched, "of", total, "at cancel", canceled["counts"])
     assert fetched < total / 2  # the run fetches nothing more: it ended early
     final = (await api.get(path, headers=auth(api_key))).json()
     assert final["counts"] == canceled["counts"] and final["status"] in ("canceled", "partial")
@@ -179,8 +176,8 @@ async def quiet(host: CountingHost, still_s: float = 1.5, timeout_s: float = 20.
     raise AssertionError(f"still fetching after {timeout_s}s: {seen} fetches")
 
 
-async def _ended(store: Store, group_id: str) -> bool:
-    return not await bulk_run_held(store, group_id)
+async def ended(store: Store, org: str, group_id: str) -> bool:
+    return not await bulk_run_held(store, org, group_id)
 
 
 async def test_deadline_cancels_in_time_with_its_code(
