@@ -98,8 +98,13 @@ async def test_cancel_running_image_stops_before_its_model(
 async def test_cancel_queued_and_finished_images(api: httpx.AsyncClient, api_key: str, host: CountingHost) -> None:
     url = host.put("/q.png", png_bytes(seed=71), delay_s=1.0)
     queued = (await api.post("/v1/images", json={"url": url, "models": MODELS}, headers=auth(api_key))).json()
-    canceled = (await api.post(f"/v1/images/{queued['id']}/cancel", headers=auth(api_key))).json()
-    assert canceled["status"] == "canceled"
+    keyed = {**auth(api_key), "Idempotency-Key": f"cancel-{queued['id']}"}
+    first = await api.post(f"/v1/images/{queued['id']}/cancel", headers=keyed)
+    canceled = first.json()
+    assert first.status_code == 200 and canceled["status"] == "canceled"
+    assert canceled["models"]["object_detection"]["status"] == "queued"
+    replayed = await api.post(f"/v1/images/{queued['id']}/cancel", headers=keyed)
+    assert replayed.headers.get("idempotent-replayed") == "true" and replayed.json() == canceled
 
     done = await api.post("/v1/images", json={"url": host.put("/ok.png", png_bytes(seed=72)), "models": MODELS},
                           headers={**auth(api_key), "Prefer": "wait=30"})
