@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import ray
 from ray import serve
-from ray.exceptions import RayActorError, TaskCancelledError
+from ray.exceptions import RayActorError, TaskCancelledError, WorkerCrashedError
 from ray.remote_function import RemoteFunction
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -189,9 +189,9 @@ class Processor:
         lease while the run lives. With no pipeline deployed the images run here, one job's
         worth of the online stages each.
 
-        A canceled group's run is cancelled (``ray.cancel``: its Ray Data execution shuts down
-        with it), so it stops even before its first batch, when the run's own check between
-        batches (``pipelines.group_run``) has nothing to see yet."""
+        A canceled group's run is cancelled (``ray.cancel``, forced: its worker exits and the
+        Ray Data actors it owns go with it), so it stops whenever the cancel comes, even before
+        its first batch; every write it made is atomic and a canceled image takes no more."""
         self.metrics.claimed(QueueName.BULK, queued.org)
         job = Job.from_payload(queued.payload)
         if self.bulk is None:
@@ -203,8 +203,10 @@ class Processor:
             if await self.store.groups.canceled(job.group_id):
                 log.info("group %s canceled: cancelling its bulk run", job.group_id,
                          extra={"org": queued.org, "group_id": job.group_id})
-                ray.cancel(ref)
-                with contextlib.suppress(TaskCancelledError):
+                # force: the run's worker exits, and with it the Ray Data actors it owns (a
+                # KeyboardInterrupt alone can leave the streaming executor's thread fetching).
+                ray.cancel(ref, force=True)
+                with contextlib.suppress(TaskCancelledError, WorkerCrashedError):
                     await run
                 return
         run.result()
