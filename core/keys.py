@@ -78,6 +78,11 @@ class Keys:
     def images_finished(self) -> str:
         return f"{self.prefix}:images:finished"
 
+    @property
+    def deadlines(self) -> str:
+        """ZSET image or group id -> its deadline (Unix s), swept by the processors."""
+        return f"{self.prefix}:deadlines"
+
     def org_secrets(self, org: str) -> str:
         return f"{self.prefix}:org:{org}:secrets"
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from core.deadline import Deadline
 from core.wire_json import JsonObject, Text
 
 
@@ -76,6 +77,7 @@ class ErrorCode(StrEnum):
     MODEL_FAILED = "model_failed"
     MODEL_TIMEOUT = "model_timeout"
     ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # the job failed max_job_attempts times: a dead letter
+    DEADLINE = "deadline"  # the submission's deadline passed first: canceled, results so far kept
 
 
 def _dedupe(names: list[str]) -> list[str]:
@@ -112,7 +114,6 @@ def events_of(resource: str, allowed: tuple[EventType, ...]) -> Any:
 ImageEvents = events_of("an image", IMAGE_EVENTS)
 GroupEvents = events_of("a group", GROUP_EVENTS)
 
-
 class ErrorInfo(Wire):
     code: ErrorCode
     message: str
@@ -129,6 +130,7 @@ class Submission(Wire):
     webhook_url: Text | None = None
     metadata: JsonObject | None = None
     external_id: Text | None = Field(default=None, max_length=256)
+    deadline: Deadline | None = None
 
 
 class ImageCreate(Submission):
@@ -164,6 +166,7 @@ class ImageRecord(Wire):
     width: int | None = None
     height: int | None = None
     group_id: str | None = None
+    deadline: datetime | None = None
     sequence: int
     created_at: datetime
     updated_at: datetime
@@ -194,6 +197,7 @@ class ModelsAdd(Wire):
     model_config = ConfigDict(extra="forbid")
 
     models: ModelNames
+    deadline: Deadline | None = None
 
 
 class GroupImage(Wire):
@@ -212,6 +216,7 @@ class GroupImagesAdd(Wire):
     model_config = ConfigDict(extra="forbid")
 
     images: list[GroupImage] = Field(min_length=1)
+    deadline: Deadline | None = None
 
 
 class GroupCreate(Submission, GroupImagesAdd):
@@ -272,6 +277,7 @@ class GroupRecord(Wire):
     webhook_url: str | None = None
     webhook_events: list[EventType] | None = None
     bulk: bool = False
+    deadline: datetime | None = None
     image_ids: list[str] | None = None
     images: list[ImageSummary] | None = None
     sequence: int
@@ -279,15 +285,16 @@ class GroupRecord(Wire):
     updated_at: datetime
 
 
-def group_status(counts: GroupCounts, *, started: bool, canceled: bool) -> ImageStatus:
-    """A group's status from its counts, by the same rules as an image's from its models."""
-    if canceled:
-        return ImageStatus.CANCELED
+def group_status(counts: GroupCounts, *, started: bool) -> ImageStatus:
+    """A group's status from its counts, by the same rules as an image's from its models: a
+    canceled group is ``canceled`` only when every image was canceled, else ``partial``."""
     if counts.pending > 0:
         done = counts.total - counts.pending
         return ImageStatus.PROCESSING if started or done > 0 else ImageStatus.QUEUED
     if counts.total and counts.failed == counts.total:
         return ImageStatus.FAILED
+    if counts.total and counts.canceled == counts.total:
+        return ImageStatus.CANCELED
     if counts.failed or counts.partial or counts.canceled:
         return ImageStatus.PARTIAL
     return ImageStatus.COMPLETE

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 
 import ray
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, TaskCancelledError, WorkerCrashedError
 from ray.remote_function import RemoteFunction
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -45,6 +46,7 @@ from core.registry import ModelSpec, decode_min_side, load_registry
 from core.schemas import ErrorCode, ErrorInfo, ImageRecord, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.store import Job, Store
+from core.store.deadlines import DEADLINE_ERROR
 from core.store.fair_queue import QueuedJob
 from core.store.jobs import QueueName
 from core.supervise import stop_steps, supervise
@@ -60,6 +62,8 @@ log = logging.getLogger("sightwire.processor")
 MODEL_ATTEMPTS = 4
 MODEL_RETRY_BACKOFF_S = 0.25
 RETRYABLE_MODEL_ERRORS = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+DEADLINE_SWEEP_S = 0.25  # how late past its deadline a queued image may be canceled and announced
+BULK_CANCEL_POLL_S = 0.5  # how often a bulk run's group is checked for a cancel
 
 
 def model_specs(settings: Settings) -> dict[str, ModelSpec]:
@@ -81,6 +85,11 @@ def runnable(record: ImageRecord | None) -> bool:
     return record is not None and not record.status.is_terminal
 
 
+def expired(record: ImageRecord) -> bool:
+    """Whether the image's deadline has passed (the work left is canceled, not started)."""
+    return record.deadline is not None and record.deadline <= utcnow()
+
+
 class Processor:
     """The engine of one replica, independent of Serve so it can be run and tested directly."""
 
@@ -100,7 +109,7 @@ class Processor:
         self.clients = model_clients(self.specs, models)
         self.store = Store.from_settings(settings)
         self.metrics = EngineMetrics()
-        self._metrics_loop: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self.fetcher = ImageFetcher.from_settings(settings)
         self.limits = StageLimits.build(settings, {n: s for n, s in self.specs.items() if n in models})
         self._decoders = ThreadPoolExecutor(decode_threads(settings), thread_name_prefix="sightwire-decode")
@@ -119,12 +128,17 @@ class Processor:
     def start(self) -> None:
         for intake in self.intakes.values():
             intake.start()
-        self._metrics_loop = asyncio.get_running_loop().create_task(
-            supervise("processor metrics", self._report, expected=EXPECTED, logger=log), name="processor-metrics")
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(supervise("processor metrics", self._report, expected=EXPECTED, logger=log),
+                             name="processor-metrics"),
+            loop.create_task(supervise("processor deadlines", self._sweep_deadlines, expected=EXPECTED, logger=log),
+                             name="processor-deadlines"),
+        ]
 
     async def stop(self) -> None:
         """Stop claiming and give back what is held (another replica takes it at once)."""
-        loops = [self._metrics_loop] if self._metrics_loop is not None else []
+        loops = self._loops
         for loop in loops:
             loop.cancel()
         await stop_steps("processor", [
@@ -138,6 +152,22 @@ class Processor:
         await self.metrics.refresh(self.store.jobs, {name: len(i.held) for name, i in self.intakes.items()})
         await asyncio.sleep(REFRESH_S)
 
+    async def _sweep_deadlines(self) -> None:
+        """Cancel what passed its deadline, queued or not (every replica sweeps; expiring is
+        idempotent), so a deadline is announced on time even when nothing is processing."""
+        await self.store.deadlines.sweep(time.time())
+        await asyncio.sleep(DEADLINE_SWEEP_S)
+
+    async def _admit(self, record: ImageRecord | None) -> bool:
+        """``runnable``, and the engine's side of deadlines: an image past its deadline is
+        canceled (code ``deadline``) instead of being worked on."""
+        if not runnable(record):
+            return False
+        if expired(record):  # type: ignore[arg-type]
+            await self.store.images.cancel(record.id, error=DEADLINE_ERROR)  # type: ignore[union-attr]
+            return False
+        return True
+
     async def _run_online(self, queued: QueuedJob) -> None:
         self.metrics.claimed(QueueName.ONLINE, queued.org)
         job = Job.from_payload(queued.payload)
@@ -146,14 +176,29 @@ class Processor:
     async def _run_bulk(self, queued: QueuedJob) -> None:
         """A large group: hand it to the Ray Data pipeline; the intake's heartbeat renews the
         lease while the run lives. With no pipeline deployed the images run here, one job's
-        worth of the online stages each."""
+        worth of the online stages each.
+
+        A canceled group's run is cancelled (``ray.cancel``, forced: its worker exits and the
+        Ray Data actors it owns go with it), so it stops whenever the cancel comes, even before
+        its first batch; every write it made is atomic and a canceled image takes no more."""
         self.metrics.claimed(QueueName.BULK, queued.org)
         job = Job.from_payload(queued.payload)
         if self.bulk is None:
             await asyncio.gather(*(self.process_image(queued.org, image_id, job.models) for image_id in job.image_ids))
             return
         ref = self.bulk.remote(self.settings, job.group_id, list(job.image_ids), models=job.models)
-        await asyncio.wrap_future(ref.future())
+        run = asyncio.wrap_future(ref.future())
+        while not (await asyncio.wait({run}, timeout=BULK_CANCEL_POLL_S))[0]:
+            if await self.store.groups.canceled(job.group_id):
+                log.info("group %s canceled: cancelling its bulk run", job.group_id,
+                         extra={"org": queued.org, "group_id": job.group_id})
+                # force: the run's worker exits, and with it the Ray Data actors it owns (a
+                # KeyboardInterrupt alone can leave the streaming executor's thread fetching).
+                ray.cancel(ref, force=True)
+                with contextlib.suppress(TaskCancelledError, WorkerCrashedError):
+                    await run
+                return
+        run.result()
 
     async def _exhausted(self, queued: QueuedJob) -> None:
         """A job that used up its attempts: each of its images not yet terminal fails with its own
@@ -177,7 +222,7 @@ class Processor:
         record = await self.store.images.get(image_id)
         if record is None:
             return
-        if runnable(record) and record.error is None:
+        if await self._admit(record) and record.error is None:
             queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
             pending = [name for name in models if name in queued]
             if pending:
@@ -231,7 +276,7 @@ class Processor:
         limiter = self.limits.models.get(name)
         async with limiter.hold(org) if limiter else contextlib.nullcontext():
             current = await self.store.images.get(image_id)
-            if not runnable(current) or current.models[name].status is not ModelStatus.QUEUED:  # type: ignore[union-attr]
+            if not await self._admit(current) or current.models[name].status is not ModelStatus.QUEUED:  # type: ignore[union-attr]
                 return
             timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
             try:

@@ -9,7 +9,10 @@ or decoded), then ``finalize``, which moves the group's counts and aggregates an
 webhook in the outbox (whose wake token the notifier waits on: nothing here calls it).
 
 Writes are idempotent and ``finalize`` announces each state once, so running a group twice (a
-retried task, a reclaimed job) is harmless. Launch it off the caller's event loop as a Ray task:
+retried task, a reclaimed job) is harmless. A canceled group's run is cancelled by the processor
+that launched it (a forced ``ray.cancel``: the Ray Data actors it owns exit with it); what was written is
+kept, and a write that races the cancel is dropped by the store (the image is final).
+Launch it off the caller's event loop as a Ray task:
 ``process_group_remote.remote(settings, group_id, image_ids)``.
 """
 

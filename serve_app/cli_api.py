@@ -70,7 +70,7 @@ def _command(group: argparse._SubParsersAction, name: str, help_: str, call: Cal
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """``images submit/get/wait``, ``groups submit/status``, ``deliveries list/retry``,
+    """``images submit/get/wait/cancel``, ``groups submit/status/cancel/retry``, ``deliveries list/retry``,
     ``endpoints show/enable``, ``secret rotate``."""
     images = subcommands(commands, "images", "submit and read images")
     submit = _command(images, "submit", "queue an image URL",
@@ -82,6 +82,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     wait = _command(images, "wait", "wait until the image is finished", lambda c, a: c.wait(a.id, timeout=a.timeout))
     wait.add_argument("id")
     wait.add_argument("--timeout", type=float, default=300.0)
+    _command(images, "cancel", "stop an image's work not yet done (results so far are kept)",
+             lambda c, a: c.cancel_image(a.id)).add_argument("id")
 
     groups = subcommands(commands, "groups", "submit and follow groups")
     gsubmit = _command(groups, "submit", "queue a group of image URLs",
@@ -91,6 +93,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     gsubmit.add_argument("--webhook-url")
     status = _command(groups, "status", "a group's record (counts, aggregates)", lambda c, a: c.get_group(a.id))
     status.add_argument("id")
+    _command(groups, "cancel", "stop a group's work not yet done (results so far are kept)",
+             lambda c, a: c.cancel_group(a.id)).add_argument("id")
+    _command(groups, "retry", "run a finished group's failures again",
+             lambda c, a: c.retry_group(a.id)).add_argument("id")
 
     deliveries = subcommands(commands, "deliveries", "webhook deliveries")
     listing = _command(deliveries, "list", "an image's or group's deliveries, newest first",

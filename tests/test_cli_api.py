@@ -35,6 +35,10 @@ async def test_images_and_groups_commands(stack: LocalStack, api_key: str, image
     group = run_json(capsys, "groups", "submit", url, url, "--models", "object_detection")
     assert group["counts"]["total"] == 2
     assert run_json(capsys, "groups", "status", group["id"])["id"] == group["id"]
+    assert run_json(capsys, "groups", "cancel", group["id"])["counts"]["pending"] == 0
+    assert main(["groups", "retry", group["id"]]) == 1  # nothing failed: 409
+    assert "nothing" in capsys.readouterr().err.lower()
+    assert run_json(capsys, "images", "cancel", submitted["id"])["sequence"] == finished["sequence"]  # a no-op
     assert run_json(capsys, "deliveries", "list", submitted["id"]) == []  # no webhookUrl: nothing sent
     assert main(["endpoints", "show", "http://127.0.0.1:9/never"]) == 1
     assert "never" in capsys.readouterr().err

@@ -9,7 +9,6 @@ import json
 import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 import sightwire_client as sw
@@ -149,17 +148,17 @@ async def test_rotation_and_test_events_verify_with_old_and_new_secrets(
         assert enabled.released == 0 and enabled.state is sw.EndpointState.CLOSED
 
 
-async def test_cancel_where_the_server_offers_it(
-    stack: LocalStack, api: httpx.AsyncClient, api_key: str, image_host: ImageHost
-) -> None:
-    """``POST /v1/{images,groups}/{id}/cancel`` comes with the API-contract issue; until the
-    server routes it, this test says so and skips (the client's request is tested on loopback)."""
-    paths = (await api.get("/openapi.json")).json()["paths"]
-    if not any(p.startswith("/v1/images/") and p.endswith("/cancel") for p in paths):
-        pytest.skip("this server has no POST /v1/images/{id}/cancel yet")
+async def test_cancel(stack: LocalStack, api_key: str, image_host: ImageHost) -> None:
+    """``POST /v1/images/{id}/cancel`` through the client: the record comes back canceled (or
+    finished, when the image was faster than the cancel) and is final."""
     async with sw.AsyncClient(api_key, base_url=stack.url) as client:
         url = image_host.put("/client/cancel.png", png_bytes(seed=60))
         image = await client.submit_image(url, ["object_detection"])
         canceled = await client.cancel_image(image.id)
         assert canceled.id == image.id and (canceled.status is sw.Status.CANCELED or canceled.is_finished)
         assert (await client.wait(canceled, timeout=60)).is_finished
+        again = await client.cancel_image(image.id)  # a no-op answering the final record
+        assert again.status is canceled.status and again.sequence == canceled.sequence
+        group = await client.submit_group([url, url], ["object_detection"])
+        stopped = await client.cancel_group(group.id)
+        assert stopped.is_finished and stopped.counts.pending == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -158,6 +159,28 @@ async def test_cancel_and_webhook_calls_use_their_paths(api: Either, server: Web
                      ("/v1/deliveries/dlv_1/retry", b""), ("/v1/endpoints/enable", b'{"url":"http://h/"}'),
                      ("/v1/webhook-secret/rotate", b'{"graceSeconds":60}')]
     assert all("idempotency-key" in r.headers for i, r in enumerate(server.received) if i != 1)
+
+
+async def test_group_cancel_and_retry_use_their_paths(api: Either, server: WebhookReceiver) -> None:
+    group = {**IMAGE, "id": "grp_1", "object": "group", "models": ["m"], "counts": {"total": 2, "canceled": 2},
+             "status": "canceled"}
+    server.script = [answer(group), answer({**group, "status": "processing"}, 202),
+                     answer({"type": "https://sightwire.dev/problems/nothing-to-retry", "title": "Nothing to retry",
+                             "status": 409}, 409)]
+    assert (await api("cancel_group", "grp_1")).status is sw.Status.CANCELED
+    assert (await api("retry_group", "grp_1")).status is sw.Status.PROCESSING
+    with pytest.raises(sw.NothingToRetry) as refused:
+        await api("retry_group", "grp_1")
+    assert refused.value.status == 409
+    assert [r.path for r in server.received] == ["/v1/groups/grp_1/cancel"] + ["/v1/groups/grp_1/retry"] * 2
+
+
+async def test_deadline_is_sent_as_seconds_or_rfc3339(api: Either, server: WebhookReceiver) -> None:
+    server.script = [answer(IMAGE, 202), answer(IMAGE, 202)]
+    await api("submit_image", "http://x/a.png", ["m"], deadline=30)
+    await api("submit_image", "http://x/a.png", ["m"], deadline=datetime(2026, 12, 2, 5, 0, tzinfo=UTC))
+    sent = [json.loads(r.body)["deadline"] for r in server.received]
+    assert sent == [30, "2026-12-02T05:00:00+00:00"]
 
 
 def test_a_missing_api_key_is_refused_early(monkeypatch: pytest.MonkeyPatch) -> None:

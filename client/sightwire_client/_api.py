@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 from urllib.parse import quote
 
@@ -102,6 +103,11 @@ def _body(**fields: Any) -> dict[str, Any]:
     return {to_camel(name): value for name, value in fields.items() if value is not None}
 
 
+def _deadline(deadline: float | datetime | None) -> float | str | None:
+    """Seconds from now as they are, a time as RFC 3339 (it must carry its offset)."""
+    return deadline.isoformat() if isinstance(deadline, datetime) else deadline
+
+
 def _events(events: Sequence[EventType | str] | None) -> list[str] | None:
     return None if events is None else [str(e) for e in events]
 
@@ -158,13 +164,15 @@ class Operations:
         webhook_events: Sequence[EventType | str] | None = None,
         metadata: dict[str, Any] | None = None,
         external_id: str | None = None,
+        deadline: float | datetime | None = None,
         wait: float | None = None,
         idempotency_key: str | None = None,
     ) -> Operation[Image]:
         """Queue an image (202). With ``wait`` (seconds) the server may hold the request until the
-        image is finished (``Prefer: wait``, at most 60 s); check ``is_finished``, or call ``wait``."""
+        image is finished (``Prefer: wait``, at most 60 s); check ``is_finished``, or call ``wait``.
+        Work not done by ``deadline`` (seconds from now, or a time) is canceled (code ``deadline``)."""
         body = _body(url=url, models=list(models), webhook_url=webhook_url, webhook_events=_events(webhook_events),
-                     metadata=metadata, external_id=external_id)
+                     metadata=metadata, external_id=external_id, deadline=_deadline(deadline))
         return self._post(Image, "/v1/images", body, idempotency_key, hold_s=wait or 0.0)
 
     @endpoint
@@ -207,11 +215,14 @@ class Operations:
         webhook_events: Sequence[EventType | str] | None = None,
         metadata: dict[str, Any] | None = None,
         external_id: str | None = None,
+        deadline: float | datetime | None = None,
         idempotency_key: str | None = None,
     ) -> Operation[Group]:
-        """Queue a group: image URLs (or ``NewImage``s with metadata), one set of models."""
+        """Queue a group: image URLs (or ``NewImage``s with metadata), one set of models; work not
+        done by ``deadline`` (seconds from now, or a time) is canceled (code ``deadline``)."""
         body = _body(images=_images(images), models=list(models), webhook_url=webhook_url,
-                     webhook_events=_events(webhook_events), metadata=metadata, external_id=external_id)
+                     webhook_events=_events(webhook_events), metadata=metadata, external_id=external_id,
+                     deadline=_deadline(deadline))
         return self._post(Group, "/v1/groups", body, idempotency_key)
 
     @endpoint
@@ -231,6 +242,12 @@ class Operations:
     @endpoint
     def cancel_group(self, group_id: str, *, idempotency_key: str | None = None) -> Operation[Group]:
         return self._post(Group, _path("groups", group_id, "cancel"), None, idempotency_key)
+
+    @endpoint
+    def retry_group(self, group_id: str, *, idempotency_key: str | None = None) -> Operation[Group]:
+        """Run the group's failures again (failed images, failed models of partial ones); 409 while
+        it runs or when nothing failed."""
+        return self._post(Group, _path("groups", group_id, "retry"), None, idempotency_key)
 
     # --- waiting ------------------------------------------------------------------------------
 

@@ -86,6 +86,10 @@ class ImageNotRunnable(Conflict):
     """409: the image failed to load or was canceled; submit it again."""
 
 
+class NothingToRetry(Conflict):
+    """409: the group is still running, or none of its images failed."""
+
+
 class PayloadTooLarge(APIError):
     """413: the request body is over the server's limit."""
 
@@ -141,6 +145,7 @@ PROBLEMS: dict[str | int, type[APIError]] = {
     "delivery-in-flight": DeliveryInFlight,
     "endpoint-disabled": EndpointDisabled,
     "image-not-runnable": ImageNotRunnable,
+    "nothing-to-retry": NothingToRetry,
     "payload-too-large": PayloadTooLarge,
     "validation-error": InvalidRequest,
     "rate-limited": RateLimited,

@@ -107,6 +107,7 @@ class Image(Resource):
     width: int | None = None
     height: int | None = None
     group_id: str | None = None
+    deadline: datetime | None = None  # when work not done is canceled (error code ``deadline``)
 
 
 class GroupCounts(Record):
@@ -151,6 +152,7 @@ class Group(Resource):
     counts: GroupCounts
     aggregates: GroupAggregates = Field(default_factory=GroupAggregates)
     bulk: bool = False
+    deadline: datetime | None = None
     image_ids: list[str] | None = None
     images: list[ImageSummary] | None = None
 

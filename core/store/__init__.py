@@ -16,6 +16,7 @@ from core.events import Events
 from core.keys import Keys
 from core.settings import Settings
 from core.store.accounts import Accounts
+from core.store.deadlines import Deadlines
 from core.store.groups import GroupStore
 from core.store.idempotency import IdempotencyStore
 from core.store.images import ImageStore
@@ -38,6 +39,7 @@ class Store:
         self.groups = GroupStore(
             redis, self.keys, self.jobs, self.images, ledger, settings.bulk_threshold, settings.max_group_images
         )
+        self.deadlines = Deadlines(redis, self.keys, self.images, self.groups)
         self.idempotency = IdempotencyStore(redis, self.keys, settings.idempotency_ttl_s)
         self.limits = RateLimiter(redis, self.keys, {LimitKind.REQUESTS: settings.rate_limit_requests_per_s,
                                                      LimitKind.IMAGES: settings.rate_limit_images_per_min})

@@ -6,13 +6,18 @@ transaction makes the group real: the group hash, its image list, the org's list
 job(s). A crash before that transaction leaves only unreachable hashes, never half a group.
 Groups at or above ``bulk_threshold`` get one bulk job (a Ray Data pipeline) instead of one
 job per image.
+
+Cancel and retry visit the group's images chunk by chunk, each chunk one watched transaction
+(``ImageStore.cancel_in`` / ``retry_in``), so each image changes and is announced atomically;
+the group is then settled once and announces its final state.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
@@ -20,11 +25,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from core.keys import Keys
-from core.schemas import GroupCreate, GroupImage, GroupRecord
+from core.schemas import ErrorInfo, GroupCreate, GroupImage, GroupRecord
 from core.store.images import ImageStore
 from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
-from core.store.records import decode, new_group_fields, new_image_fields
+from core.store.records import deadline_field, decode, group_record, new_group_fields, new_image_fields
 from core.store.transactions import watched
 
 CHUNK = 1_000
@@ -36,6 +41,10 @@ class GroupFull(ValueError):
 
     def __init__(self, limit: int, would_be: int) -> None:
         super().__init__(f"a group holds at most {limit} images; this would make {would_be}")
+
+
+class RetryRefused(ValueError):
+    """Nothing to retry: the group is still running, or none of its images failed."""
 
 
 def chunks(items: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
@@ -64,7 +73,7 @@ class GroupStore:
         self._max_images = max_images
 
     async def _write_images(
-        self, org: str, group_id: str, models: list[str], images: list[GroupImage]
+        self, org: str, group_id: str, models: list[str], images: list[GroupImage], deadline: datetime | None
     ) -> dict[str, int]:
         """Write image hashes in chunks; returns ``{image id: position}`` for the listing."""
         written: dict[str, int] = {}
@@ -73,7 +82,7 @@ class GroupStore:
                 for image in chunk:
                     image_id, fields = new_image_fields(
                         org, image.url, models, metadata=image.metadata, external_id=image.external_id,
-                        group_id=group_id,
+                        group_id=group_id, deadline=deadline,
                     )
                     pipe.hset(self._keys.image(image_id), mapping=fields)
                     written[image_id] = len(written)
@@ -98,12 +107,13 @@ class GroupStore:
         group_id, fields = new_group_fields(
             org, request.models, len(request.images), bulk=len(request.images) >= self._bulk_threshold,
             metadata=request.metadata, external_id=request.external_id,
-            webhook_url=request.webhook_url, webhook_events=request.webhook_events,
+            webhook_url=request.webhook_url, webhook_events=request.webhook_events, deadline=request.deadline,
         )
-        written = await self._write_images(org, group_id, request.models, request.images)
+        written = await self._write_images(org, group_id, request.models, request.images, request.deadline)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._keys.group(group_id), mapping=fields)
             self._link(pipe, org, group_id, written, request.models, bulk=bool(fields["bulk"]))
+            self._images.set_deadline(pipe, group_id, request.deadline)  # the group's sweep covers its images
             await pipe.execute()
         return await self.ledger.get(group_id)  # type: ignore[return-value]
 
@@ -119,8 +129,11 @@ class GroupStore:
         """The group's image ids in the order they were added (``stop`` inclusive)."""
         return await self.ledger.image_ids(group_id, start, stop)
 
-    async def add_images(self, group_id: str, org: str, images: list[GroupImage]) -> GroupRecord | None:
-        """Grow a group: only the new images run; the group re-opens until they finish.
+    async def add_images(
+        self, group_id: str, org: str, images: list[GroupImage], deadline: datetime | None = None
+    ) -> GroupRecord | None:
+        """Grow a group: only the new images run; the group re-opens until they finish (and a
+        canceled group runs them: the new work is not canceled). A ``deadline`` is the new images'.
 
         The new hashes are written first (unreachable), then linked in a transaction under a
         WATCH of the group's growth counter, which every change of its models or images bumps:
@@ -131,7 +144,7 @@ class GroupStore:
             return None
         self._check_size(record.counts.total, len(images))
         models = record.models
-        written = await self._write_images(org, group_id, models, images)
+        written = await self._write_images(org, group_id, models, images, deadline)
         key = self._keys.group(group_id)
 
         async def link(pipe: Pipeline) -> None:
@@ -146,8 +159,11 @@ class GroupStore:
             pipe.hincrby(key, "total", len(images))
             pipe.hincrby(key, "seq", 1)
             pipe.incr(self._keys.group_growth(group_id))
+            pipe.hdel(key, "canceled")
             bulk = fields.get("bulk") == "1" or len(images) >= self._bulk_threshold
             self._link(pipe, org, group_id, written, current, bulk=bulk)
+            for image_id in written:
+                self._images.set_deadline(pipe, image_id, deadline)
 
         try:
             await watched(self._redis, [self._keys.group_growth(group_id)], link)
@@ -161,8 +177,11 @@ class GroupStore:
         if total + adding > self._max_images:
             raise GroupFull(self._max_images, total + adding)
 
-    async def add_models(self, group_id: str, org: str, models: list[str]) -> tuple[GroupRecord, list[str]] | None:
-        """Run more models on every image of a group; only the models an image lacks run.
+    async def add_models(
+        self, group_id: str, org: str, models: list[str], deadline: datetime | None = None
+    ) -> tuple[GroupRecord, list[str]] | None:
+        """Run more models on every image of a group; only the models an image lacks run. A
+        ``deadline`` becomes the group's (and that of each image given new work).
 
         The group's model list grows first (under a WATCH of its growth counter, so images added
         concurrently either are already listed or are written with the new models); then every
@@ -182,38 +201,128 @@ class GroupStore:
                 pipe.multi()
                 pipe.hset(key, "models", json.dumps([*current, *added]))
                 pipe.incr(self._keys.group_growth(group_id))
+                pipe.hdel(key, "canceled")
+                if deadline is not None:
+                    pipe.hset(key, "deadline", deadline_field(deadline))
+                    self._images.set_deadline(pipe, group_id, deadline)
             return fields.get("bulk") == "1", added
 
         outcome = await watched(self._redis, [self._keys.group_growth(group_id)], extend)
         if outcome is None:
             return None
         bulk, added = outcome
-        for chunk in chunks(await self.ledger.image_ids(group_id), WATCHED_CHUNK):
-            await self._queue_on(org, group_id, chunk, models, bulk)
+
+        def queue(pipe: Pipeline, image_id: str, fields: dict[str, str]) -> list[str]:
+            queued = self._images.queue_models(pipe, image_id, fields, models, deadline)
+            if queued and not bulk:
+                self._jobs.add(pipe, org, image_id, queued)
+            return queued
+
+        await self._each_image(group_id, queue, self._bulk_job(org, group_id) if bulk else None)
         return await self.get(group_id, org), added  # type: ignore[return-value]
 
-    async def _queue_on(self, org: str, group_id: str, image_ids: list[str], models: list[str], bulk: bool) -> None:
-        """Queue what each image lacks of ``models``, with its job(s), in one watched transaction."""
-        image_keys = [self._keys.image(image_id) for image_id in image_ids]
+    def _bulk_job(self, org: str, group_id: str) -> Callable[[Pipeline, dict[str, list[str]]], None]:
+        """What closes a chunk of a bulk group's images given work: one bulk job for them."""
 
-        async def queue(pipe: Pipeline) -> None:
-            # Read on another connection in one round trip: WATCH is already in force, so a change
-            # after this read still aborts the transaction.
-            async with self._redis.pipeline(transaction=False) as reader:
-                for image_key in image_keys:
-                    reader.hgetall(image_key)
-                raws = await reader.execute()
+        def add(pipe: Pipeline, queued: dict[str, list[str]]) -> None:
+            queued = {image_id: models for image_id, models in queued.items() if models}
+            if queued:
+                models = list(dict.fromkeys(m for wanted in queued.values() for m in wanted))
+                self._jobs.add_bulk(pipe, org, group_id, list(queued), models)
+
+        return add
+
+    async def _read(self, image_keys: list[str]) -> list[dict[str, str]]:
+        """The image hashes in one round trip on another connection (empty where one is gone):
+        called under the caller's WATCH, so a change after this read still aborts its transaction."""
+        async with self._redis.pipeline(transaction=False) as reader:
+            for image_key in image_keys:
+                reader.hgetall(image_key)
+            return [decode(raw) for raw in await reader.execute()]
+
+    async def _each_image(
+        self,
+        group_id: str,
+        change: Callable[[Pipeline, str, dict[str, str]], Any],
+        finish: Callable[[Pipeline, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Apply ``change(pipe, image id, hash)`` to every existing image of the group, a chunk
+        per watched transaction; ``finish(pipe, {image id: what change returned})`` closes each."""
+        for image_ids in chunks(await self.ledger.image_ids(group_id), WATCHED_CHUNK):
+            image_keys = [self._keys.image(image_id) for image_id in image_ids]
+
+            async def apply(pipe: Pipeline, image_ids: list[str] = image_ids, image_keys: list[str] = image_keys
+                            ) -> None:
+                hashes = await self._read(image_keys)
+                pipe.multi()
+                changed = {image_id: change(pipe, image_id, fields)
+                           for image_id, fields in zip(image_ids, hashes, strict=True) if fields}
+                if finish is not None:
+                    finish(pipe, changed)
+
+            await watched(self._redis, image_keys, apply)
+
+    async def cancel(self, group_id: str, org: str | None = None, error: ErrorInfo | None = None) -> GroupRecord | None:
+        """Cancel every unfinished image of a group (``ImageStore.cancel``: results so far are
+        kept) and mark the group canceled, which the processor running its bulk job watches for
+        (it cancels the Ray Data run). The group
+        then announces its final state once: ``canceled``, or ``partial`` with ``counts.canceled``
+        when some images had finished. A finished group is answered as it is."""
+        key = self._keys.group(group_id)
+
+        async def mark(pipe: Pipeline) -> bool | None:
+            fields = decode(await pipe.hgetall(key))
+            if not fields or (org is not None and fields["org"] != org):
+                return None
+            if group_record(group_id, fields, {}).status.is_terminal:
+                return False
             pipe.multi()
-            queued_ids: list[str] = []
-            queued_models: dict[str, None] = {}
-            for image_id, raw in zip(image_ids, raws, strict=True):
-                queued = self._images.queue_models(pipe, image_id, decode(raw), models) if raw else []
-                if queued and not bulk:
-                    self._jobs.add(pipe, org, image_id, queued)
-                if queued:
-                    queued_ids.append(image_id)
-                    queued_models.update(dict.fromkeys(queued))
-            if bulk and queued_ids:
-                self._jobs.add_bulk(pipe, org, group_id, queued_ids, list(queued_models))
+            pipe.hset(key, "canceled", 1)
+            return True
 
-        await watched(self._redis, image_keys, queue)
+        marked = await watched(self._redis, [key], mark)
+        if marked is None:
+            return None
+        if marked:
+            await self._each_image(group_id, lambda pipe, image_id, fields: self._images.cancel_in(
+                pipe, image_id, fields, error))
+            await self.ledger.settle(group_id)
+        return await self.get(group_id, org)
+
+    async def canceled(self, group_id: str) -> bool:
+        """Whether the group was canceled since its work was last queued (a bulk run's stop sign)."""
+        return await self._redis.hget(self._keys.group(group_id), "canceled") == b"1"
+
+    async def retry(self, group_id: str, org: str) -> GroupRecord | None:
+        """Run again only what failed: the failed images and the failed models of partial ones
+        (canceled images stay canceled). The group re-opens and announces again when done.
+        Raises ``RetryRefused`` while the group runs or when nothing failed. Retried work has
+        no deadline (the group's is dropped)."""
+        key = self._keys.group(group_id)
+
+        async def reopen(pipe: Pipeline) -> bool | None:
+            fields = decode(await pipe.hgetall(key))
+            if not fields or fields["org"] != org:
+                return None
+            record = group_record(group_id, fields, {})
+            if not record.status.is_terminal:
+                raise RetryRefused(f"group {group_id} is still {record.status.value}; retry it once it finishes")
+            if not (record.counts.failed or record.counts.partial):
+                raise RetryRefused(f"no image of group {group_id} failed")
+            pipe.multi()
+            pipe.hdel(key, "canceled", "deadline")
+            pipe.zrem(self._keys.deadlines, group_id)
+            return fields.get("bulk") == "1"
+
+        bulk = await watched(self._redis, [key], reopen)
+        if bulk is None:
+            return None
+
+        def retry(pipe: Pipeline, image_id: str, fields: dict[str, str]) -> list[str]:
+            models = self._images.retry_in(pipe, image_id, fields)
+            if models and not bulk:
+                self._jobs.add(pipe, org, image_id, models)
+            return models
+
+        await self._each_image(group_id, retry, self._bulk_job(org, group_id) if bulk else None)
+        return await self.get(group_id, org)

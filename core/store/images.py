@@ -5,12 +5,17 @@ read-modify-write of the whole record; the status is derived from them on every 
 (``core.schemas.image_status``), so it can never disagree with the results.
 ``sequence`` rises on every change; ``notified_seq`` remembers the state last announced, which
 makes ``finalize`` idempotent when a job is processed twice.
+
+A canceled image is final: ``cancel`` marks it and announces it in one watched transaction, and
+every later engine write to it is dropped (``lua/update_image.lua``), so a model that was still
+running cannot change the state its webhook already announced.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,11 +24,23 @@ from redis.asyncio.client import Pipeline
 from core.delivery import Outbox
 from core.events import Events, image_event
 from core.keys import Keys
-from core.schemas import Delivery, ErrorInfo, ImageCreate, ImageRecord, ModelResult, utcnow
+from core.schemas import (
+    Delivery,
+    ErrorInfo,
+    EventType,
+    ImageCreate,
+    ImageRecord,
+    ImageStatus,
+    ModelResult,
+    ModelStatus,
+    utcnow,
+)
 from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
-from core.store.records import MODEL_FIELD, decode, image_record, new_image_fields
+from core.store.records import MODEL_FIELD, deadline_field, decode, image_record, new_image_fields
 from core.store.transactions import watched
+
+UPDATE_SCRIPT = (Path(__file__).with_name("lua") / "update_image.lua").read_text()
 
 
 class ImageStore:
@@ -36,6 +53,7 @@ class ImageStore:
         self._outbox = outbox
         self._ledger = ledger
         self._events = events
+        self._update_script = redis.register_script(UPDATE_SCRIPT)
 
     def index(self, pipe: Pipeline, org: str, image_id: str, fields: dict[str, Any]) -> None:
         """Write a new image and its place in the org's listing (inside the caller's pipeline)."""
@@ -47,11 +65,12 @@ class ImageStore:
         """Write the record and its job in one transaction: durable before the caller answers."""
         image_id, fields = new_image_fields(
             org, request.url, request.models, metadata=request.metadata, external_id=request.external_id,
-            webhook_url=request.webhook_url, webhook_events=request.webhook_events,
+            webhook_url=request.webhook_url, webhook_events=request.webhook_events, deadline=request.deadline,
         )
         async with self._redis.pipeline(transaction=True) as pipe:
             self.index(pipe, org, image_id, fields)
             self._jobs.add(pipe, org, image_id, request.models)
+            self.set_deadline(pipe, image_id, request.deadline)
             await pipe.execute()
         return image_record(image_id, {k: str(v) for k, v in fields.items()})
 
@@ -77,11 +96,18 @@ class ImageStore:
         )
         return [(member.decode(), score) for member, score in rows]
 
-    async def add_models(self, image_id: str, org: str, models: list[str]) -> tuple[ImageRecord, list[str]] | None:
+    def set_deadline(self, pipe: Pipeline, resource_id: str, deadline: datetime | None) -> None:
+        """Put an image (or group) on the deadline sweep (inside the caller's transaction)."""
+        if deadline is not None:
+            pipe.zadd(self._keys.deadlines, {resource_id: deadline.timestamp()})
+
+    async def add_models(
+        self, image_id: str, org: str, models: list[str], deadline: datetime | None = None
+    ) -> tuple[ImageRecord, list[str]] | None:
         """Queue the models an image does not have yet, with their job, in one transaction.
 
         Returns the updated record and the models added (possibly none), or ``None`` when the
-        image does not exist for ``org``."""
+        image does not exist for ``org``. A ``deadline`` becomes the image's when models are added."""
         key = self._keys.image(image_id)
 
         async def add(pipe: Pipeline) -> tuple[dict[str, str], list[str]] | None:
@@ -89,9 +115,11 @@ class ImageStore:
             if not fields or fields["org"] != org:
                 return None
             pipe.multi()
-            added = self.queue_models(pipe, image_id, fields, models)
+            added = self.queue_models(pipe, image_id, fields, models, deadline)
             if added:
                 self._jobs.add(pipe, org, image_id, added)
+                if not fields.get("group"):
+                    self.set_deadline(pipe, image_id, deadline)
             return fields, added
 
         outcome = await watched(self._redis, [key], add)
@@ -102,10 +130,16 @@ class ImageStore:
             return image_record(image_id, fields), []
         return await self.get(image_id), added  # type: ignore[return-value]
 
-    def queue_models(self, pipe: Pipeline, image_id: str, fields: dict[str, str], models: list[str]) -> list[str]:
+    def queue_models(
+        self, pipe: Pipeline, image_id: str, fields: dict[str, str], models: list[str], deadline: datetime | None = None
+    ) -> list[str]:
         """Queue the ``models`` the image lacks (in the caller's transaction); returns them.
 
-        A counted group image goes back to pending until the new models finish."""
+        A counted group image goes back to pending until the new models finish; a ``deadline``
+        replaces the image's (the caller puts it on the sweep). A canceled image is final: nothing
+        is queued on it."""
+        if fields.get("canceled") == "1":
+            return []
         current = json.loads(fields["models"])
         added = [m for m in models if m not in current]
         if not added:
@@ -113,18 +147,35 @@ class ImageStore:
         key = self._keys.image(image_id)
         mapping = {MODEL_FIELD + m: ModelResult().to_json() for m in added}
         mapping.update(models=json.dumps([*current, *added]), updated_at=utcnow().isoformat())
+        if deadline is not None:
+            mapping["deadline"] = deadline_field(deadline)
         pipe.hset(key, mapping=mapping)
         pipe.hincrby(key, "seq", 1)
         if fields.get("group"):
             self._ledger.uncount(pipe, fields["group"], image_id, fields)
         return added
 
-    async def _update(self, image_id: str, mapping: dict[str, Any]) -> None:
+    def retry_in(self, pipe: Pipeline, image_id: str, fields: dict[str, str]) -> list[str]:
+        """Queue again (in the caller's MULTI) what failed on a finished image: every unfinished
+        model of a failed image, the failed models of a partial one; returns them (none for any
+        other state). The image goes back to pending in its group and loses its deadline."""
+        record = image_record(image_id, fields)
+        if record.status not in (ImageStatus.FAILED, ImageStatus.PARTIAL):
+            return []
+        models = [name for name, result in record.models.items() if result.status is not ModelStatus.COMPLETE]
         key = self._keys.image(image_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={**mapping, "updated_at": utcnow().isoformat()})
-            pipe.hincrby(key, "seq", 1)
-            await pipe.execute()
+        mapping = {MODEL_FIELD + m: ModelResult().to_json() for m in models}
+        pipe.hset(key, mapping={**mapping, "updated_at": utcnow().isoformat()})
+        pipe.hdel(key, "error", "deadline")
+        pipe.hincrby(key, "seq", 1)
+        if record.group_id:
+            self._ledger.uncount(pipe, record.group_id, image_id, fields)
+        return models
+
+    async def _update(self, image_id: str, mapping: dict[str, Any]) -> None:
+        """An engine write: applied atomically unless the image is gone or canceled."""
+        args = [str(part) for item in {**mapping, "updated_at": utcnow().isoformat()}.items() for part in item]
+        await self._update_script(keys=[self._keys.image(image_id)], args=args)
 
     async def mark_started(self, image_id: str, width: int, height: int) -> None:
         await self._update(image_id, {"started": "1", "width": width, "height": height})
@@ -150,15 +201,62 @@ class ImageStore:
             if event is None:
                 return record, []
             pipe.multi()
-            pipe.hset(key, "notified_seq", record.sequence)
-            pipe.publish(self._keys.images_finished, image_id)  # wakes ``Prefer: wait`` requests
-            announcement = self._events.announce(fields["org"], record, event)
-            deliveries = [self._outbox.add(pipe, announcement)] if announcement else []
-            if record.group_id:
-                self._ledger.count(pipe, record.group_id, record, fields)
-            return record, deliveries
+            return record, self._announce(pipe, record, fields, event)
 
         record, deliveries = await watched(self._redis, [key], announce)
         if record.group_id and record.status.is_terminal:
             deliveries += await self._ledger.settle(record.group_id)
         return record, deliveries
+
+    def _announce(
+        self, pipe: Pipeline, record: ImageRecord, fields: dict[str, str], event: EventType
+    ) -> list[Delivery]:
+        """Inside the caller's MULTI: mark ``record``'s state announced, queue its webhook and,
+        for a group image, move it into its count; ``fields`` is the hash as it was read."""
+        pipe.hset(self._keys.image(record.id), "notified_seq", record.sequence)
+        pipe.publish(self._keys.images_finished, record.id)  # wakes ``Prefer: wait`` requests
+        if fields.get("deadline"):
+            pipe.zrem(self._keys.deadlines, record.id)
+        announcement = self._events.announce(fields["org"], record, event)
+        deliveries = [self._outbox.add(pipe, announcement)] if announcement else []
+        if record.group_id:
+            self._ledger.count(pipe, record.group_id, record, fields)
+        return deliveries
+
+    def cancel_in(
+        self, pipe: Pipeline, image_id: str, fields: dict[str, str], error: ErrorInfo | None
+    ) -> tuple[ImageRecord, list[Delivery]] | None:
+        """Cancel an unfinished image and announce it, inside the caller's MULTI (``fields``:
+        its hash as read under WATCH); ``None`` for a finished one, which is left as it is.
+        ``error`` says why when it was not asked for (``deadline``)."""
+        record = image_record(image_id, fields)
+        if record.status.is_terminal:
+            return None
+        changes = {"canceled": "1", "seq": str(record.sequence + 1), "updated_at": utcnow().isoformat()}
+        if error is not None:
+            changes["error"] = error.to_json()
+        pipe.hset(self._keys.image(image_id), mapping=changes)
+        updated = {**fields, **changes}
+        canceled = image_record(image_id, updated)
+        event = image_event(canceled, int(fields["notified_seq"]))
+        return canceled, self._announce(pipe, canceled, updated, event) if event else []
+
+    async def cancel(self, image_id: str, org: str | None = None, error: ErrorInfo | None = None) -> ImageRecord | None:
+        """Cancel an image: queued work never starts, running work stops at its next model, the
+        results so far are kept, and the webhook fires once. One watched transaction, so a cancel
+        racing ``finalize`` announces one state or the other, never both. A finished (or already
+        canceled) image is answered as it is; ``None`` when it does not exist for ``org``."""
+        key = self._keys.image(image_id)
+
+        async def cancel(pipe: Pipeline) -> tuple[ImageRecord | None, bool]:
+            fields = decode(await pipe.hgetall(key))
+            if not fields or (org is not None and fields["org"] != org):
+                return None, False
+            pipe.multi()
+            outcome = self.cancel_in(pipe, image_id, fields, error)
+            return (image_record(image_id, fields), False) if outcome is None else (outcome[0], True)
+
+        record, changed = await watched(self._redis, [key], cancel)
+        if changed and record is not None and record.group_id:
+            await self._ledger.settle(record.group_id)
+        return record

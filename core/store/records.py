@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from core import aggregates
@@ -23,6 +23,7 @@ from core.tokens import new_id
 from core.wire_json import dumps, stored_json
 
 MODEL_FIELD = "m:"
+GROUP_ID_PREFIX = "grp"  # a group id is ``grp_…``, an image id ``img_…``
 
 
 def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -51,10 +52,20 @@ def image_record(image_id: str, fields: dict[str, str]) -> ImageRecord:
         width=int(fields["width"]) if fields.get("width") else None,
         height=int(fields["height"]) if fields.get("height") else None,
         group_id=fields.get("group") or None,
+        deadline=deadline_of(fields),
         sequence=int(fields["seq"]),
         created_at=datetime.fromisoformat(fields["created_at"]),
         updated_at=datetime.fromisoformat(fields["updated_at"]),
     )
+
+
+def deadline_of(fields: dict[str, str]) -> datetime | None:
+    """The deadline stored in a record's hash (Unix seconds), if it has one."""
+    return datetime.fromtimestamp(float(fields["deadline"]), UTC) if fields.get("deadline") else None
+
+
+def deadline_field(deadline: datetime | None) -> str:
+    return repr(deadline.timestamp()) if deadline is not None else ""
 
 
 def new_image_fields(
@@ -67,6 +78,7 @@ def new_image_fields(
     webhook_url: str | None = None,
     webhook_events: list[EventType] | None = None,
     group_id: str | None = None,
+    deadline: datetime | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """A new image's id and hash fields, every model queued."""
     now = utcnow().isoformat()
@@ -79,6 +91,7 @@ def new_image_fields(
         "webhook_url": webhook_url or "",
         "webhook_events": json.dumps(webhook_events),
         "group": group_id or "",
+        "deadline": deadline_field(deadline),
         "seq": 1,
         "notified_seq": 0,
         "created_at": now,
@@ -101,6 +114,7 @@ def new_group_fields(
     external_id: str | None,
     webhook_url: str | None,
     webhook_events: list[EventType] | None,
+    deadline: datetime | None = None,
 ) -> tuple[str, dict[str, Any]]:
     now = utcnow().isoformat()
     fields: dict[str, Any] = {
@@ -111,6 +125,7 @@ def new_group_fields(
         "webhook_url": webhook_url or "",
         "webhook_events": json.dumps(webhook_events),
         "bulk": int(bulk),
+        "deadline": deadline_field(deadline),
         "total": total,
         **{f"n_{name}": 0 for name in COUNT_FIELDS},
         "seq": 1,
@@ -119,7 +134,7 @@ def new_group_fields(
         "created_at": now,
         "updated_at": now,
     }
-    return new_id("grp"), fields
+    return new_id(GROUP_ID_PREFIX), fields
 
 
 def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) -> GroupRecord:
@@ -128,7 +143,7 @@ def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) ->
     counts = GroupCounts(total=total, pending=total - sum(done.values()), **done)
     return GroupRecord(
         id=group_id,
-        status=group_status(counts, started=fields.get("started") == "1", canceled=fields.get("canceled") == "1"),
+        status=group_status(counts, started=fields.get("started") == "1"),
         models=json.loads(fields["models"]),
         counts=counts,
         aggregates=aggregates.aggregates({k: float(v) for k, v in sums.items()}, failed=counts.failed),
@@ -137,6 +152,7 @@ def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) ->
         webhook_url=fields.get("webhook_url") or None,
         webhook_events=json.loads(fields.get("webhook_events", "null")),
         bulk=fields.get("bulk") == "1",
+        deadline=deadline_of(fields),
         sequence=int(fields["seq"]),
         created_at=datetime.fromisoformat(fields["created_at"]),
         updated_at=datetime.fromisoformat(fields["updated_at"]),

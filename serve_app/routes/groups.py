@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from core.schemas import GroupCreate, GroupImage, GroupImagesAdd, GroupRecord, ModelsAdd
-from core.store.groups import GroupFull
+from core.store.groups import GroupFull, RetryRefused
 from core.store.ratelimit import LimitKind
 from serve_app.auth import Org, charge
 from serve_app.context import ApiContext, context
-from serve_app.problems import invalid, not_found
+from serve_app.problems import Problem, invalid, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 log = logging.getLogger("sightwire.api")
 router = APIRouter(prefix="/v1/groups", tags=["groups"])
 Ctx = Annotated[ApiContext, Depends(context)]
+RETRY_REFUSED: dict[int | str, dict[str, Any]] = {
+    409: {"description": "Nothing to retry: the group is still running, or none of its images failed"}}
 
 
 def check_images(ctx: ApiContext, images: list[GroupImage], already: int = 0) -> None:
@@ -64,7 +66,7 @@ async def add_images(
     check_images(ctx, body.images, already=current.counts.total)
     await charge(request, response, LimitKind.IMAGES, len(body.images))
     try:
-        record = await ctx.store.groups.add_images(group_id, org, body.images)
+        record = await ctx.store.groups.add_images(group_id, org, body.images, body.deadline)
     except GroupFull as exc:  # a concurrent add got there first
         raise invalid("images", str(exc)) from exc
     if record is None:
@@ -76,7 +78,32 @@ async def add_images(
 async def add_models(group_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> GroupRecord:
     """Run more models on every image; models already run are not run again."""
     check_models(ctx, body.models)
-    outcome = await ctx.store.groups.add_models(group_id, org, body.models)
+    outcome = await ctx.store.groups.add_models(group_id, org, body.models, body.deadline)
     if outcome is None:
         raise not_found(f"group {group_id}")
     return outcome[0]
+
+
+@router.post("/{group_id}/cancel", response_model=GroupRecord)
+async def cancel_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
+    """Cancel every unfinished image (a bulk run stops between batches); results so far are
+    kept. The group's webhook fires once with its final state: ``canceled``, or ``partial``
+    with ``counts.canceled``. A finished group is answered as it is: a no-op."""
+    record = await ctx.store.groups.cancel(group_id, org)
+    if record is None:
+        raise not_found(f"group {group_id}")
+    return record
+
+
+@router.post("/{group_id}/retry", status_code=202, response_model=GroupRecord, responses=RETRY_REFUSED)
+async def retry_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
+    """Run again only what failed (failed images, failed models of partial ones); the group
+    re-opens and its webhook fires again when it finishes. 409 while it runs or when nothing
+    failed."""
+    try:
+        record = await ctx.store.groups.retry(group_id, org)
+    except RetryRefused as exc:
+        raise Problem(409, "nothing-to-retry", "Nothing to retry", str(exc)) from exc
+    if record is None:
+        raise not_found(f"group {group_id}")
+    return record

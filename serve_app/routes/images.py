@@ -136,7 +136,18 @@ async def add_models(image_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> Imag
         reason = "was canceled" if record.error is None else f"failed to load ({record.error.code})"
         raise Problem(409, "image-not-runnable", "The image cannot run more models",
                       f"image {image_id} {reason}; submit it again")
-    outcome = await ctx.store.images.add_models(image_id, org, body.models)
+    outcome = await ctx.store.images.add_models(image_id, org, body.models, body.deadline)
     if outcome is None:
         raise not_found(f"image {image_id}")
     return outcome[0]
+
+
+@router.post("/{image_id}/cancel", response_model=ImageRecord)
+async def cancel_image(image_id: str, org: Org, ctx: Ctx) -> ImageRecord:
+    """Cancel an image: queued work never starts, running work stops before its next model,
+    results already written are kept; the webhook fires once with the ``canceled`` record. An
+    image that already finished (or was canceled) is answered as it is: a no-op."""
+    record = await ctx.store.images.cancel(image_id, org)
+    if record is None:
+        raise not_found(f"image {image_id}")
+    return record
