@@ -45,9 +45,14 @@ class Batching(Strict):
 
 
 class Autoscaling(Strict):
+    """Serve's autoscaling of one model's deployment. ``min_replicas: 0`` scales it to zero when
+    idle (its GPU node can then go too); ``downscale_delay_s`` is how long a deployment stays
+    over-provisioned before Serve removes replicas (Serve's default, 600 s, when unset)."""
+
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0)
+    downscale_delay_s: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
@@ -185,6 +190,8 @@ class ModelGroup:
             min_replicas=max(s.autoscaling.min_replicas for s in self.specs),
             max_replicas=max(s.autoscaling.max_replicas for s in self.specs),
             target_ongoing_requests=max(s.autoscaling.target_ongoing_requests for s in self.specs),
+            downscale_delay_s=max((d for s in self.specs if (d := s.autoscaling.downscale_delay_s) is not None),
+                                  default=None),
         )
 
     @property
@@ -225,6 +232,12 @@ class Registry(Strict):
 
     def names(self) -> list[str]:
         return list(self.models)
+
+    def scales_to_zero(self, name: str) -> bool:
+        """Whether model ``name``'s deployment may have no replica (``min_replicas: 0``): then
+        only a request for it brings one up (and, on an autoscaling cluster, its node)."""
+        group = next(g for g in serving_groups(self.models.values()) if name in g.names)
+        return group.autoscaling.min_replicas == 0
 
     def deployment_of(self, name: str) -> str:
         """The Serve deployment that serves model ``name``: its serving group's."""

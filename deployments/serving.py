@@ -205,11 +205,7 @@ def bind_group(group: ModelGroup) -> Application:
     return ModelDeployment.options(
         name=group.deployment_name,
         max_ongoing_requests=max_ongoing_requests(group),
-        autoscaling_config={
-            "min_replicas": group.autoscaling.min_replicas,
-            "max_replicas": group.autoscaling.max_replicas,
-            "target_ongoing_requests": group.autoscaling.target_ongoing_requests,
-        },
+        autoscaling_config=group.autoscaling.model_dump(exclude_none=True),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         ray_actor_options={"num_cpus": group.resources.num_cpus, "num_gpus": group.resources.num_gpus},
     ).bind(group)

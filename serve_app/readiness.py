@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from core.schemas import ModelInfo
@@ -26,16 +26,18 @@ log = logging.getLogger("sightwire.readiness")
 @dataclass(frozen=True)
 class Snapshot:
     redis: bool = False
-    models: dict[str, str] | None = None  # name → version, once every model has answered
+    models: dict[str, str] | None = None  # name → version, once every always-on model has answered
+    on_demand: tuple[str, ...] = ()  # models that scale to zero: not asked, ready without a replica
     checked_at: float | None = None  # time.time() of the last completed round
     jobs: dict[str, int] | None = None  # queued, running, dead letters: reported, never a condition
 
     @property
     def ready(self) -> bool:
-        return self.redis and bool(self.models)
+        return self.redis and self.models is not None
 
     def checks(self) -> dict[str, object]:
-        return {"redis": self.redis, "models": self.models or False, "checkedAt": self.checked_at, "jobs": self.jobs}
+        return {"redis": self.redis, "models": False if self.models is None else self.models,
+                "modelsOnDemand": list(self.on_demand), "checkedAt": self.checked_at, "jobs": self.jobs}
 
 
 class Readiness:
@@ -49,13 +51,15 @@ class Readiness:
         interval_s: float,
         timeout_s: float,
         jobs: Callable[[], Awaitable[dict[str, int]]] | None = None,
+        on_demand: Sequence[str] = (),
     ) -> None:
         self._ping = ping
         self._models = models
         self._jobs = jobs
         self._interval_s = interval_s
         self._timeout_s = timeout_s
-        self.snapshot = Snapshot()
+        self._on_demand = tuple(on_demand)
+        self.snapshot = Snapshot(on_demand=self._on_demand)
 
     def store_unreachable(self) -> None:
         """A request just failed to reach Redis: not ready until a round sees it answer again."""
@@ -69,7 +73,7 @@ class Readiness:
             return False
 
     async def _model_versions(self) -> dict[str, str] | None:
-        if self.snapshot.models:  # every model answered once: that stays true (SPEC §7)
+        if self.snapshot.models is not None:  # every model answered once: that stays true (SPEC §7)
             return self.snapshot.models
         try:
             infos = await asyncio.wait_for(self._models(), self._timeout_s)
@@ -90,7 +94,8 @@ class Readiness:
     async def refresh(self) -> Snapshot:
         """One round: every check at once, each bounded by the timeout; publishes the result."""
         redis, models, jobs = await asyncio.gather(self._redis_ok(), self._model_versions(), self._job_counts())
-        self.snapshot = Snapshot(redis=redis, models=models, checked_at=time.time(), jobs=jobs)
+        self.snapshot = Snapshot(redis=redis, models=models, on_demand=self._on_demand, checked_at=time.time(),
+                                 jobs=jobs)
         return self.snapshot
 
     async def run(self) -> None:

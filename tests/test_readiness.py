@@ -12,10 +12,12 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
+from core.registry import Autoscaling, load_registry
 from core.schemas import ModelInfo
 from core.settings import Settings
 from core.tokens import new_id
@@ -124,3 +126,29 @@ async def test_a_failed_round_is_logged_and_the_loop_goes_on(caplog: pytest.LogC
             await until(lambda: readiness.snapshot.ready, timeout_s=5)
     assert readiness.snapshot.models == {"m": "m@test"}
     assert any("refresh round failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_model_that_scales_to_zero_is_not_asked_and_readiness_does_not_wait_for_it(
+    settings: Settings,
+) -> None:
+    """A readiness probe that asked it would bring up its replica (and, on an autoscaling cluster,
+    its GPU node) whenever the app starts: ``min_replicas: 0`` would never hold."""
+    tiny = load_registry("tiny", Path("/nonexistent"))
+    detector = tiny.models["object_detection"]
+    on_demand = detector.model_copy(update={"autoscaling": Autoscaling(min_replicas=0, max_replicas=1)})
+    registry = tiny.model_copy(update={"models": {**tiny.models, "object_detection": on_demand}})
+    asked: list[str] = []
+
+    async def model_info(name: str) -> ModelInfo:
+        asked.append(name)
+        return await answering_model_info(name)
+
+    async with local_api(api_settings(settings, readiness_interval_s=0.1), model_info, registry) as api, \
+            httpx.AsyncClient(base_url=api.url, timeout=PROBE_TIMEOUT_S) as probe:
+        await until(lambda: api.ctx.readiness.snapshot.ready)
+        await asyncio.sleep(0.3)  # a few more rounds
+        checks = (await probe.get("/readyz")).json()["checks"]
+    assert registry.scales_to_zero("object_detection") and "object_detection" not in asked
+    assert set(asked) == set(registry.names()) - {"object_detection"}
+    assert checks["modelsOnDemand"] == ["object_detection"]
+    assert set(checks["models"]) == set(registry.names()) - {"object_detection"}

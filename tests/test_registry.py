@@ -130,7 +130,7 @@ def test_a_shared_backbone_is_served_with_its_models_largest_settings(tmp_path: 
     room = load_registry("tiny", tmp_path)["room_classification"]
     big = room.model_copy(update={
         "name": "big", "batching": Batching(max_batch_size=32, batch_wait_timeout_s=0.05),
-        "autoscaling": Autoscaling(min_replicas=2, max_replicas=3, target_ongoing_requests=4),
+        "autoscaling": Autoscaling(min_replicas=2, max_replicas=3, target_ongoing_requests=4, downscale_delay_s=30),
         "resources": Resources(num_cpus=0.5, num_gpus=0.25),
     })
     small = room.model_copy(update={
@@ -140,5 +140,17 @@ def test_a_shared_backbone_is_served_with_its_models_largest_settings(tmp_path: 
     })
     [group] = serving_groups([small, big])
     assert group.batching == Batching(max_batch_size=32, batch_wait_timeout_s=0.002)
-    assert group.autoscaling == Autoscaling(min_replicas=2, max_replicas=4, target_ongoing_requests=16)
+    assert group.autoscaling == Autoscaling(min_replicas=2, max_replicas=4, target_ongoing_requests=16,
+                                            downscale_delay_s=30)
     assert group.resources == Resources(num_cpus=1, num_gpus=0.25)
+
+
+def test_only_the_autoscaling_settings_given_reach_serve(tmp_path: Path) -> None:
+    """Serve's own defaults (600 s before a scale-down) stay unless the registry sets them."""
+    room = load_registry("tiny", tmp_path)["room_classification"]
+    assert room.autoscaling.model_dump(exclude_none=True) == {
+        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8.0}
+    on_demand = Autoscaling(min_replicas=0, max_replicas=2, downscale_delay_s=2)
+    assert on_demand.model_dump(exclude_none=True)["downscale_delay_s"] == 2
+    [group] = serving_groups([room.model_copy(update={"autoscaling": on_demand})])
+    assert group.autoscaling.min_replicas == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
-from core.registry import load_registry
+from core.registry import Registry, load_registry
 from core.schemas import ModelInfo
 from core.settings import Settings
 from core.store import Store
@@ -37,9 +37,12 @@ class LocalApi:
 
 
 @asynccontextmanager
-async def local_api(settings: Settings, model_info: ModelInfoCall = answering_model_info) -> AsyncIterator[LocalApi]:
-    """Serve ``create_app`` on a free loopback port until the block ends (lifespan included)."""
-    registry = load_registry("tiny", Path("/nonexistent"))  # names and tasks only; nothing loads
+async def local_api(
+    settings: Settings, model_info: ModelInfoCall = answering_model_info, registry: Registry | None = None
+) -> AsyncIterator[LocalApi]:
+    """Serve ``create_app`` on a free loopback port until the block ends (lifespan included);
+    the registry is the tiny profile's unless given (names and tasks only; nothing loads)."""
+    registry = registry or load_registry("tiny", Path("/nonexistent"))
     ctx = ApiContext(settings, Store.from_settings(settings), registry, model_info)
     port = free_port()
     config = uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, lifespan="on", log_level="warning")
