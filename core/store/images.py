@@ -191,7 +191,8 @@ class ImageStore:
         mapping: dict[str, Any] = {MODEL_FIELD + name: result.to_json() for name, result in results.items()}
         if size is not None:
             mapping.update(started="1", width=size[0], height=size[1])
-        await self._update(image_id, mapping)
+        if mapping:  # nothing to write: the sequence stays
+            await self._update(image_id, mapping)
 
     async def write_image_error(self, image_id: str, error: ErrorInfo) -> None:
         await self._update(image_id, {"started": "1", "error": error.to_json()})
