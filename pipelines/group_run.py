@@ -3,9 +3,9 @@
 ``process_group`` is what a bulk job does (groups of at least ``Settings.bulk_threshold``
 images): it reads each image's record, skips the images already finished (so a restarted run
 picks up where the last one stopped), streams the rest through the Ray Data pipeline, and
-writes each image's results the moment its batch comes out — ``mark_started``, one
-``write_model_result`` per model (or ``write_image_error`` when the image could not be fetched
-or decoded), then ``finalize``, which moves the group's counts and aggregates and puts any
+writes each image's results the moment its batch comes out — every model's result and the
+started mark in one ``write_results`` (or ``write_image_error`` when the image could not be
+fetched or decoded), then ``finalize``, which moves the group's counts and aggregates and puts any
 webhook in the outbox (whose wake token the notifier waits on: nothing here calls it).
 
 Writes are idempotent and ``finalize`` announces each state once, so running a group twice (a
@@ -109,10 +109,9 @@ async def _write_outcome(store: Store, row: dict[str, Any], wanted: list[str], a
         error = ErrorInfo(code=ErrorCode(row[ERROR_CODE]), message=row[ERROR_MESSAGE] or "")
         await store.images.write_image_error(image_id, error)
     else:
-        if row.get(WIDTH) is not None:  # fetched and decoded (absent when no model could run)
-            await store.images.mark_started(image_id, row[WIDTH], row[HEIGHT])
-        for name in wanted:
-            await store.images.write_model_result(image_id, name, _model_result(name, row.get(name), available))
+        size = (row[WIDTH], row[HEIGHT]) if row.get(WIDTH) is not None else None  # None: no model could run
+        results = {name: _model_result(name, row.get(name), available) for name in wanted}
+        await store.images.write_results(image_id, results, size)
     await store.images.finalize(image_id)
 
 

@@ -181,7 +181,18 @@ class ImageStore:
         await self._update(image_id, {"started": "1", "width": width, "height": height})
 
     async def write_model_result(self, image_id: str, model: str, result: ModelResult) -> None:
-        await self._update(image_id, {MODEL_FIELD + model: result.to_json()})
+        await self.write_results(image_id, {model: result})
+
+    async def write_results(
+        self, image_id: str, results: dict[str, ModelResult], size: tuple[int, int] | None = None
+    ) -> None:
+        """Several model results at once (a bulk run has them together), with the started mark
+        and the image's ``size`` when given: one round trip and one sequence step."""
+        mapping: dict[str, Any] = {MODEL_FIELD + name: result.to_json() for name, result in results.items()}
+        if size is not None:
+            mapping.update(started="1", width=size[0], height=size[1])
+        if mapping:  # nothing to write: the sequence stays
+            await self._update(image_id, mapping)
 
     async def write_image_error(self, image_id: str, error: ErrorInfo) -> None:
         await self._update(image_id, {"started": "1", "error": error.to_json()})
@@ -213,15 +224,15 @@ class ImageStore:
     ) -> list[Delivery]:
         """Inside the caller's MULTI: mark ``record``'s state announced, queue its webhook and,
         for a group image, move it into its count; ``fields`` is the hash as it was read."""
-        pipe.hset(self._keys.image(record.id), "notified_seq", record.sequence)
+        marks = {"notified_seq": str(record.sequence)}
+        if record.group_id:
+            marks.update(self._ledger.count(pipe, record.group_id, record, fields))
+        pipe.hset(self._keys.image(record.id), mapping=marks)
         pipe.publish(self._keys.images_finished, record.id)  # wakes ``Prefer: wait`` requests
         if fields.get("deadline"):
             pipe.zrem(self._keys.deadlines, record.id)
         announcement = self._events.announce(fields["org"], record, event)
-        deliveries = [self._outbox.add(pipe, announcement)] if announcement else []
-        if record.group_id:
-            self._ledger.count(pipe, record.group_id, record, fields)
-        return deliveries
+        return [self._outbox.add(pipe, announcement)] if announcement else []
 
     def cancel_in(
         self, pipe: Pipeline, image_id: str, fields: dict[str, str], error: ErrorInfo | None

@@ -46,8 +46,10 @@ class GroupLedger:
         self._outbox = outbox
         self._events = events
 
-    def count(self, pipe: Pipeline, group_id: str, record: ImageRecord, fields: dict[str, str]) -> None:
-        """Move a finished image into its count and replace its aggregate contribution."""
+    def count(self, pipe: Pipeline, group_id: str, record: ImageRecord, fields: dict[str, str]) -> dict[str, str]:
+        """Move a finished image into its count and replace its aggregate contribution; returns
+        the image's own fields that record what was counted, for the caller's one write of the
+        image's hash."""
         group_key = self._keys.group(group_id)
         previous, current = fields.get("counted", ""), record.status.value
         if previous != current:
@@ -57,9 +59,8 @@ class GroupLedger:
         contribution = aggregates.contribution(record)
         for key, amount in aggregates.delta(json.loads(fields.get("contrib", "{}")), contribution).items():
             pipe.hincrbyfloat(self._keys.group_sums(group_id), key, amount)
-        pipe.hset(self._keys.image(record.id), mapping={"counted": current, "contrib": json.dumps(contribution)})
-        pipe.hset(group_key, "started", 1)
-        self._touch(pipe, group_key)
+        self._touch(pipe, group_key, started="1")
+        return {"counted": current, "contrib": json.dumps(contribution)}
 
     def uncount(self, pipe: Pipeline, group_id: str, image_id: str, fields: dict[str, str]) -> None:
         """An image gets new work: back to pending (its contribution is replaced when it finishes)."""
@@ -71,9 +72,10 @@ class GroupLedger:
             self._touch(pipe, group_key)
 
     @staticmethod
-    def _touch(pipe: Pipeline, group_key: str) -> None:
+    def _touch(pipe: Pipeline, group_key: str, **fields: str) -> None:
+        """A change to the group: its sequence steps, ``updated_at`` and ``fields`` in one HSET."""
         pipe.hincrby(group_key, "seq", 1)
-        pipe.hset(group_key, "updated_at", utcnow().isoformat())
+        pipe.hset(group_key, mapping={**fields, "updated_at": utcnow().isoformat()})
 
     async def get(self, group_id: str, org: str | None = None) -> GroupRecord | None:
         fields = decode(await self._redis.hgetall(self._keys.group(group_id)))

@@ -1,10 +1,11 @@
--- An engine write to an image record (a model result, an image error, the started mark).
+-- An engine write to an image record (model results, an image error, the started mark).
 -- KEYS[1] the image's hash. ARGV: field, value, field, value, ...
 -- Dropped when the image is gone or canceled: a canceled image's announced state is final, so a
--- model still running at the cancel cannot change it. Returns 1 when written, else 0.
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'canceled') == '1' then
+-- model still running at the cancel cannot change it. One read and one write: the new sequence
+-- goes in the same HSET as the fields. Returns 1 when written, else 0.
+local row = redis.call('HMGET', KEYS[1], 'org', 'canceled', 'seq')
+if not row[1] or row[2] == '1' then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'seq', (tonumber(row[3]) or 0) + 1, unpack(ARGV))
 return 1
