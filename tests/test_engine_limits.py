@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from core.registry import load_registry
 from core.settings import Settings
-from deployments.engine.limits import StageLimits, model_in_flight
+from core.store.fair_queue import FairQueue, QueueKeys
+from deployments.engine.limits import OrgWeights, StageLimits, model_in_flight
 
 
 async def test_stage_limits_follow_the_settings_and_the_registry() -> None:
@@ -43,3 +46,26 @@ async def test_the_fetch_stage_caps_a_host_without_holding_up_others() -> None:
 def test_decode_threads_default_to_the_cpus_of_the_process() -> None:
     limits = StageLimits.build(Settings(), {})
     assert limits.decode.capacity >= 1
+
+
+async def test_every_stage_shares_by_the_org_weights_of_the_queue(redis: Redis, queue_keys: QueueKeys) -> None:
+    queue = FairQueue(redis, queue_keys, lease_s=15, max_attempts=3)
+    await queue.set_weight("org_a", 3)
+    weights = OrgWeights()
+    await weights.refresh(queue)
+    assert (weights("org_a"), weights("org_b")) == (3.0, 1.0)
+    decode = StageLimits.build(Settings(engine_decode_threads=1), {}, weight=weights).decode
+    grant = await decode.acquire("org_c")
+    pending = {asyncio.create_task(decode.acquire(org)) for _ in range(6) for org in ("org_a", "org_b")}
+    await asyncio.sleep(0)
+    order = []
+    while pending:  # one thread: each release grants the next waiter the round chooses
+        grant.release()
+        done, pending = await asyncio.wait(pending, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        grant = done.pop().result()
+        order.append(grant.flow)
+    grant.release()
+    assert order == ["org_a"] * 3 + ["org_b"] + ["org_a"] * 3 + ["org_b"] * 5
+    await queue.set_weight("org_a", 1)  # back to the default: refreshed, the stages follow
+    await weights.refresh(queue)
+    assert weights("org_a") == 1.0
