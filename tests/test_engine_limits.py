@@ -7,10 +7,13 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from core.failures import Failure
 from core.registry import load_registry
 from core.settings import Settings
 from core.store.fair_queue import FairQueue, QueueKeys
 from deployments.engine.limits import OrgWeights, StageLimits, model_in_flight
+from imaging import ImageFetcher
+from tests.conftest import LOOPBACK
 
 
 async def test_stage_limits_follow_the_settings_and_the_registry() -> None:
@@ -69,3 +72,33 @@ async def test_every_stage_shares_by_the_org_weights_of_the_queue(redis: Redis, 
     await queue.set_weight("org_a", 1)  # back to the default: refreshed, the stages follow
     await weights.refresh(queue)
     assert weights("org_a") == 1.0
+
+
+async def test_every_download_the_fetch_stage_starts_has_a_connection() -> None:
+    """More downloads than httpx's default pool (100) are in flight at once: none waits in the
+    pool's FIFO queue, which the fetch stage's fair round cannot see."""
+    downloads, peak, now = 150, 0, 0
+
+    async def slow_404(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal peak, now
+        await reader.readuntil(b"\r\n\r\n")
+        now += 1
+        peak = max(peak, now)
+        await asyncio.sleep(0.5)
+        now -= 1
+        writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow_404, "127.0.0.1", 0, backlog=downloads)
+    port = server.sockets[0].getsockname()[1]
+    fetcher = ImageFetcher.from_settings(Settings(engine_max_in_flight=downloads, allow_private_cidrs=LOOPBACK,
+                                                  fetch_retries=0))
+    try:
+        results = await asyncio.gather(*(fetcher.fetch(f"http://127.0.0.1:{port}/{i}") for i in range(downloads)),
+                                       return_exceptions=True)
+    finally:
+        await fetcher.aclose()
+        server.close()
+    assert all(isinstance(r, Failure) for r in results)
+    assert peak == downloads
