@@ -51,7 +51,7 @@ from core.store.fair_queue import QueuedJob
 from core.store.jobs import QueueName
 from core.supervise import stop_steps, supervise
 from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
-from deployments.engine.limits import StageLimits, decode_threads
+from deployments.engine.limits import OrgWeights, StageLimits, decode_threads
 from deployments.engine.scaling import BACKLOG, HELD
 from deployments.model_client import model_clients
 from imaging import DecodedImage, ImageFetcher, decode_image, decode_pixels
@@ -111,7 +111,9 @@ class Processor:
         self.metrics = EngineMetrics()
         self._loops: list[asyncio.Task[None]] = []
         self.fetcher = ImageFetcher.from_settings(settings)
-        self.limits = StageLimits.build(settings, {n: s for n, s in self.specs.items() if n in models})
+        self.weights = OrgWeights()
+        self.limits = StageLimits.build(settings, {n: s for n, s in self.specs.items() if n in models},
+                                        weight=self.weights)
         self._decoders = ThreadPoolExecutor(decode_threads(settings), thread_name_prefix="sightwire-decode")
         jobs = self.store.jobs
         online = IntakeLimits(settings.engine_max_in_flight, settings.engine_org_max_in_flight,
@@ -149,6 +151,9 @@ class Processor:
     # -- jobs ----------------------------------------------------------------------------------
 
     async def _report(self) -> None:
+        """The gauges, and the org weights the stage limiters share by (so a weight an operator
+        sets reaches every stage within ``REFRESH_S``)."""
+        await self.weights.refresh(self.store.jobs.online)
         await self.metrics.refresh(self.store.jobs, {name: len(i.held) for name, i in self.intakes.items()})
         await asyncio.sleep(REFRESH_S)
 

@@ -22,7 +22,7 @@ import urllib.request
 import httpx
 
 from core.failures import MAX_REASON_CHARS, Failure, describe
-from core.safe_http import retry_after_seconds, safe_client
+from core.safe_http import DEFAULT_LIMITS, retry_after_seconds, safe_client
 from core.schemas import ErrorCode
 from core.settings import Settings
 from core.urlpolicy import UrlPolicy
@@ -94,12 +94,18 @@ class ImageFetcher:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageFetcher:
+        """The pool has a connection for every download the engine's fetch stage lets start
+        (``engine_max_in_flight``): a smaller pool would queue granted downloads FIFO behind
+        one org's slow hosts, under the stage's fair round and out of its sight."""
         policy = UrlPolicy.from_settings(settings)
+        connections = max(DEFAULT_LIMITS.max_connections or 0, settings.engine_max_in_flight)
         client = safe_client(
             policy,
             timeout=settings.fetch_timeout_s,
             follow_redirects=True,
             max_redirects=settings.max_redirects,
+            limits=httpx.Limits(max_connections=connections,
+                                max_keepalive_connections=DEFAULT_LIMITS.max_keepalive_connections),
         )
         return cls(client, policy, max_bytes=settings.max_image_bytes, timeout_s=settings.fetch_timeout_s,
                    retries=settings.fetch_retries, backoff_s=settings.fetch_retry_backoff_s)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from redis.asyncio import Redis
+
+from core.failures import Failure
 from core.registry import load_registry
 from core.settings import Settings
-from deployments.engine.limits import StageLimits, model_in_flight
+from core.store.fair_queue import FairQueue, QueueKeys
+from deployments.engine.limits import OrgWeights, StageLimits, model_in_flight
+from imaging import ImageFetcher
+from tests.conftest import LOOPBACK
 
 
 async def test_stage_limits_follow_the_settings_and_the_registry() -> None:
@@ -43,3 +49,56 @@ async def test_the_fetch_stage_caps_a_host_without_holding_up_others() -> None:
 def test_decode_threads_default_to_the_cpus_of_the_process() -> None:
     limits = StageLimits.build(Settings(), {})
     assert limits.decode.capacity >= 1
+
+
+async def test_every_stage_shares_by_the_org_weights_of_the_queue(redis: Redis, queue_keys: QueueKeys) -> None:
+    queue = FairQueue(redis, queue_keys, lease_s=15, max_attempts=3)
+    await queue.set_weight("org_a", 3)
+    weights = OrgWeights()
+    await weights.refresh(queue)
+    assert (weights("org_a"), weights("org_b")) == (3.0, 1.0)
+    decode = StageLimits.build(Settings(engine_decode_threads=1), {}, weight=weights).decode
+    grant = await decode.acquire("org_c")
+    pending = {asyncio.create_task(decode.acquire(org)) for _ in range(6) for org in ("org_a", "org_b")}
+    await asyncio.sleep(0)
+    order = []
+    while pending:  # one thread: each release grants the next waiter the round chooses
+        grant.release()
+        done, pending = await asyncio.wait(pending, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        grant = done.pop().result()
+        order.append(grant.flow)
+    grant.release()
+    assert order == ["org_a"] * 3 + ["org_b"] + ["org_a"] * 3 + ["org_b"] * 5
+    await queue.set_weight("org_a", 1)  # back to the default: refreshed, the stages follow
+    await weights.refresh(queue)
+    assert weights("org_a") == 1.0
+
+
+async def test_every_download_the_fetch_stage_starts_has_a_connection() -> None:
+    """More downloads than httpx's default pool (100) are in flight at once: none waits in the
+    pool's FIFO queue, which the fetch stage's fair round cannot see."""
+    downloads, peak, now = 150, 0, 0
+
+    async def slow_404(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal peak, now
+        await reader.readuntil(b"\r\n\r\n")
+        now += 1
+        peak = max(peak, now)
+        await asyncio.sleep(0.5)
+        now -= 1
+        writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow_404, "127.0.0.1", 0, backlog=downloads)
+    port = server.sockets[0].getsockname()[1]
+    fetcher = ImageFetcher.from_settings(Settings(engine_max_in_flight=downloads, allow_private_cidrs=LOOPBACK,
+                                                  fetch_retries=0))
+    try:
+        results = await asyncio.gather(*(fetcher.fetch(f"http://127.0.0.1:{port}/{i}") for i in range(downloads)),
+                                       return_exceptions=True)
+    finally:
+        await fetcher.aclose()
+        server.close()
+    assert all(isinstance(r, Failure) for r in results)
+    assert peak == downloads

@@ -12,6 +12,9 @@ settings (``docs/engine.md``, "Memory bounds"):
   (``engine_pixel_budget``), the seam the decode-memory bound of the hardening issue shares;
 * ``models[name]``: images in flight to each model, enough to fill every replica's batches
   twice over (one batch running, one gathering): ``2 x max_batch_size x max_replicas``.
+
+Every stage shares its capacity by the org weights the queue's claim uses (``OrgWeights``), so
+an org of weight 2 gets twice the share at each stage, not only twice the claims.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from core.limits import FairLimiter
 from core.registry import ModelSpec
 from core.settings import Settings
+from core.store.fair_queue import FairQueue
 
 BODY_QUANTUM = 1024 * 1024  # a typical photo: an org's credit per visit at the byte budget
 PIXEL_QUANTUM = 2_000_000  # a typical decoded photo (e.g. 1333 x 1000)
@@ -36,6 +40,21 @@ def decode_threads(settings: Settings) -> int:
 def model_in_flight(spec: ModelSpec) -> int:
     """Images in flight to a model that keep all its replicas' batches full."""
     return 2 * spec.batching.max_batch_size * spec.autoscaling.max_replicas
+
+
+class OrgWeights:
+    """The queue's per-org weights (``FairQueue.set_weight``) as the stage limiters read them: a
+    limiter decides inside a synchronous dispatch, so it reads a copy that ``refresh`` renews
+    from Redis (the processor does, with its metrics); an org not set has weight 1."""
+
+    def __init__(self) -> None:
+        self._weights: dict[str, float] = {}
+
+    def __call__(self, org: str) -> float:
+        return self._weights.get(org, 1.0)
+
+    async def refresh(self, queue: FairQueue) -> None:
+        self._weights = await queue.weights()
 
 
 @dataclass(frozen=True)
