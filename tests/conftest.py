@@ -21,6 +21,7 @@ from core.store.fair_queue import QueueKeys
 from core.tokens import new_id
 from models.tiny import ensure_tiny_profile
 from serve_app.local import RedisServer, free_port
+from tests.support.engine import CountingHost
 from tests.support.servers import ImageHost, WebhookReceiver
 
 if TYPE_CHECKING:
@@ -93,6 +94,15 @@ def org() -> str:
 @pytest.fixture(scope="session")
 def image_host() -> Iterator[ImageHost]:
     host = ImageHost().start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture
+def counting_host() -> Iterator[CountingHost]:
+    """An image host that counts its requests per path: how many fetches the engine made."""
+    host = CountingHost()
+    host.start()
     yield host
     host.stop()
 

@@ -6,9 +6,7 @@ import asyncio
 import inspect
 import json
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,8 +19,8 @@ from core.tokens import new_id
 from deployments.processor import Processor
 from serve_app.stack import LocalStack
 from tests.conftest import png_bytes
-from tests.support.engine import model_handles
-from tests.support.servers import ImageHost, WebhookReceiver
+from tests.support.engine import CountingHost, model_handles
+from tests.support.servers import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -31,26 +29,6 @@ MODELS = ["object_detection"]
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-class CountingHost(ImageHost):
-    """An image host that counts the requests for each path (how many fetches the engine made)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hits: Counter[str] = Counter()
-
-    def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
-        self.hits[request.path] += 1
-        super().handle(request, body)
-
-
-@pytest.fixture
-def host() -> Iterator[CountingHost]:
-    server = CountingHost()
-    server.start()
-    yield server
-    server.stop()
 
 
 def payloads(receiver: WebhookReceiver) -> list[dict]:
@@ -71,13 +49,13 @@ async def until(check: Callable[[], object], timeout_s: float = 60.0, every_s: f
 
 
 async def test_cancel_running_image_stops_before_its_model(
-    api: httpx.AsyncClient, api_key: str, host: CountingHost, receiver: WebhookReceiver
+    api: httpx.AsyncClient, api_key: str, counting_host: CountingHost, receiver: WebhookReceiver
 ) -> None:
     """Canceled while its download is in flight: no model runs, one webhook, cancel again a no-op."""
-    url = host.put("/slow.png", png_bytes(seed=70), delay_s=2.0)
+    url = counting_host.put("/slow.png", png_bytes(seed=70), delay_s=2.0)
     created = (await api.post("/v1/images", json={"url": url, "models": MODELS, "webhookUrl": receiver.url("/c")},
                               headers=auth(api_key))).json()
-    await until(lambda: host.hits["/slow.png"])  # the engine is fetching it
+    await until(lambda: counting_host.requests["/slow.png"])  # the engine is fetching it
     response = await api.post(f"/v1/images/{created['id']}/cancel", headers=auth(api_key))
     assert response.status_code == 200, response.text
     canceled = response.json()
@@ -95,8 +73,10 @@ async def test_cancel_running_image_stops_before_its_model(
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
 
 
-async def test_cancel_queued_and_finished_images(api: httpx.AsyncClient, api_key: str, host: CountingHost) -> None:
-    url = host.put("/q.png", png_bytes(seed=71), delay_s=1.0)
+async def test_cancel_queued_and_finished_images(
+    api: httpx.AsyncClient, api_key: str, counting_host: CountingHost
+) -> None:
+    url = counting_host.put("/q.png", png_bytes(seed=71), delay_s=1.0)
     queued = (await api.post("/v1/images", json={"url": url, "models": MODELS}, headers=auth(api_key))).json()
     keyed = {**auth(api_key), "Idempotency-Key": f"cancel-{queued['id']}"}
     first = await api.post(f"/v1/images/{queued['id']}/cancel", headers=keyed)
@@ -106,7 +86,8 @@ async def test_cancel_queued_and_finished_images(api: httpx.AsyncClient, api_key
     replayed = await api.post(f"/v1/images/{queued['id']}/cancel", headers=keyed)
     assert replayed.headers.get("idempotent-replayed") == "true" and replayed.json() == canceled
 
-    done = await api.post("/v1/images", json={"url": host.put("/ok.png", png_bytes(seed=72)), "models": MODELS},
+    ok_url = counting_host.put("/ok.png", png_bytes(seed=72))
+    done = await api.post("/v1/images", json={"url": ok_url, "models": MODELS},
                           headers={**auth(api_key), "Prefer": "wait=30"})
     assert done.status_code == 200 and done.json()["status"] == "complete"
     after = await api.post(f"/v1/images/{done.json()['id']}/cancel", headers=auth(api_key))
@@ -114,10 +95,10 @@ async def test_cancel_queued_and_finished_images(api: httpx.AsyncClient, api_key
 
 
 async def test_cancel_group_counts_partial(
-    api: httpx.AsyncClient, api_key: str, host: CountingHost, receiver: WebhookReceiver
+    api: httpx.AsyncClient, api_key: str, counting_host: CountingHost, receiver: WebhookReceiver
 ) -> None:
-    images = [{"url": host.put("/g/fast.png", png_bytes(seed=73))}]
-    images += [{"url": host.put(f"/g/slow{i}.png", png_bytes(seed=74 + i), delay_s=3.0)} for i in range(2)]
+    images = [{"url": counting_host.put("/g/fast.png", png_bytes(seed=73))}]
+    images += [{"url": counting_host.put(f"/g/slow{i}.png", png_bytes(seed=74 + i), delay_s=3.0)} for i in range(2)]
     group = (await api.post("/v1/groups", json={"images": images, "models": MODELS,
                                                 "webhookUrl": receiver.url("/g")}, headers=auth(api_key))).json()
     path = f"/v1/groups/{group['id']}"
@@ -151,31 +132,31 @@ async def bulk_run_held(store: Store, org: str, group_id: str) -> bool:
 
 
 async def test_cancel_bulk_group_stops_its_run(
-    api: httpx.AsyncClient, api_key: str, org: str, host: CountingHost, stack_store: Store
+    api: httpx.AsyncClient, api_key: str, org: str, counting_host: CountingHost, stack_store: Store
 ) -> None:
     """Canceled while its Ray Data run downloads: the run ends long before it fetched every image."""
     total = 400
-    images = [{"url": host.put(f"/bulk/{i}.png", png_bytes(seed=i), delay_s=0.3)} for i in range(total)]
+    images = [{"url": counting_host.put(f"/bulk/{i}.png", png_bytes(seed=i), delay_s=0.3)} for i in range(total)]
     group = (await api.post("/v1/groups", json={"images": images, "models": MODELS}, headers=auth(api_key))).json()
     assert group["bulk"]
     path = f"/v1/groups/{group['id']}"
-    await until(lambda: sum(host.hits.values()) >= 16, timeout_s=90)  # the run is under way
+    await until(lambda: sum(counting_host.requests.values()) >= 16, timeout_s=90)  # the run is under way
     canceled = (await api.post(f"{path}/cancel", headers=auth(api_key))).json()
     assert canceled["counts"]["pending"] == 0 and canceled["counts"]["canceled"] > 0
     await until(lambda: ended(stack_store, org, group["id"]), timeout_s=30)
-    fetched = await quiet(host)
+    fetched = await quiet(counting_host)
     assert fetched < total / 2  # the run fetches nothing more: it ended early
     final = (await api.get(path, headers=auth(api_key))).json()
     assert final["counts"] == canceled["counts"] and final["status"] in ("canceled", "partial")
 
 
-async def quiet(host: CountingHost, still_s: float = 1.5, timeout_s: float = 20.0) -> int:
+async def quiet(counting_host: CountingHost, still_s: float = 1.5, timeout_s: float = 20.0) -> int:
     """The number of fetches once none has arrived for ``still_s`` (what was in flight is done)."""
     deadline = time.monotonic() + timeout_s
-    seen = sum(host.hits.values())
+    seen = sum(counting_host.requests.values())
     while time.monotonic() < deadline:
         await asyncio.sleep(still_s)
-        if (now := sum(host.hits.values())) == seen:
+        if (now := sum(counting_host.requests.values())) == seen:
             return seen
         seen = now
     raise AssertionError(f"still fetching after {timeout_s}s: {seen} fetches")
@@ -186,10 +167,10 @@ async def ended(store: Store, org: str, group_id: str) -> bool:
 
 
 async def test_deadline_cancels_in_time_with_its_code(
-    api: httpx.AsyncClient, api_key: str, host: CountingHost, receiver: WebhookReceiver
+    api: httpx.AsyncClient, api_key: str, counting_host: CountingHost, receiver: WebhookReceiver
 ) -> None:
     """The image is still downloading when its deadline passes: the sweep announces it on time."""
-    url = host.put("/late.png", png_bytes(seed=80), delay_s=4.0)
+    url = counting_host.put("/late.png", png_bytes(seed=80), delay_s=4.0)
     sent = time.time()
     created = await api.post("/v1/images", json={"url": url, "models": MODELS, "deadline": 1,
                                                  "webhookUrl": receiver.url("/d")}, headers=auth(api_key))
@@ -202,7 +183,7 @@ async def test_deadline_cancels_in_time_with_its_code(
 
 
 async def test_engine_cancels_at_the_deadline_before_starting_or_calling_a_model(
-    stack: LocalStack, org: str, host: CountingHost
+    stack: LocalStack, org: str, counting_host: CountingHost
 ) -> None:
     """The engine's own check, with no sweep running (a processor of this test's key prefix,
     not started): past its deadline an image is canceled instead of fetched, or, when the
@@ -211,10 +192,10 @@ async def test_engine_cancels_at_the_deadline_before_starting_or_calling_a_model
     store = Store.from_settings(settings)
     processor = Processor(settings, model_handles(*MODELS))
     try:
-        late = await store.images.create(org, ImageCreate(url=host.put("/dl/a.png", png_bytes(seed=81)),
+        late = await store.images.create(org, ImageCreate(url=counting_host.put("/dl/a.png", png_bytes(seed=81)),
                                                           models=MODELS, deadline=0.2))
-        slow = await store.images.create(org, ImageCreate(url=host.put("/dl/b.png", png_bytes(seed=82), delay_s=1.0),
-                                                          models=MODELS, deadline=0.5))
+        slow_url = counting_host.put("/dl/b.png", png_bytes(seed=82), delay_s=1.0)
+        slow = await store.images.create(org, ImageCreate(url=slow_url, models=MODELS, deadline=0.5))
         await asyncio.sleep(0.3)
         await processor.process_image(org, late.id, MODELS)
         await processor.process_image(org, slow.id, MODELS)
@@ -222,7 +203,7 @@ async def test_engine_cancels_at_the_deadline_before_starting_or_calling_a_model
             stored = await store.images.get(record.id)
             assert stored.status is ImageStatus.CANCELED and stored.error.code is ErrorCode.DEADLINE
             assert stored.models["object_detection"].status is ModelStatus.QUEUED
-            assert host.hits[urlsplit(record.url).path] == fetches
+            assert counting_host.requests[urlsplit(record.url).path] == fetches
     finally:
         await processor.stop()
         await store.close()
@@ -239,10 +220,10 @@ async def test_deadline_validation(api: httpx.AsyncClient, api_key: str, deadlin
 
 
 async def test_group_retry_reruns_only_failures(
-    api: httpx.AsyncClient, api_key: str, host: CountingHost, receiver: WebhookReceiver
+    api: httpx.AsyncClient, api_key: str, counting_host: CountingHost, receiver: WebhookReceiver
 ) -> None:
-    images = [{"url": host.put(f"/r/{i}.png", png_bytes(seed=90 + i))} for i in range(2)]
-    images.append({"url": host.url("/r/flaky.png")})  # 404 until it is put there
+    images = [{"url": counting_host.put(f"/r/{i}.png", png_bytes(seed=90 + i))} for i in range(2)]
+    images.append({"url": counting_host.url("/r/flaky.png")})  # 404 until it is put there
     group = (await api.post("/v1/groups", json={"images": images, "models": MODELS,
                                                 "webhookUrl": receiver.url("/r")}, headers=auth(api_key))).json()
     path = f"/v1/groups/{group['id']}"
@@ -252,7 +233,7 @@ async def test_group_retry_reruns_only_failures(
 
     receiver.wait_for(lambda got: bool(announced("group.completed")))
     assert announced("group.completed")[0]["data"]["counts"]["failed"] == 1
-    host.put("/r/flaky.png", png_bytes(seed=99))
+    counting_host.put("/r/flaky.png", png_bytes(seed=99))
     response = await api.post(f"{path}/retry", headers=auth(api_key))
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "processing" and response.json()["counts"]["pending"] == 1
@@ -262,6 +243,6 @@ async def test_group_retry_reruns_only_failures(
     receiver.wait_for(lambda got: bool(announced("group.updated")))
     [updated] = announced("group.updated")
     assert updated["data"]["status"] == "complete" and updated["data"]["counts"]["complete"] == 3
-    assert host.hits == {"/r/0.png": 1, "/r/1.png": 1, "/r/flaky.png": 2}  # only the failure ran again
+    assert counting_host.requests == {"/r/0.png": 1, "/r/1.png": 1, "/r/flaky.png": 2}  # only the failure ran again
     nothing = await api.post(f"{path}/retry", headers=auth(api_key))
     assert nothing.status_code == 409 and nothing.headers["content-type"] == "application/problem+json"

@@ -11,7 +11,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import ray
@@ -33,14 +32,6 @@ MODEL = "quality_score"  # the quickest tiny model
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def host() -> Iterator[CountingHost]:
-    server = CountingHost()
-    server.start()
-    yield server
-    server.stop()
-
-
 def engine_settings(stack: LocalStack, **update: object) -> Settings:
     return stack.settings.model_copy(update={"key_prefix": new_id("sweng"), "job_lease_s": 1.5,
                                              "job_reclaim_interval_s": 0.2, **update})
@@ -59,16 +50,16 @@ def completed_once(receiver: WebhookReceiver, path: str, ids: list[str]) -> bool
 
 
 async def test_an_org_behind_another_orgs_backlog_is_served_at_once_and_hosts_are_capped(
-    stack: LocalStack, host: CountingHost
+    stack: LocalStack, counting_host: CountingHost
 ) -> None:
     """Org A queues 40 images on a host answering in 0.4 s; org B's one image, queued after all
     of them, still completes while most of A's wait (one FIFO would serve it last). Meanwhile no
     more than ``engine_host_fetches`` downloads ever reach one host at once."""
     settings = engine_settings(stack, engine_max_in_flight=8, engine_org_max_in_flight=4, engine_host_fetches=3)
     store = Store.from_settings(settings)
-    slow = host.put("/slow.png", png_bytes(seed=1), delay_s=0.4)
+    slow = counting_host.put("/slow.png", png_bytes(seed=1), delay_s=0.4)
     a_ids = [await create(store, "org_a_" + settings.key_prefix, f"{slow}?i={i}") for i in range(40)]
-    b_id = await create(store, "org_b_" + settings.key_prefix, host.put("/b.png", png_bytes(seed=2)))
+    b_id = await create(store, "org_b_" + settings.key_prefix, counting_host.put("/b.png", png_bytes(seed=2)))
     processor = Processor(settings, model_handles(MODEL))
     started = time.monotonic()
     processor.start()
@@ -83,7 +74,7 @@ async def test_an_org_behind_another_orgs_backlog_is_served_at_once_and_hosts_ar
         await processor.stop()
         await store.close()
     assert a_left >= 25, f"B finished after {b_at - started:.2f}s with only {a_left} of A's left"
-    assert host.peak == 3  # the per-host cap, reached and never passed (A had 4 slots)
+    assert counting_host.peak == 3  # the per-host cap, reached and never passed (A had 4 slots)
 
 
 async def _all_terminal(store: Store, ids: list[str]) -> bool:
@@ -91,14 +82,14 @@ async def _all_terminal(store: Store, ids: list[str]) -> bool:
 
 
 async def test_a_replica_killed_mid_load_loses_nothing_and_announces_each_state_once(
-    stack: LocalStack, host: CountingHost, receiver: WebhookReceiver, org: str
+    stack: LocalStack, counting_host: CountingHost, receiver: WebhookReceiver, org: str
 ) -> None:
     """Two processor replicas (Ray actors); one is killed (``ray.kill``) while it holds jobs.
     Its leases expire, the live replica reclaims them: every image completes and its
     ``image.completed`` webhook arrives exactly once."""
     settings = engine_settings(stack, engine_max_in_flight=8, engine_org_max_in_flight=8)  # both get work
     store = Store.from_settings(settings)
-    url = host.put("/load.png", png_bytes(seed=3), delay_s=0.3)
+    url = counting_host.put("/load.png", png_bytes(seed=3), delay_s=0.3)
     ids = [await create(store, org, f"{url}?i={i}", webhook_url=receiver.url("/kill-one")) for i in range(24)]
     victim, survivor = await start_replicas(settings, model_handles(MODEL), 2)
     try:
@@ -123,12 +114,14 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def test_a_job_slower_than_its_lease_is_not_run_twice(stack: LocalStack, host: CountingHost, org: str) -> None:
+async def test_a_job_slower_than_its_lease_is_not_run_twice(
+    stack: LocalStack, counting_host: CountingHost, org: str
+) -> None:
     """The fetch takes 2.5 s against a 1 s lease; two processors watch the queue. The heartbeat
     renews the lease, so the image is fetched once, in one attempt."""
     settings = engine_settings(stack, job_lease_s=1.0)
     store = Store.from_settings(settings)
-    image_id = await create(store, org, host.put("/slow-job.png", png_bytes(seed=4), delay_s=2.5))
+    image_id = await create(store, org, counting_host.put("/slow-job.png", png_bytes(seed=4), delay_s=2.5))
     processors = [Processor(settings, model_handles(MODEL)) for _ in range(2)]
     for processor in processors:
         processor.start()
@@ -141,11 +134,11 @@ async def test_a_job_slower_than_its_lease_is_not_run_twice(stack: LocalStack, h
     finally:
         await asyncio.gather(*(p.stop() for p in processors))
         await store.close()
-    assert host.requests["/slow-job.png"] == 1
+    assert counting_host.requests["/slow-job.png"] == 1
 
 
 async def test_whole_app_killed_with_images_in_flight_the_last_is_delivered_within_30s_of_restart(
-    stack: LocalStack, host: CountingHost, receiver: WebhookReceiver, org: str
+    stack: LocalStack, counting_host: CountingHost, receiver: WebhookReceiver, org: str
 ) -> None:
     """At the default lease (15 s) and reclaim interval: both replicas are killed with images
     in flight; a replica started afterwards (the restart) delivers the last within 30 s."""
@@ -153,7 +146,7 @@ async def test_whole_app_killed_with_images_in_flight_the_last_is_delivered_with
                                job_reclaim_interval_s=Settings.model_fields["job_reclaim_interval_s"].default,
                                engine_max_in_flight=8, engine_org_max_in_flight=8)
     store = Store.from_settings(settings)
-    url = host.put("/crash.png", png_bytes(seed=5), delay_s=0.5)
+    url = counting_host.put("/crash.png", png_bytes(seed=5), delay_s=0.5)
     ids = [await create(store, org, f"{url}?i={i}", webhook_url=receiver.url("/crash")) for i in range(40)]
     models = model_handles(MODEL)
     try:
@@ -174,7 +167,7 @@ async def test_whole_app_killed_with_images_in_flight_the_last_is_delivered_with
 
 
 async def test_a_poison_job_becomes_a_dead_letter_and_other_orgs_go_on(
-    stack: LocalStack, host: CountingHost, receiver: WebhookReceiver, org: str
+    stack: LocalStack, counting_host: CountingHost, receiver: WebhookReceiver, org: str
 ) -> None:
     """A record that cannot be read (its models field corrupt, as a bad migration would leave
     it): its job fails every attempt, is buried after ``max_job_attempts`` (the record cannot
@@ -182,7 +175,7 @@ async def test_a_poison_job_becomes_a_dead_letter_and_other_orgs_go_on(
     operator has fixed the record, ``dead-letters requeue`` runs it again and its webhook arrives."""
     settings = engine_settings(stack)
     store = Store.from_settings(settings)
-    url = host.put("/poison.png", png_bytes(seed=6))
+    url = counting_host.put("/poison.png", png_bytes(seed=6))
     poison = await create(store, org, url, webhook_url=receiver.url("/poison"))
     models = await store.redis.hget(store.keys.image(poison), "models")
     await store.redis.hset(store.keys.image(poison), "models", "{not json")
@@ -215,13 +208,14 @@ async def test_a_poison_job_becomes_a_dead_letter_and_other_orgs_go_on(
 
 
 async def test_a_job_whose_workers_keep_dying_fails_its_image_with_its_own_code(
-    stack: LocalStack, host: CountingHost, receiver: WebhookReceiver, org: str
+    stack: LocalStack, counting_host: CountingHost, receiver: WebhookReceiver, org: str
 ) -> None:
     """Three claims whose workers died (leases left to expire): the reclaimer fails the image
     with ``attempts_exhausted``, announces ``image.failed`` and buries the job."""
     settings = engine_settings(stack, job_lease_s=0.3, job_reclaim_interval_s=0.1)
     store = Store.from_settings(settings)
-    image_id = await create(store, org, host.put("/dies.png", png_bytes(seed=7)), webhook_url=receiver.url("/dies"))
+    url = counting_host.put("/dies.png", png_bytes(seed=7))
+    image_id = await create(store, org, url, webhook_url=receiver.url("/dies"))
     queue = store.jobs.online
     for attempt in range(1, settings.max_job_attempts + 1):
         [job] = await queue.claim(new_token(), 1, {}, 1)  # a worker that dies at once

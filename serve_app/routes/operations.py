@@ -27,8 +27,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["operations"])
 async def readyz(ctx: Ctx) -> JSONResponse:
-    """200 once Redis answers and every model has answered once; 503 before. Read from the
-    replica's snapshot (``serve_app.readiness``), so it answers at once whatever is slow."""
+    """200 once Redis answers and every model that keeps a replica has answered once (one that
+    scales to zero is not asked); 503 before. Read from the replica's snapshot
+    (``serve_app.readiness``), so it answers at once whatever is slow."""
     snapshot = ctx.readiness.snapshot
     return JSONResponse({"ready": snapshot.ready, "checks": snapshot.checks()},
                         status_code=200 if snapshot.ready else 503)
