@@ -62,6 +62,7 @@ log = logging.getLogger("sightwire.processor")
 MODEL_ATTEMPTS = 4
 MODEL_RETRY_BACKOFF_S = 0.25
 RETRYABLE_MODEL_ERRORS = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+FINALIZE_CHUNK = 50  # finalizes in flight at once after a bulk run is killed
 DEADLINE_SWEEP_S = 0.25  # how late past its deadline a queued image may be canceled and announced
 BULK_CANCEL_POLL_S = 0.5  # how often a bulk run's group is checked for a cancel
 
@@ -202,8 +203,16 @@ class Processor:
                 ray.cancel(ref, force=True)
                 with contextlib.suppress(TaskCancelledError, WorkerCrashedError):
                     await run
+                await self._finalize_all(job.image_ids)
                 return
         run.result()
+
+    async def _finalize_all(self, image_ids: tuple[str, ...]) -> None:
+        """Finalize every image of a killed bulk run: one whose results it wrote but whose
+        finalize it never reached is announced and counted (``finalize`` is idempotent, a
+        canceled image is already both), or its group would stay ``processing`` for good."""
+        for start in range(0, len(image_ids), FINALIZE_CHUNK):
+            await asyncio.gather(*(self.store.images.finalize(i) for i in image_ids[start:start + FINALIZE_CHUNK]))
 
     async def _exhausted(self, queued: QueuedJob) -> None:
         """A job that used up its attempts: each of its images not yet terminal fails with its own

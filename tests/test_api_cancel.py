@@ -11,8 +11,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import ray
 
-from core.schemas import ErrorCode, ImageCreate, ImageStatus, ModelStatus
+from core.schemas import ErrorCode, GroupCreate, GroupImage, ImageCreate, ImageStatus, ModelResult, ModelStatus
+from core.settings import Settings
 from core.store import Store
 from core.store.jobs import QueueName
 from core.tokens import new_id
@@ -23,6 +25,7 @@ from tests.support.engine import CountingHost, model_handles
 from tests.support.servers import WebhookReceiver
 
 pytestmark = pytest.mark.integration
+DONE = ModelResult(status=ModelStatus.COMPLETE, version="m@1", result={"ok": True})
 
 MODELS = ["object_detection"]
 
@@ -246,3 +249,51 @@ async def test_group_retry_reruns_only_failures(
     assert counting_host.requests == {"/r/0.png": 1, "/r/1.png": 1, "/r/flaky.png": 2}  # only the failure ran again
     nothing = await api.post(f"{path}/retry", headers=auth(api_key))
     assert nothing.status_code == 409 and nothing.headers["content-type"] == "application/problem+json"
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def half_done_run(settings: Settings, group_id: str, image_ids: list[str], models: list[str]) -> None:
+    """A bulk run killed between an image's results and its finalize: it writes the first
+    image's results, then waits to be cancelled."""
+
+    async def write() -> None:
+        store = Store.from_settings(settings)
+        try:
+            await store.images.write_results(image_ids[0], {m: DONE for m in models})
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    time.sleep(600)
+
+
+async def test_a_killed_bulk_run_leaves_no_image_unannounced(stack: LocalStack, org: str) -> None:
+    """The cancel skips the image whose results are written (it is finished), and the forced
+    cancel kills the run before its finalize: the processor finalizes what the run left, so the
+    image is announced and counted and the group settles instead of staying ``processing``."""
+    settings = stack.settings.model_copy(update={"key_prefix": new_id("swbk"), "bulk_threshold": 2})
+    store = Store.from_settings(settings)
+    processor = Processor(settings, model_handles(*MODELS), bulk=half_done_run)
+    processor.start()
+    try:
+        images = [GroupImage(url=f"http://127.0.0.1:9/{i}.png") for i in range(3)]
+        created = await store.groups.create(org, GroupCreate(images=images, models=MODELS))
+        first = (await store.groups.image_ids(created.id))[0]
+
+        async def written() -> bool:
+            return (await store.images.get(first)).models[MODELS[0]].status is ModelStatus.COMPLETE
+
+        await until(written, timeout_s=60)
+        await store.groups.cancel(created.id, org)
+
+        async def settled() -> bool:
+            return (await store.groups.get(created.id, org)).status.is_terminal
+
+        await until(settled, timeout_s=30)
+        group = await store.groups.get(created.id, org)
+        assert (group.counts.complete, group.counts.canceled, group.counts.pending) == (1, 2, 0)
+        assert group.status is ImageStatus.PARTIAL
+        assert (await store.images.get(first)).status is ImageStatus.COMPLETE  # its results kept, and counted
+    finally:
+        await processor.stop()
+        await store.close()

@@ -205,6 +205,26 @@ async def test_deadlines_of_growth_and_models_requests(store: Store, org: str) -
     assert {added, single.id, created.id} <= due
 
 
+async def test_a_deadline_covers_only_the_work_of_its_request(store: Store, org: str) -> None:
+    """Models added later without a deadline have none: the first request's deadline, passed by
+    then, must not cancel them the moment they start, nor sweep them."""
+    single = await store.images.create(org, image(deadline=_soon()))
+    await store.images.write_results(single.id, {"a": DONE, "b": DONE})
+    await store.images.finalize(single.id)
+    await asyncio.sleep(0.2)  # its deadline has passed, with the image finished
+    record, added = await store.images.add_models(single.id, org, ["c"])
+    assert added == ["c"] and record.deadline is None
+    assert single.id not in await store.deadlines.due(time.time())
+
+    created = await store.groups.create(org, group(1))
+    [member] = await store.groups.image_ids(created.id)
+    await store.images.add_models(member, org, ["c"], deadline=_soon())  # a group image's own deadline
+    await asyncio.sleep(0.2)
+    assert member in await store.deadlines.due(time.time())
+    await store.deadlines.sweep(time.time())
+    assert (await store.images.get(member)).status is ImageStatus.CANCELED
+
+
 def _soon() -> datetime:
     return utcnow() + timedelta(seconds=0.1)
 

@@ -118,8 +118,7 @@ class ImageStore:
             added = self.queue_models(pipe, image_id, fields, models, deadline)
             if added:
                 self._jobs.add(pipe, org, image_id, added)
-                if not fields.get("group"):
-                    self.set_deadline(pipe, image_id, deadline)
+                self.set_deadline(pipe, image_id, deadline)  # a group image's own, beside its group's
             return fields, added
 
         outcome = await watched(self._redis, [key], add)
@@ -135,9 +134,11 @@ class ImageStore:
     ) -> list[str]:
         """Queue the ``models`` the image lacks (in the caller's transaction); returns them.
 
-        A counted group image goes back to pending until the new models finish; a ``deadline``
-        replaces the image's (the caller puts it on the sweep). A canceled image is final: nothing
-        is queued on it."""
+        A counted group image goes back to pending until the new models finish. A deadline covers
+        the work of the request that set it: ``deadline`` replaces the image's (the caller puts it
+        on the sweep), and without one the image's old deadline is dropped, off the sweep too, or
+        it would cancel the new work the moment it starts. A canceled image is final: nothing is
+        queued on it."""
         if fields.get("canceled") == "1":
             return []
         current = json.loads(fields["models"])
@@ -149,6 +150,9 @@ class ImageStore:
         mapping.update(models=json.dumps([*current, *added]), updated_at=utcnow().isoformat())
         if deadline is not None:
             mapping["deadline"] = deadline_field(deadline)
+        elif fields.get("deadline"):
+            pipe.hdel(key, "deadline")
+            pipe.zrem(self._keys.deadlines, image_id)
         pipe.hset(key, mapping=mapping)
         pipe.hincrby(key, "seq", 1)
         if fields.get("group"):

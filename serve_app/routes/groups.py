@@ -86,7 +86,7 @@ async def add_models(group_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> Grou
 
 @router.post("/{group_id}/cancel", response_model=GroupRecord)
 async def cancel_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
-    """Cancel every unfinished image (a bulk run stops between batches); results so far are
+    """Cancel every unfinished image (a bulk group's run is stopped within 0.5 s); results so far are
     kept. The group's webhook fires once with its final state: ``canceled``, or ``partial``
     with ``counts.canceled``. A finished group is answered as it is: a no-op."""
     record = await ctx.store.groups.cancel(group_id, org)

@@ -133,7 +133,10 @@ async def add_models(image_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> Imag
     if record is None:
         raise not_found(f"image {image_id}")
     if record.error is not None or record.status is ImageStatus.CANCELED:
-        reason = "was canceled" if record.error is None else f"failed to load ({record.error.code})"
+        if record.status is ImageStatus.CANCELED:
+            reason = "was canceled" + (f" ({record.error.code})" if record.error is not None else "")
+        else:
+            reason = f"failed to load ({record.error.code})"  # type: ignore[union-attr]
         raise Problem(409, "image-not-runnable", "The image cannot run more models",
                       f"image {image_id} {reason}; submit it again")
     outcome = await ctx.store.images.add_models(image_id, org, body.models, body.deadline)
