@@ -225,6 +225,17 @@ async def test_a_deadline_covers_only_the_work_of_its_request(store: Store, org:
     assert (await store.images.get(member)).status is ImageStatus.CANCELED
 
 
+async def test_a_group_done_in_time_leaves_the_deadline_sweep(store: Store, org: str) -> None:
+    """Its deadline would otherwise cancel images added later (growth without a deadline)."""
+    created = await store.groups.create(org, group(1, deadline=_soon()))
+    [member] = await store.groups.image_ids(created.id)
+    await store.images.write_results(member, {"a": DONE, "b": DONE})
+    await store.images.finalize(member)
+    assert (await store.groups.get(created.id, org)).status is ImageStatus.COMPLETE
+    await asyncio.sleep(0.2)  # past the deadline
+    assert created.id not in await store.deadlines.due(time.time())
+
+
 def _soon() -> datetime:
     return utcnow() + timedelta(seconds=0.1)
 

@@ -111,6 +111,8 @@ class GroupLedger:
                 record.images = await self.summaries(group_id)
             pipe.multi()
             pipe.hset(key, mapping=marks_fields(due.marks))
+            if record.status.is_terminal and record.deadline is not None:
+                pipe.zrem(self._keys.deadlines, group_id)  # done in time: its deadline must not cancel later work
             announcement = self._events.announce(fields["org"], record, due.event)
             return [self._outbox.add(pipe, announcement)] if announcement else []
 
