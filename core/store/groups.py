@@ -211,15 +211,24 @@ class GroupStore:
         if outcome is None:
             return None
         bulk, added = outcome
-
-        def queue(pipe: Pipeline, image_id: str, fields: dict[str, str]) -> list[str]:
-            queued = self._images.queue_models(pipe, image_id, fields, models, deadline)
-            if queued and not bulk:
-                self._jobs.add(pipe, org, image_id, queued)
-            return queued
-
-        await self._each_image(group_id, queue, self._bulk_job(org, group_id) if bulk else None)
+        await self._queue_each(org, group_id, bulk, lambda pipe, image_id, fields: self._images.queue_models(
+            pipe, image_id, fields, models, deadline))
         return await self.get(group_id, org), added  # type: ignore[return-value]
+
+    async def _queue_each(
+        self, org: str, group_id: str, bulk: bool, queue: Callable[[Pipeline, str, dict[str, str]], list[str]]
+    ) -> None:
+        """Give work to every image of the group: ``queue(pipe, image id, hash)`` queues an
+        image's models and returns them; their jobs go in the same transaction, one per image,
+        or one bulk job per chunk of a bulk group."""
+
+        def change(pipe: Pipeline, image_id: str, fields: dict[str, str]) -> list[str]:
+            models = queue(pipe, image_id, fields)
+            if models and not bulk:
+                self._jobs.add(pipe, org, image_id, models)
+            return models
+
+        await self._each_image(group_id, change, self._bulk_job(org, group_id) if bulk else None)
 
     def _bulk_job(self, org: str, group_id: str) -> Callable[[Pipeline, dict[str, list[str]]], None]:
         """What closes a chunk of a bulk group's images given work: one bulk job for them."""
@@ -265,9 +274,9 @@ class GroupStore:
     async def cancel(self, group_id: str, org: str | None = None, error: ErrorInfo | None = None) -> GroupRecord | None:
         """Cancel every unfinished image of a group (``ImageStore.cancel``: results so far are
         kept) and mark the group canceled, which the processor running its bulk job watches for
-        (it cancels the Ray Data run). The group
-        then announces its final state once: ``canceled``, or ``partial`` with ``counts.canceled``
-        when some images had finished. A finished group is answered as it is."""
+        (it cancels the Ray Data run). The group then announces its final state once:
+        ``canceled``, or ``partial`` with ``counts.canceled`` when some images had finished. A
+        finished group is answered as it is."""
         key = self._keys.group(group_id)
 
         async def mark(pipe: Pipeline) -> bool | None:
@@ -317,12 +326,5 @@ class GroupStore:
         bulk = await watched(self._redis, [key], reopen)
         if bulk is None:
             return None
-
-        def retry(pipe: Pipeline, image_id: str, fields: dict[str, str]) -> list[str]:
-            models = self._images.retry_in(pipe, image_id, fields)
-            if models and not bulk:
-                self._jobs.add(pipe, org, image_id, models)
-            return models
-
-        await self._each_image(group_id, retry, self._bulk_job(org, group_id) if bulk else None)
+        await self._queue_each(org, group_id, bulk, self._images.retry_in)
         return await self.get(group_id, org)
