@@ -233,15 +233,18 @@ class Registry(Strict):
     def names(self) -> list[str]:
         return list(self.models)
 
+    def group_of(self, name: str) -> ModelGroup:
+        """The serving group of model ``name`` (the models served by the same network)."""
+        return next(g for g in serving_groups(self.models.values()) if name in g.names)
+
     def scales_to_zero(self, name: str) -> bool:
         """Whether model ``name``'s deployment may have no replica (``min_replicas: 0``): then
         only a request for it brings one up (and, on an autoscaling cluster, its node)."""
-        group = next(g for g in serving_groups(self.models.values()) if name in g.names)
-        return group.autoscaling.min_replicas == 0
+        return self.group_of(name).autoscaling.min_replicas == 0
 
     def deployment_of(self, name: str) -> str:
         """The Serve deployment that serves model ``name``: its serving group's."""
-        return next(g.deployment_name for g in serving_groups(self.models.values()) if name in g.names)
+        return self.group_of(name).deployment_name
 
 
 def registry_path(models: str) -> Path:

@@ -48,6 +48,7 @@ from core.settings import Settings
 from core.store import Job, Store
 from core.store.deadlines import DEADLINE_ERROR
 from core.store.fair_queue import QueuedJob
+from core.store.groups import chunks
 from core.store.jobs import QueueName
 from core.supervise import stop_steps, supervise
 from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
@@ -141,11 +142,10 @@ class Processor:
 
     async def stop(self) -> None:
         """Stop claiming and give back what is held (another replica takes it at once)."""
-        loops = self._loops
-        for loop in loops:
+        for loop in self._loops:
             loop.cancel()
-        await stop_steps("processor", [
-            asyncio.gather(*(intake.stop() for intake in self.intakes.values()), *loops, return_exceptions=True)])
+        await stop_steps("processor", [asyncio.gather(
+            *(intake.stop() for intake in self.intakes.values()), *self._loops, return_exceptions=True)])
         self._decoders.shutdown(wait=False, cancel_futures=True)
         await stop_steps("processor", (self.fetcher.aclose(), self.store.close()))
 
@@ -211,8 +211,8 @@ class Processor:
         """Finalize every image of a killed bulk run: one whose results it wrote but whose
         finalize it never reached is announced and counted (``finalize`` is idempotent, a
         canceled image is already both), or its group would stay ``processing`` for good."""
-        for start in range(0, len(image_ids), FINALIZE_CHUNK):
-            await asyncio.gather(*(self.store.images.finalize(i) for i in image_ids[start:start + FINALIZE_CHUNK]))
+        for chunk in chunks(image_ids, FINALIZE_CHUNK):
+            await asyncio.gather(*(self.store.images.finalize(image_id) for image_id in chunk))
 
     async def _exhausted(self, queued: QueuedJob) -> None:
         """A job that used up its attempts: each of its images not yet terminal fails with its own
