@@ -22,6 +22,7 @@ import pytest
 import yaml
 from standardwebhooks import Webhook
 
+from core.registry import load_registry
 from serve_app.local import RedisServer, free_port
 from serve_app.stack import wait_ready as wait_until_ready
 from tests.conftest import png_bytes
@@ -33,12 +34,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "cluster" / "serve_config.yaml"
 MODELS = ["object_detection", "room_classification", "condition_score", "quality_score"]
 READY_TIMEOUT_S = 180.0
+CPUS_PER_NODE = 2
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
 
 def deploy_config(cluster_tmp: Path, redis_url: str, models_dir: Path, port: int) -> Path:
-    """The shipped serve config with this machine's values; every key it sets is the shipped one."""
+    """The shipped serve config with this machine's values; every key it sets is the shipped one.
+
+    Beside them, as an operator would in the same file, each model deployment asks for a whole
+    node's CPUs: one node cannot hold both, so the code must reach both nodes (with the tiny
+    profile's zero-CPU asks, Ray may pack every replica onto one node and prove nothing)."""
     config = yaml.safe_load(SHIPPED.read_text())
     [app] = config["applications"]
     runtime_env = app["runtime_env"]
@@ -55,6 +61,11 @@ def deploy_config(cluster_tmp: Path, redis_url: str, models_dir: Path, port: int
     assert set(values) == set(runtime_env["env_vars"]), "the shipped config's settings changed: update this test"
     runtime_env["env_vars"] = values
     config["http_options"] = {"host": "127.0.0.1", "port": port}
+    registry = load_registry("tiny", models_dir)
+    model_deployments = sorted({registry.deployment_of(name) for name in MODELS})
+    assert len(model_deployments) >= 2, model_deployments
+    app["deployments"] = [{"name": name, "ray_actor_options": {"num_cpus": CPUS_PER_NODE, "num_gpus": 0}}
+                          for name in model_deployments]
     path = cluster_tmp / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -62,7 +73,7 @@ def deploy_config(cluster_tmp: Path, redis_url: str, models_dir: Path, port: int
 
 @pytest.fixture
 def cluster() -> Iterator[RayCluster]:
-    running = RayCluster(workers=1, cpus_per_node=2).start()
+    running = RayCluster(workers=1, cpus_per_node=CPUS_PER_NODE).start()
     try:
         yield running
     finally:
@@ -96,7 +107,7 @@ def test_serve_deploy_ships_code_and_settings_to_a_multi_node_cluster(
     wait_ready(cluster, url)
     assert (models_dir / "tiny" / ".sightwire-tiny-ready").is_file()
 
-    # The replicas run in the unpacked working_dir, on both nodes.
+    # The replicas run in the unpacked working_dir, on both nodes (each model deployment fills one).
     replicas = [p for p in cluster.processes() if "ServeReplica:sightwire" in " ".join(p.cmdline())]
     assert replicas, "no Serve replica processes found"
     for replica in replicas:
