@@ -47,12 +47,15 @@ class Batching(Strict):
 class Autoscaling(Strict):
     """Serve's autoscaling of one model's deployment. ``min_replicas: 0`` scales it to zero when
     idle (its GPU node can then go too); ``downscale_delay_s`` is how long a deployment stays
-    over-provisioned before Serve removes replicas (Serve's default, 600 s, when unset)."""
+    over-provisioned before Serve removes replicas (Serve's default, 600 s, when unset);
+    ``look_back_period_s`` is the window Serve averages the load over (Serve's 30 s when unset):
+    a shorter one lets an idle deployment see that it is idle sooner."""
 
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0)
     downscale_delay_s: float | None = Field(None, ge=0)
+    look_back_period_s: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
@@ -190,9 +193,13 @@ class ModelGroup:
             min_replicas=max(s.autoscaling.min_replicas for s in self.specs),
             max_replicas=max(s.autoscaling.max_replicas for s in self.specs),
             target_ongoing_requests=max(s.autoscaling.target_ongoing_requests for s in self.specs),
-            downscale_delay_s=max((d for s in self.specs if (d := s.autoscaling.downscale_delay_s) is not None),
-                                  default=None),
+            downscale_delay_s=self._largest_set("downscale_delay_s"),
+            look_back_period_s=self._largest_set("look_back_period_s"),
         )
+
+    def _largest_set(self, field: str) -> float | None:
+        """The largest of the models' values of an optional autoscaling field (None: Serve's default)."""
+        return max((v for s in self.specs if (v := getattr(s.autoscaling, field)) is not None), default=None)
 
     @property
     def resources(self) -> Resources:

@@ -68,8 +68,11 @@ def autoscaler_config(cluster: RayCluster, head_cpus: int) -> dict[str, object]:
 @pytest.fixture
 def cluster() -> Iterator[RayCluster]:
     head_cpus = 4
+    # Serve drains the proxy of a node left without replicas for 30 s before the node counts as
+    # idle; 1 s here, so an idle GPU node goes within seconds of its replica.
     cluster = RayCluster(workers=0, cpus_per_node=head_cpus,
-                         env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "PYTHONPATH": str(ROOT)})
+                         env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "PYTHONPATH": str(ROOT),
+                              "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1"})
     config = cluster.temp_dir / "autoscaler.json"
     config.write_text(json.dumps(autoscaler_config(cluster, head_cpus)))
     cluster.head_args = (f"--autoscaling-config={config}",)
@@ -109,7 +112,7 @@ def test_gpu_nodes_come_for_work_and_go_when_idle(
     assert serving["gpu_nodes_when_ready"] == 0 and serving["replicas_when_ready"] == 0  # nothing idles on a GPU
     assert serving["webhook"] == {"type": "image.completed", "status": "complete", "verified": True}
     assert serving["replica_node"] in serving["gpu_nodes_brought_up"]  # the replica ran on a node made for it
-    # Idle, the replica went (downscale_delay_s 1) and then its node (idle_timeout_minutes 0.1):
+    # Idle, the replica went (look_back_period_s 2, downscale_delay_s 1), then its node (idle_timeout_minutes 0.1):
     # the child waited for each, at most IDLE_TIMEOUT_S, and says how long it took.
     assert 0 <= serving["replica_gone_after_s"] <= serving["gpu_node_gone_after_s"] <= 2 * IDLE_TIMEOUT_S
     bulk = result["bulk"]
@@ -131,7 +134,7 @@ models:
     timeout_s: 240
     batching: {{max_batch_size: 8, batch_wait_timeout_s: 0.01}}
     autoscaling: {{min_replicas: {min_replicas}, max_replicas: {max_replicas}, target_ongoing_requests: 8,
-                  downscale_delay_s: 1}}
+                  downscale_delay_s: 1, look_back_period_s: 2}}
     resources: {{num_cpus: 1, num_gpus: 1}}
 """
 

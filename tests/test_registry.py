@@ -135,13 +135,13 @@ def test_a_shared_backbone_is_served_with_its_models_largest_settings(tmp_path: 
     })
     small = room.model_copy(update={
         "batching": Batching(max_batch_size=8, batch_wait_timeout_s=0.002),
-        "autoscaling": Autoscaling(min_replicas=1, max_replicas=4, target_ongoing_requests=16),
+        "autoscaling": Autoscaling(min_replicas=1, max_replicas=4, target_ongoing_requests=16, look_back_period_s=5),
         "resources": Resources(num_cpus=1, num_gpus=0),
     })
     [group] = serving_groups([small, big])
     assert group.batching == Batching(max_batch_size=32, batch_wait_timeout_s=0.002)
     assert group.autoscaling == Autoscaling(min_replicas=2, max_replicas=4, target_ongoing_requests=16,
-                                            downscale_delay_s=30)
+                                            downscale_delay_s=30, look_back_period_s=5)
     assert group.resources == Resources(num_cpus=1, num_gpus=0.25)
 
 
@@ -150,7 +150,9 @@ def test_only_the_autoscaling_settings_given_reach_serve(tmp_path: Path) -> None
     room = load_registry("tiny", tmp_path)["room_classification"]
     assert room.autoscaling.model_dump(exclude_none=True) == {
         "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8.0}
-    on_demand = Autoscaling(min_replicas=0, max_replicas=2, downscale_delay_s=2)
-    assert on_demand.model_dump(exclude_none=True)["downscale_delay_s"] == 2
+    on_demand = Autoscaling(min_replicas=0, max_replicas=2, downscale_delay_s=2, look_back_period_s=1)
+    assert on_demand.model_dump(exclude_none=True) == {
+        "min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8.0, "downscale_delay_s": 2,
+        "look_back_period_s": 1}
     [group] = serving_groups([room.model_copy(update={"autoscaling": on_demand})])
     assert group.autoscaling.min_replicas == 0
