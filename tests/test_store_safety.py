@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import redis
-import redis.asyncio
 
 from core.settings import AppendFsync, Settings
-from core.store.safety import StoreMisconfigured, verify_store_config, verify_store_config_async
+from core.store.safety import StoreMisconfigured, verify_store_config
+from serve_app.gateway import build_app
 from serve_app.local import RedisServer
 
 
@@ -27,27 +27,23 @@ class EvictingRedis(RedisServer):
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
-async def test_an_evicting_redis_is_refused_with_a_clear_message(policy: str) -> None:
+def test_an_evicting_redis_is_refused_with_a_clear_message(policy: str) -> None:
     with EvictingRedis(policy) as server:
         with redis.Redis(port=server.port) as check:
             assert check.config_get("maxmemory-policy") == {"maxmemory-policy": policy}
         with pytest.raises(StoreMisconfigured, match=f"maxmemory-policy {policy}.*evict.*noeviction"):
             verify_store_config(Settings(redis_url=server.url))
-        client = redis.asyncio.Redis.from_url(server.url)
-        try:
-            with pytest.raises(StoreMisconfigured, match=f"maxmemory-policy {policy}"):
-                await verify_store_config_async(client)
-        finally:
-            await client.aclose()
 
 
-async def test_a_noeviction_redis_passes(redis_server: RedisServer, settings: Settings) -> None:
+def test_the_app_builder_refuses_an_evicting_redis_before_deploying_anything() -> None:
+    """``serve deploy`` / ``serve run`` build the app: an evicting Redis stops them with the
+    message (the check is the builder's first step, before the notifier starts)."""
+    with EvictingRedis("allkeys-lru") as server, pytest.raises(StoreMisconfigured, match="allkeys-lru"):
+        build_app(Settings(redis_url=server.url))
+
+
+def test_a_noeviction_redis_passes(redis_server: RedisServer, settings: Settings) -> None:
     verify_store_config(settings)
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    try:
-        await verify_store_config_async(client)
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.parametrize("fsync", list(AppendFsync))

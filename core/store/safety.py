@@ -6,8 +6,8 @@ delivery, a record — and nothing tells anyone: accepted work is lost silently.
 workers retry. Checked from ``INFO memory``, which managed services (that often rename or
 disable ``CONFIG``) still answer.
 
-Call ``verify_store_config`` where a component starts (the app builder, before deploying) and
-``verify_store_config_async`` in long-lived actors that hold their own client.
+``verify_store_config`` runs where the app is built (``serve_app.gateway.build_app``), before
+anything is deployed: a misconfigured Redis stops the deploy with the message, not work later.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
-import redis.asyncio
 
 from core.settings import Settings
 
@@ -51,8 +50,3 @@ def verify_store_config(settings: Settings) -> None:
         check_memory_info(client.info("memory"))
     finally:
         client.close()
-
-
-async def verify_store_config_async(client: redis.asyncio.Redis) -> None:
-    """Check the Redis behind an open asyncio client."""
-    check_memory_info(await client.info("memory"))
