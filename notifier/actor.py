@@ -42,11 +42,6 @@ class Notifier:
     async def ping(self) -> bool:
         return True
 
-    async def endpoint_health(self) -> list[dict[str, Any]]:
-        """Health (breaker state, failures, held deliveries) of every endpoint this instance has
-        sent to, read fresh from Redis."""
-        return [h.model_dump(mode="json") for h in await self._loop.endpoint_health()]
-
     async def stats(self) -> dict[str, Any]:
         """Attempt outcomes counted by this instance, and sends in flight (for diagnostics)."""
         return {"outcomes": dict(self._loop.metrics.counts), "in_flight": self._loop.in_flight}

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from core.coalesce import Coalescer
 from core.delivery import AttemptRecord, DeliveryPolicy, Outcome, Recorded
 from core.safe_http import policy_pool
-from core.schemas import Attempt, Delivery, EndpointHealth, EndpointState, utcnow
+from core.schemas import Attempt, Delivery, EndpointState, utcnow
 from core.settings import Settings
 from core.store import Store
 from core.supervise import Backoff, stop_steps, supervise
@@ -338,11 +338,6 @@ class DeliveryLoop:
                 continue
             lane.state, lane.pending = health.state, health.pending
             self.metrics.endpoint(lane.eid, health.state, health.held)
-
-    async def endpoint_health(self) -> list[EndpointHealth]:
-        """Fresh health of every endpoint this loop has sent to."""
-        found = [await self.store.endpoints.get(lane.eid) for lane in self.lanes.seen()]
-        return [h for h in found if h is not None]
 
 
 def _reraise_cancellation(exc: BaseException) -> None:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from core.schemas import GroupCreate, GroupImage, GroupImagesAdd, GroupRecord, ModelsAdd
 from core.store.groups import GroupFull, RetryRefused
 from core.store.ratelimit import LimitKind
 from serve_app.auth import Org, charge
-from serve_app.context import ApiContext, context
+from serve_app.context import ApiContext
+from serve_app.lookups import Ctx, FoundGroup
 from serve_app.problems import Problem, invalid, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 log = logging.getLogger("sightwire.api")
 router = APIRouter(prefix="/v1/groups", tags=["groups"])
-Ctx = Annotated[ApiContext, Depends(context)]
 RETRY_REFUSED: dict[int | str, dict[str, Any]] = {
     409: {"description": "Nothing to retry: the group is still running, or none of its images failed"}}
 
@@ -57,12 +57,10 @@ async def get_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
 
 @router.post("/{group_id}/images", status_code=202, response_model=GroupRecord)
 async def add_images(
-    group_id: str, body: GroupImagesAdd, org: Org, ctx: Ctx, request: Request, response: Response
+    group_id: str, body: GroupImagesAdd, current: FoundGroup, org: Org, ctx: Ctx, request: Request,
+    response: Response,
 ) -> GroupRecord:
     """Grow the group; only the new images run, then the group's webhook fires again."""
-    current = await ctx.store.groups.ledger.get(group_id, org)
-    if current is None:
-        raise not_found(f"group {group_id}")
     check_images(ctx, body.images, already=current.counts.total)
     await charge(request, response, LimitKind.IMAGES, len(body.images))
     try:

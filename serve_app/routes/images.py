@@ -6,19 +6,18 @@ import base64
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.schemas import ImageCreate, ImageRecord, ImageStatus, ModelsAdd, Wire
 from core.store.ratelimit import LimitKind
 from serve_app.auth import Org, charge
-from serve_app.context import ApiContext, context
+from serve_app.lookups import Ctx, FoundImage, group_or_404
 from serve_app.problems import Problem, not_found, problem_responses
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 log = logging.getLogger("sightwire.api")
 router = APIRouter(prefix="/v1/images", tags=["images"])
-Ctx = Annotated[ApiContext, Depends(context)]
 
 
 class ImagePage(Wire):
@@ -100,10 +99,9 @@ async def list_images(
     """Newest first (or a group's images in order); follow ``nextCursor`` for the next page."""
     position = Cursor.decode(cursor)
     if group_id is not None:
-        if await ctx.store.groups.ledger.get(group_id, org) is None:
-            raise not_found(f"group {group_id}")
+        await group_or_404(group_id, org, ctx)
         start = position.offset or 0
-        ids = await ctx.store.groups.ledger.image_ids(group_id, start, start + limit - 1)
+        ids = await ctx.store.groups.image_ids(group_id, start, start + limit - 1)
         following = Cursor(offset=start + limit) if len(ids) == limit else None
     else:
         rows = await ctx.store.images.page(org, position.before, limit)
@@ -116,22 +114,16 @@ async def list_images(
 
 
 @router.get("/{image_id}", response_model=ImageRecord)
-async def get_image(image_id: str, org: Org, ctx: Ctx) -> ImageRecord:
-    record = await ctx.store.images.get(image_id, org)
-    if record is None:
-        raise not_found(f"image {image_id}")
+async def get_image(record: FoundImage) -> ImageRecord:
     return record
 
 
 @router.post("/{image_id}/models", status_code=202, response_model=ImageRecord, responses=problem_responses(409))
-async def add_models(image_id: str, body: ModelsAdd, org: Org, ctx: Ctx) -> ImageRecord:
+async def add_models(image_id: str, body: ModelsAdd, record: FoundImage, org: Org, ctx: Ctx) -> ImageRecord:
     """Run more models on an image. Only models it does not have yet run (in one transaction
     with their job); when they finish, the webhook fires again as ``image.updated`` with every
     result. An image that could not be loaded, or was canceled, answers 409."""
     check_models(ctx, body.models)
-    record = await ctx.store.images.get(image_id, org)
-    if record is None:
-        raise not_found(f"image {image_id}")
     if record.error is not None or record.status is ImageStatus.CANCELED:
         if record.status is ImageStatus.CANCELED:
             reason = "was canceled" + (f" ({record.error.code})" if record.error is not None else "")

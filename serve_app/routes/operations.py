@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from core.schemas import ModelInfo
 from serve_app.auth import Org
-from serve_app.context import ApiContext, context
+from serve_app.lookups import Ctx
 
 router = APIRouter()
-Ctx = Annotated[ApiContext, Depends(context)]
 
 
 @router.get("/v1/models", response_model=dict[str, list[ModelInfo]], tags=["models"])
