@@ -1,5 +1,7 @@
 """Untrusted images in: fetched under the URL policy (``imaging.fetch``), decoded under size
-limits (``imaging.decode``). Used by the API's processor and the bulk pipeline alike."""
+limits (``imaging.decode``). Used by the API's processor and the bulk pipeline alike. Results
+drawn on them (``imaging.pictures``) are imported from there, not here: Pillow's drawing and
+the light client are not needed to fetch."""
 
 from __future__ import annotations
 

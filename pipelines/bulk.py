@@ -182,7 +182,7 @@ def show(frame: pd.DataFrame, *, settings: Settings | None = None, limit: int = 
     """The first ``limit`` rows of ``run``'s DataFrame as thumbnails with their boxes, labels and
     scores (Jupyter displays it). The images are downloaded again under ``settings``' URL policy:
     pass the settings the run used."""
-    from serve_app.render import FrameView
+    from imaging.pictures import FrameView
 
     return FrameView.of(frame, settings or Settings.from_env(), limit)
 

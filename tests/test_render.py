@@ -1,4 +1,5 @@
-"""Pictures of results (serve_app/render.py): boxes where the detections say, the group page's
+"""Pictures of results (imaging/pictures.py; the command: serve_app/render.py): boxes where the
+detections say, the group page's
 structure, the page in a real headless Chromium, and ``sightwire render`` against the session stack."""
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from PIL import ImageColor
 from core.failures import Failure
 from core.schemas import ErrorCode
 from core.settings import Settings
+from imaging.pictures import Annotations, color_of, draw, group_page, load_pictures
 from pipelines import bulk
 from serve_app.cli import main
-from serve_app.render import Annotations, color_of, draw, group_page, load_pictures
 from serve_app.stack import LocalStack
 from sightwire_client import Client
 from sightwire_client.models import Group, Image
