@@ -20,7 +20,7 @@ from core.tokens import new_id
 from serve_app.cli import main
 from tests.support.asgi import local_api
 
-BAD_WEIGHTS = [0, -1, 1 / 128, 64.5, 1e400, "2", True, [2]]
+BAD_WEIGHTS = [0, -1, 1 / 128, 64.5, "2", True, [2]]
 
 
 @dataclass
@@ -78,10 +78,11 @@ async def test_a_bad_weight_is_a_422_problem_and_changes_nothing(admin: Admin, w
 async def test_malformed_or_incomplete_bodies_are_problems(admin: Admin) -> None:
     for body, status in (({}, 422), ({"weight": 2, "extra": 1}, 422)):
         problem(await admin.put(admin.org, body), status)
-    raw = await admin.http.put(f"/v1/admin/orgs/{admin.org}/weight", content=b'{"weight": NaN}',
-                               headers={"Authorization": f"Bearer {admin.operator_key}",
-                                        "content-type": "application/json"})
-    assert problem(raw, 422)["errors"][0]["field"] == "weight"
+    for raw in (b'{"weight": NaN}', b'{"weight": Infinity}', b'{"weight": 1e400}'):  # Python's json reads all three
+        response = await admin.http.put(f"/v1/admin/orgs/{admin.org}/weight", content=raw,
+                                        headers={"Authorization": f"Bearer {admin.operator_key}",
+                                                 "content-type": "application/json"})
+        assert problem(response, 422)["errors"][0]["field"] == "weight", raw
     problem(await admin.http.put(f"/v1/admin/orgs/{admin.org}/weight", content=b"{",
                                  headers={"Authorization": f"Bearer {admin.operator_key}",
                                           "content-type": "application/json"}), 400)
