@@ -13,7 +13,13 @@ loopback webhook receiver in this process.
    the API's replicas is read when 1k, 10k and 100k of A's images have been accepted, with how
    many of them were still pending (accepted minus done by A's group webhooks, which are
    throttled: an upper bound).
-3. **Under load**: B posts as in 1 for ``--load-seconds`` while A's backlog is worked off.
+3. **Under load**: B posts as in 1 for ``--load-seconds`` while A's backlog is worked off;
+   the replicas' RSS is sampled every ``SAMPLE_S`` meanwhile (is it flat while A's images are
+   processed, or does it grow with them?). Where B's time went: each of B's records, read
+   afterwards, splits its latency into *accepted* (POST sent -> ``createdAt``), *worked*
+   (-> the model's ``completedAt``: queue, fetch, decode, model) and *announced* (-> the
+   webhook received: finalize, notifier, delivery), and B's p50/max per ``WINDOW_S`` of send
+   time shows whether the wait is steady or a spell.
 
 Bounded in time: after each phase B's webhooks are awaited at most ``--wait-seconds``; an image
 still missing then counts with the time it had waited so far (its latency is at least that),
@@ -34,6 +40,8 @@ import ipaddress
 import json
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +67,21 @@ from serve_app.stack import LocalStack
 TARGET = 2.0
 CHECKPOINTS = (1_000, 10_000, 100_000)
 GROUP_POSTS_IN_FLIGHT = 4
+SAMPLE_S = 5.0  # RSS samples under load
+WINDOW_S = 5.0  # B's latency per window of send time
 
 
 def rss(deployment: str) -> list[float]:
     return [round(rss_mb(pid), 1) for pid in replica_pids(deployment)]
+
+
+@dataclass
+class BRun:
+    """B's open-loop images of one phase: (id, sent) pairs, each latency, how many were missing."""
+
+    sent: list[tuple[str, float]]
+    latencies: list[float]
+    missing: int
 
 
 class Orgs:
@@ -77,8 +96,9 @@ class Orgs:
         self.key_b = create_api_key(stack.settings, "org_bench_b")
         self.groups: list[str] = []
         self.b_offset = 0
+        self.wall_offset = time.time() - time.perf_counter()  # records carry wall-clock times
 
-    async def b_latencies(self, seconds: float) -> tuple[list[float], int]:
+    async def b_latencies(self, seconds: float) -> BRun:
         """B's open-loop images for ``seconds``: each latency (a lower bound for an image still
         missing after ``--wait-seconds``) and how many were missing."""
         offset = self.b_offset
@@ -87,7 +107,43 @@ class Orgs:
                                [self.args.model], self.args.b_rate, seconds)
         missing = await self.receiver.wait([i for i, _ in sent], self.args.wait_seconds, strict=False)
         now = time.perf_counter()
-        return [self.receiver.arrived.get(i, now) - t for i, t in sent], missing
+        return BRun(sent, [self.receiver.arrived.get(i, now) - t for i, t in sent], missing)
+
+    async def breakdown(self, run: BRun) -> dict[str, Any]:
+        """B's latency split by its records' timestamps (accepted, worked, announced), and its
+        p50/max per window of send time."""
+        parts: dict[str, list[float]] = {"accepted": [], "worked": [], "announced": []}
+        async with httpx.AsyncClient(base_url=self.stack.url, timeout=60, headers=bearer(self.key_b)) as client:
+            for image_id, sent in run.sent:
+                if image_id not in self.receiver.arrived:
+                    continue
+                record = (await client.get(f"/v1/images/{image_id}")).json()
+                completed = record["models"][self.args.model].get("completedAt")
+                if completed is None:  # failed before its model: no split
+                    continue
+                created = datetime.fromisoformat(record["createdAt"]).timestamp()
+                done = datetime.fromisoformat(completed).timestamp()
+                parts["accepted"].append(created - (sent + self.wall_offset))
+                parts["worked"].append(done - created)
+                parts["announced"].append(self.receiver.arrived[image_id] + self.wall_offset - done)
+        first = run.sent[0][1]
+        windows: dict[int, list[float]] = {}
+        for (_, sent), latency in zip(run.sent, run.latencies, strict=True):
+            windows.setdefault(int((sent - first) // WINDOW_S), []).append(latency)
+        return {
+            **{name: {"p50_ms": round(percentile(v, 50) * 1000, 1), "p99_ms": round(percentile(v, 99) * 1000, 1)}
+               for name, v in parts.items() if v},
+            "by_window": [{"from_s": k * WINDOW_S, "p50_ms": round(percentile(v, 50) * 1000),
+                           "max_ms": round(max(v) * 1000)} for k, v in sorted(windows.items())],
+        }
+
+    async def sample_rss(self, samples: list[dict[str, Any]]) -> None:
+        """Every ``SAMPLE_S`` until cancelled: the replicas' RSS and how far A has got."""
+        started = time.perf_counter()
+        while True:
+            samples.append({"t_s": round(time.perf_counter() - started), "processor_rss_mb": rss("JobProcessor"),
+                            "api_rss_mb": rss("ApiGateway"), "a_finished_at_most": self.receiver.finished(self.groups)})
+            await asyncio.sleep(SAMPLE_S)
 
     async def queue_a(self) -> dict[str, Any]:
         """Queue A's images as groups; the replicas' RSS at each checkpoint of accepted images."""
@@ -123,9 +179,10 @@ class Orgs:
         return samples
 
 
-def summarise(latencies: list[float], missing: int) -> dict[str, Any]:
+def summarise(run: BRun) -> dict[str, Any]:
+    latencies = run.latencies
     return {"p50_ms": round(percentile(latencies, 50) * 1000, 1), "p99_ms": round(percentile(latencies, 99) * 1000, 1),
-            "max_ms": round(max(latencies) * 1000, 1), "images": len(latencies), "censored": missing}
+            "max_ms": round(max(latencies) * 1000, 1), "images": len(latencies), "censored": run.missing}
 
 
 def main() -> None:
@@ -151,13 +208,22 @@ def main() -> None:
 
             async def run() -> dict[str, Any]:
                 await orgs.b_latencies(1.0)  # warm-up
-                idle = summarise(*await orgs.b_latencies(args.idle_seconds))
-                print(f"B idle: {idle}", flush=True)
+                idle_run = await orgs.b_latencies(args.idle_seconds)
+                idle = summarise(idle_run)
+                print(f"B idle: {idle}; where: {await orgs.breakdown(idle_run)}", flush=True)
                 queued = await orgs.queue_a()
-                load = summarise(*await orgs.b_latencies(args.load_seconds))
+                samples: list[dict[str, Any]] = []
+                sampler = asyncio.create_task(orgs.sample_rss(samples))
+                load_run = await orgs.b_latencies(args.load_seconds)
+                sampler.cancel()
+                load = summarise(load_run)
                 load["a_finished_at_most"] = receiver.finished(orgs.groups)
                 print(f"B under A's backlog: {load}", flush=True)
-                return {"idle": idle, "load": load, "rss_at_queued": queued,
+                where = await orgs.breakdown(load_run)
+                print(f"where B's time went under load: {where}", flush=True)
+                print(f"RSS under load: {samples}", flush=True)
+                return {"idle": idle, "load": load, "rss_at_queued": queued, "load_where": where,
+                        "rss_under_load": samples,
                         "rss_after": {"processor_rss_mb": rss("JobProcessor"), "api_rss_mb": rss("ApiGateway")}}
 
             result = asyncio.run(run())
@@ -172,6 +238,8 @@ def main() -> None:
         "lower_bound": bool(load["censored"]),
         "b_idle": idle,
         "b_under_load": load,
+        "b_under_load_where": result["load_where"],
+        "rss_under_load": result["rss_under_load"],
         "rss_at_queued": result["rss_at_queued"],
         "rss_after": result["rss_after"],
         "a_images": args.images,

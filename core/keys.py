@@ -24,6 +24,10 @@ API layout (``serve_app``):
 ``P:org:{org}:keys``      HASH key id → JSON {hash, createdAt}: the org's API keys
 ``P:keyid:{id}``          STRING the org a key id belongs to (``sightwire keys revoke``)
 ``P:org:{org}:settings``  HASH the org's own settings (rate limits, operations webhook)
+``P:org-weights``         HASH org → its weight in the engine's fair shares (absent: 1), set by an
+                          operator (``core.store.weights``)
+``P:opkey:{hash}``        STRING the id of an operator key (``serve_app.routes.admin``)
+``P:operator:keys``       HASH operator key id → JSON {hash, createdAt}
 ``P:org:{org}:idem:{h}``  STRING JSON: an Idempotency-Key's state and first response (24 h)
 ``P:rl:{key id}:{kind}``  HASH a token bucket (tokens, at)
 ``P:images:finished``     pub/sub channel: image ids as they reach a finished state
@@ -73,6 +77,18 @@ class Keys:
 
     def rate_bucket(self, key_id: str, kind: str) -> str:
         return f"{self.prefix}:rl:{key_id}:{kind}"
+
+    @property
+    def org_weights(self) -> str:
+        """HASH org -> weight (absent: 1): its share in every fair queue and stage limiter."""
+        return f"{self.prefix}:org-weights"
+
+    def operator_key(self, key_hash: str) -> str:
+        return f"{self.prefix}:opkey:{key_hash}"
+
+    @property
+    def operator_keys(self) -> str:
+        return f"{self.prefix}:operator:keys"
 
     @property
     def images_finished(self) -> str:
@@ -179,11 +195,6 @@ class QueueKeys:
     def deficits(self) -> str:
         """HASH org -> credit left in the round (deficit round-robin)."""
         return f"{self.base}:deficit"
-
-    @property
-    def weights(self) -> str:
-        """HASH org -> weight (absent: 1), set by an operator."""
-        return f"{self.base}:weights"
 
     @property
     def leases(self) -> str:

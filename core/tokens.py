@@ -7,6 +7,7 @@ import hashlib
 import secrets
 
 API_KEY_PREFIX = "sw_"
+OPERATOR_KEY_PREFIX = "swop_"  # an operator key (admin routes), never an org's
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
@@ -17,6 +18,10 @@ def new_id(prefix: str) -> str:
 
 def new_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_operator_key() -> str:
+    return OPERATOR_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_api_key(key: str) -> str:

@@ -122,11 +122,14 @@ class Processor:
                               settings.job_reclaim_interval_s, retry_delay_s=settings.job_retry_delay_s)
         bulk_runs = IntakeLimits(settings.max_bulk_runs, settings.max_bulk_runs, settings.job_reclaim_interval_s,
                                  retry_delay_s=settings.job_retry_delay_s)
+        def weights() -> dict[str, float]:
+            return self.weights.current
+
         self.intakes = {
             QueueName.ONLINE: Intake("processor", jobs.online, jobs.dead[QueueName.ONLINE], online,
-                                     run=self._run_online, exhausted=self._exhausted, logger=log),
+                                     run=self._run_online, exhausted=self._exhausted, logger=log, weights=weights),
             QueueName.BULK: Intake("bulk", jobs.bulk, jobs.dead[QueueName.BULK], bulk_runs,
-                                   run=self._run_bulk, exhausted=self._exhausted, logger=log),
+                                   run=self._run_bulk, exhausted=self._exhausted, logger=log, weights=weights),
         }
 
     def start(self) -> None:
@@ -152,9 +155,9 @@ class Processor:
     # -- jobs ----------------------------------------------------------------------------------
 
     async def _report(self) -> None:
-        """The gauges, and the org weights the stage limiters share by (so a weight an operator
-        sets reaches every stage within ``REFRESH_S``)."""
-        await self.weights.refresh(self.store.jobs.online)
+        """The gauges, and the org weights the claims and stage limiters share by (so a weight an
+        operator sets reaches every claim and stage within ``REFRESH_S``, without a restart)."""
+        await self.weights.refresh(self.store.weights)
         await self.metrics.refresh(self.store.jobs, {name: len(i.held) for name, i in self.intakes.items()})
         await asyncio.sleep(REFRESH_S)
 

@@ -20,7 +20,7 @@ from serve_app.context import ApiContext
 from serve_app.idempotency import Idempotency
 from serve_app.openapi import install_openapi
 from serve_app.problems import install_problem_handlers
-from serve_app.routes import deliveries, endpoints, groups, images, operations, secrets, settings, webhooks
+from serve_app.routes import admin, deliveries, endpoints, groups, images, operations, secrets, settings, webhooks
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -39,7 +39,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     install_problem_handlers(app, on_store_unreachable=ctx.readiness.store_unreachable)
-    routers = (images, groups, operations, deliveries, endpoints, secrets, settings, webhooks)
+    routers = (images, groups, operations, deliveries, endpoints, secrets, settings, webhooks, admin)
     for router in (module.router for module in routers):
         app.include_router(router)
     install_openapi(app)

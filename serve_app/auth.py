@@ -2,6 +2,8 @@
 
 Authenticating also charges the key's request bucket (``core.store.ratelimit``): every route
 that needs an org is rate limited, and a refused request is a 429 before the route runs.
+The admin routes take an operator key instead (``core.store.operators``): an org's key there is
+a 403, so an org can never change what the operator decides for it (its weight).
 """
 
 from __future__ import annotations
@@ -58,4 +60,20 @@ async def current_org(request: Request, response: Response) -> str:
     return caller.org
 
 
+async def current_operator(request: Request) -> str:
+    """The operator key's id: 401 for a missing or unknown key, 403 for an org's key."""
+    key = bearer_key(request.headers)
+    if key is None:
+        raise Problem(401, "unauthorized", "Missing operator key", "send Authorization: Bearer <operator key>",
+                      headers=UNAUTHORIZED)
+    store = context(request).store
+    key_id = await store.operators.identify(key)
+    if key_id is not None:
+        return key_id
+    if await store.accounts.identify(key) is not None:
+        raise Problem(403, "forbidden", "Operator key required", "an organisation's API key cannot use admin routes")
+    raise Problem(401, "unauthorized", "Invalid operator key", headers=UNAUTHORIZED)
+
+
 Org = Annotated[str, Depends(current_org)]
+Operator = Annotated[str, Depends(current_operator)]

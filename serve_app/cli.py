@@ -22,6 +22,7 @@ from core.store import Store
 from serve_app.cli_api import add_commands as add_api_commands
 from serve_app.cli_api import subcommands as api_subcommands
 from serve_app.cli_bulk import add_commands as add_bulk_commands
+from serve_app.cli_operator import add_commands as add_operator_commands
 from serve_app.dead_letters import add_commands as add_dead_letter_commands
 from serve_app.render import add_commands as add_render_commands
 from sightwire_client.listen import add_arguments as add_listen_arguments
@@ -207,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     listen.set_defaults(func=cmd_listen)
 
     add_dead_letter_commands(commands, _with_store)
+    add_operator_commands(commands, _with_store)
     add_api_commands(commands)
     add_render_commands(commands)
     add_bulk_commands(commands)

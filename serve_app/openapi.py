@@ -4,7 +4,8 @@ FastAPI's own document says nothing of the bearer keys, declares a JSON 422 body
 sends, and has no webhooks. ``install_openapi`` post-processes it once per app:
 
 - a ``bearer`` HTTP security scheme (Swagger's Authorize button), required by every operation
-  whose route depends on ``serve_app.auth.current_org``;
+  whose route depends on ``serve_app.auth.current_org`` (an API key) or ``current_operator``
+  (an operator key: the admin routes);
 - every error status an operation can answer, each with the ``application/problem+json`` body:
   the shared ones are derived from the route (401/429/503 behind auth; 409/422 on a POST, for
   ``Idempotency-Key``; 400/413/422 with a body;
@@ -35,7 +36,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 
 from core.schemas import EndpointHealth, EventType, GroupCounts, GroupRecord, ImageRecord, ImageStatus, Wire
-from serve_app.auth import current_org
+from serve_app.auth import current_operator, current_org
 from serve_app.problems import MEDIA_TYPE, STATUS_TITLES, ProblemDocument
 
 SCHEME = "bearer"
@@ -53,11 +54,19 @@ def _path_params(dependant: Dependant) -> bool:
     return bool(dependant.path_params) or any(_path_params(d) for d in dependant.dependencies)
 
 
+def _authenticated(route: APIRoute) -> bool:
+    return _depends_on(route.dependant, current_org) or _depends_on(route.dependant, current_operator)
+
+
 def shared_statuses(route: APIRoute) -> set[int]:
     """The error statuses a route answers whatever it does (see the module docstring)."""
     statuses = {500}
+    if _authenticated(route):
+        statuses |= {401, 503}
     if _depends_on(route.dependant, current_org):
-        statuses |= {401, 429, 503}  # 429: the key's rate limit (serve_app.auth)
+        statuses.add(429)  # the key's rate limit (serve_app.auth)
+    if _depends_on(route.dependant, current_operator):
+        statuses.add(403)  # an org's key
     if "POST" in route.methods:
         statuses |= {409, 422}  # Idempotency-Key: in progress, or reused with another body
     if route.body_field is not None:
@@ -109,7 +118,9 @@ def document(app: FastAPI) -> dict[str, Any]:
     schemas.update(problem.pop("$defs", {}))
     schemas["ProblemDocument"] = problem
     components["securitySchemes"] = {
-        SCHEME: {"type": "http", "scheme": "bearer", "description": "an API key: `sightwire keys create --org ORG`"}
+        SCHEME: {"type": "http", "scheme": "bearer",
+                 "description": "an API key (`sightwire keys create --org ORG`); on the admin routes an "
+                                "operator key (`sightwire operator-keys create`)"}
     }
     routes = api_routes(app)
     ids = _operation_ids([route for _, route in routes])
@@ -123,7 +134,7 @@ def document(app: FastAPI) -> dict[str, Any]:
             for status in sorted(declared | shared_statuses(route)):
                 if not _keeps_own_body(route, status):
                     responses[str(status)] = _problem_response(status, responses.get(str(status)))
-            if _depends_on(route.dependant, current_org):
+            if _authenticated(route):
                 operation["security"] = [{SCHEME: []}]
     for item in doc.get("webhooks", {}).values():  # a receiver's answers, not FastAPI's 422
         for operation in item.values():

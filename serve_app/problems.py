@@ -94,6 +94,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 STATUS_TITLES = {
     400: "Bad request (malformed JSON, invalid cursor)",
     401: "Missing or invalid API key",
+    403: "An operator key is required (admin routes)",
     404: "Not found",
     409: "Conflict with the resource's state",
     413: "Request body too large",
@@ -103,7 +104,8 @@ STATUS_TITLES = {
     503: "The store is unreachable; retry after Retry-After",
 }
 
-STATUS_TYPES = {401: "unauthorized", 404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
+STATUS_TYPES = {401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
+                413: "payload-too-large"}
 
 # Redis errors that mean "the store cannot be reached now" (refused, reset, timed out, loading):
 # only these are a 503 worth retrying. A command error (``ResponseError``) is a bug: a 500.

@@ -81,6 +81,45 @@ async def _all_terminal(store: Store, ids: list[str]) -> bool:
     return await terminal(store, ids) == len(ids)
 
 
+async def test_an_org_of_weight_2_gets_twice_the_share_and_a_change_needs_no_restart(
+    stack: LocalStack, counting_host: CountingHost
+) -> None:
+    """Orgs A (weight 2, set by an operator) and B (weight 1) each queue 60 images on a slow
+    host; a replica holds 3 at once. Of the first 30 downloads A has ~20, B ~10. The operator
+    then sets A back to 1: once the replica's refresh has seen it, with no restart, the next
+    24 downloads split ~12/12. Counts of the host's request log, not timings."""
+    settings = engine_settings(stack, engine_max_in_flight=3, engine_org_max_in_flight=3)
+    store = Store.from_settings(settings)
+    orgs = {"a": "org_a_" + settings.key_prefix, "b": "org_b_" + settings.key_prefix}
+    for name, org in orgs.items():
+        await store.accounts.create_api_key(org)
+        url = counting_host.put(f"/w{name}.png", png_bytes(seed=5), delay_s=0.4)
+        for i in range(60):
+            await create(store, org, f"{url}?i={i}")
+    await store.weights.set(orgs["a"], 2)
+    processor = Processor(settings, model_handles(MODEL))
+    await processor.weights.refresh(store.weights)  # what its metrics loop does first thing
+    processor.start()
+
+    def shares(start: int, count: int) -> dict[str, int]:
+        window = [path[2] for path in counting_host.order[start:start + count]]  # "/wa.png?i=3" -> "a"
+        return {name: window.count(name) for name in orgs}
+
+    try:
+        await until(lambda: _async(len(counting_host.order) >= 30), 60, "30 downloads")
+        weighted = shares(0, 30)
+        await store.weights.set(orgs["a"], 1)
+        await until(lambda: _async(processor.weights(orgs["a"]) == 1.0), 15, "the replica refreshes the weights")
+        start = len(counting_host.order) + 3  # the jobs already held were claimed at weight 2
+        await until(lambda: _async(len(counting_host.order) >= start + 24), 60, "24 more downloads")
+        even = shares(start, 24)
+    finally:
+        await processor.stop()
+        await store.close()
+    assert weighted["a"] == pytest.approx(2 * weighted["b"], abs=3), weighted
+    assert even["a"] == pytest.approx(even["b"], abs=3), even
+
+
 async def test_a_replica_killed_mid_load_loses_nothing_and_announces_each_state_once(
     stack: LocalStack, counting_host: CountingHost, receiver: WebhookReceiver, org: str
 ) -> None:

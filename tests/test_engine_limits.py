@@ -8,9 +8,11 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from core.failures import Failure
+from core.keys import Keys
 from core.registry import load_registry
 from core.settings import Settings
-from core.store.fair_queue import FairQueue, QueueKeys
+from core.store.weights import Weights
+from core.tokens import new_id
 from deployments.engine.limits import OrgWeights, StageLimits, model_in_flight
 from imaging import ImageFetcher
 from tests.conftest import LOOPBACK
@@ -51,11 +53,11 @@ def test_decode_threads_default_to_the_cpus_of_the_process() -> None:
     assert limits.decode.capacity >= 1
 
 
-async def test_every_stage_shares_by_the_org_weights_of_the_queue(redis: Redis, queue_keys: QueueKeys) -> None:
-    queue = FairQueue(redis, queue_keys, lease_s=15, max_attempts=3)
-    await queue.set_weight("org_a", 3)
+async def test_every_stage_shares_by_the_operators_org_weights(redis: Redis) -> None:
+    store = Weights(redis, Keys(new_id("swlim")))
+    await store.set("org_a", 3)
     weights = OrgWeights()
-    await weights.refresh(queue)
+    await weights.refresh(store)
     assert (weights("org_a"), weights("org_b")) == (3.0, 1.0)
     decode = StageLimits.build(Settings(engine_decode_threads=1), {}, weight=weights).decode
     grant = await decode.acquire("org_c")
@@ -69,8 +71,8 @@ async def test_every_stage_shares_by_the_org_weights_of_the_queue(redis: Redis, 
         order.append(grant.flow)
     grant.release()
     assert order == ["org_a"] * 3 + ["org_b"] + ["org_a"] * 3 + ["org_b"] * 5
-    await queue.set_weight("org_a", 1)  # back to the default: refreshed, the stages follow
-    await weights.refresh(queue)
+    await store.set("org_a", 1)  # back to the default: refreshed, the stages follow
+    await weights.refresh(store)
     assert weights("org_a") == 1.0
 
 

@@ -62,17 +62,16 @@ async def test_the_round_is_shared_by_every_replica(redis: Redis, queue_keys: Qu
 
 async def test_weights_scale_an_orgs_share(redis: Redis, queue_keys: QueueKeys) -> None:
     jobs = queue(redis, queue_keys)
-    await jobs.set_weight("org_a", 3)
-    await jobs.set_weight("org_c", 0.5)
+    weights = {"org_a": 3.0, "org_c": 0.5}  # what a replica passes from its copy of the operator's
     for org in ("org_a", "org_b", "org_c"):
         await fill(redis, jobs, org, 60)
     token = new_token()
-    orgs = [j.org for _ in range(9) for j in await jobs.claim(token, 5, {}, BIG)]  # 45 jobs, in small claims
+    orgs = [j.org for _ in range(9) for j in await jobs.claim(token, 5, {}, BIG, weights)]  # 45 jobs, small claims
     assert orgs.count("org_a") == pytest.approx(3 * orgs.count("org_b"), abs=3)
     assert orgs.count("org_b") == pytest.approx(2 * orgs.count("org_c"), abs=2)
-    assert await jobs.weights() == {"org_a": 3.0, "org_c": 0.5}
-    with pytest.raises(ValueError):
-        await jobs.set_weight("org_b", 0)
+    even = [j.org for j in await jobs.claim(token, 12, {}, BIG)]  # no weights passed: equal shares
+    assert {org: even.count(org) for org in ("org_a", "org_b", "org_c")} == pytest.approx(
+        {"org_a": 4, "org_b": 4, "org_c": 4}, abs=1)
 
 
 async def test_room_bounds_what_one_org_gets_from_a_claim(redis: Redis, queue_keys: QueueKeys) -> None:

@@ -1,5 +1,6 @@
-"""The Redis store: accounts, image records, groups, the job queue, the webhook outbox and
-endpoints (``core.delivery``), and the API's idempotency keys and rate limits.
+"""The Redis store: accounts, operator keys, org weights, image records, groups, the job queue,
+the webhook outbox and endpoints (``core.delivery``), and the API's idempotency keys and rate
+limits.
 
 ``Store`` bundles them over one asyncio Redis connection pool. Every key name comes from
 ``core.keys``; writes that must commit together share one transaction.
@@ -22,7 +23,9 @@ from core.store.idempotency import IdempotencyStore
 from core.store.images import ImageStore
 from core.store.jobs import Job, Jobs
 from core.store.ledger import GroupLedger
+from core.store.operators import Operators
 from core.store.ratelimit import LimitKind, RateLimiter
+from core.store.weights import Weights
 
 
 class Store:
@@ -30,6 +33,8 @@ class Store:
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
         self.accounts = Accounts(redis, self.keys)
+        self.operators = Operators(redis, self.keys)
+        self.weights = Weights(redis, self.keys)
         self.jobs = Jobs(redis, self.keys, settings)
         self.outbox = Outbox(redis, self.keys, settings.delivery_retention_s)
         self.endpoints = Endpoints(redis, self.keys)

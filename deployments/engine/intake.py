@@ -5,7 +5,8 @@ The backlog stays in Redis: a replica holds at most ``max_in_flight`` jobs, at m
 100,000-job backlog never sits in a replica's memory and one org cannot take every slot. Three
 supervised loops (``core.supervise``) run beside the jobs:
 
-* **intake**: when there is room, claim (fairly across orgs, in the queue's round) and start one
+* **intake**: when there is room, claim (fairly across orgs, in the queue's round, each org's
+  share scaled by ``weights()``, the replica's copy of the operator's weights) and start one
   task per job; with nothing queued, wait on the queue's wake token (an enqueue claims within
   milliseconds) or a freed slot;
 * **heartbeat**: every lease / 3, one call renews every lease the replica holds; a lease found
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -59,6 +60,7 @@ class Intake:
         run: Callable[[QueuedJob], Awaitable[None]],
         exhausted: Callable[[QueuedJob], Awaitable[None]],
         logger: logging.Logger = log,
+        weights: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -67,6 +69,7 @@ class Intake:
         self._run = run
         self._exhausted = exhausted
         self.log = logger
+        self._weights = weights
         self.token = new_token()
         self.held: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._orgs: Counter[str] = Counter()
@@ -108,7 +111,7 @@ class Intake:
             await self._room.wait()
             return
         room = {org: self.limits.org_max_in_flight - n for org, n in self._orgs.items()}
-        jobs = await self.queue.claim(self.token, want, room, self.limits.org_max_in_flight)
+        jobs = await self.queue.claim(self.token, want, room, self.limits.org_max_in_flight, self._weights())
         for job in jobs:
             self._start(job)
         if not jobs:

@@ -13,8 +13,9 @@ settings (``docs/engine.md``, "Memory bounds"):
 * ``models[name]``: images in flight to each model, enough to fill every replica's batches
   twice over (one batch running, one gathering): ``2 x max_batch_size x max_replicas``.
 
-Every stage shares its capacity by the org weights the queue's claim uses (``OrgWeights``), so
-an org of weight 2 gets twice the share at each stage, not only twice the claims.
+Every stage shares its capacity by the org weights the queue's claim uses (``OrgWeights``, the
+replica's copy of ``core.store.weights``), so an org of weight 2 gets twice the share at each
+stage, not only twice the claims.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from core.limits import FairLimiter
 from core.registry import ModelSpec
 from core.settings import Settings
-from core.store.fair_queue import FairQueue
+from core.store.weights import DEFAULT_WEIGHT, Weights
 
 BODY_QUANTUM = 1024 * 1024  # a typical photo: an org's credit per visit at the byte budget
 PIXEL_QUANTUM = 2_000_000  # a typical decoded photo (e.g. 1333 x 1000)
@@ -43,18 +44,19 @@ def model_in_flight(spec: ModelSpec) -> int:
 
 
 class OrgWeights:
-    """The queue's per-org weights (``FairQueue.set_weight``) as the stage limiters read them: a
-    limiter decides inside a synchronous dispatch, so it reads a copy that ``refresh`` renews
-    from Redis (the processor does, with its metrics); an org not set has weight 1."""
+    """The operator's per-org weights (``core.store.weights``) as one replica uses them: a stage
+    limiter decides inside a synchronous dispatch and every claim passes them to the queue's
+    script, so both read this copy, which ``refresh`` renews from Redis (the processor does,
+    with its metrics, every ``core.metrics.REFRESH_S``); an org not set has weight 1."""
 
     def __init__(self) -> None:
-        self._weights: dict[str, float] = {}
+        self.current: dict[str, float] = {}
 
     def __call__(self, org: str) -> float:
-        return self._weights.get(org, 1.0)
+        return self.current.get(org, DEFAULT_WEIGHT)
 
-    async def refresh(self, queue: FairQueue) -> None:
-        self._weights = await queue.weights()
+    async def refresh(self, weights: Weights) -> None:
+        self.current = await weights.all()
 
 
 @dataclass(frozen=True)

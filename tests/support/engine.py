@@ -60,11 +60,13 @@ async def start_replicas(
 
 
 class CountingHost(ImageHost):
-    """An image host that counts requests per path and the most it ever served at once."""
+    """An image host that counts requests per path and the most it ever served at once, and
+    keeps the paths (query included) in the order their requests came."""
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: Counter[str] = Counter()
+        self.order: list[str] = []
         self.peak = 0
         self._now = 0
         self._count_lock = threading.Lock()
@@ -72,6 +74,7 @@ class CountingHost(ImageHost):
     def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
         with self._count_lock:
             self.requests[request.path] += 1
+            self.order.append(request.path)
             self._now += 1
             self.peak = max(self.peak, self._now)
         try:

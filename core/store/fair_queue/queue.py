@@ -6,8 +6,8 @@ is atomic and every replica claims through the same round, which makes the fairn
 * ``enqueue`` / ``enqueue_many`` (inside the record's transaction) append jobs to their org's
   queue, put the org in the round if it was not, and leave a wake token for idle replicas;
 * ``claim`` takes up to ``want`` jobs by deficit round-robin (each org ``quantum x weight`` per
-  visit), never more of one org than the caller's ``room`` for it, and leases each to the
-  caller's token; every claim counts as an attempt;
+  visit; the caller passes the weights, ``core.store.weights``), never more of one org than the
+  caller's ``room`` for it, and leases each to the caller's token; every claim counts as an attempt;
 * ``renew`` is the heartbeat: one call per replica renews every lease it holds (owner-checked,
   so a replica whose lease was taken over learns it and cannot extend someone else's claim);
 * ``ack`` finishes a job, ``release`` gives unstarted ones back (no attempt counted),
@@ -34,7 +34,6 @@ from core.keys import QueueKeys
 from core.store.fair_queue.scripts import Scripts
 from core.tokens import new_id
 
-MIN_WEIGHT = 1 / 64  # every org with queued work gets a turn within 64 rounds
 ENQUEUE_CHUNK = 1_000  # jobs per enqueue script call (Lua's unpack has a stack limit near 8,000)
 
 
@@ -102,15 +101,18 @@ class FairQueue:
             ids += [job_id for job_id, _ in jobs]
         return ids
 
-    async def claim(self, token: str, want: int, room: Mapping[str, int], default_room: int) -> list[QueuedJob]:
-        """Up to ``want`` jobs, fairly across orgs, at most ``room[org]`` (else ``default_room``)
-        of each org, leased to ``token`` for the lease time."""
+    async def claim(self, token: str, want: int, room: Mapping[str, int], default_room: int,
+                    weights: Mapping[str, float] | None = None) -> list[QueuedJob]:
+        """Up to ``want`` jobs, fairly across orgs (each org's share scaled by ``weights[org]``,
+        else 1), at most ``room[org]`` (else ``default_room``) of each org, leased to ``token``
+        for the lease time."""
         if want < 1:
             return []
         k = self.keys
         reply = await self._scripts.run(
-            "claim", [k.ring, k.deficits, k.weights, k.leases, k.visiting, k.wake], base=k.base, want=want,
-            room=dict(room), default_room=default_room, quantum=self.quantum, lease_ms=self.lease_ms, token=token,
+            "claim", [k.ring, k.deficits, k.leases, k.visiting, k.wake], base=k.base, want=want,
+            room=dict(room), default_room=default_room, weights=dict(weights or {}), quantum=self.quantum,
+            lease_ms=self.lease_ms, token=token,
         )
         return _jobs(json.loads(reply))
 
@@ -159,16 +161,3 @@ class FairQueue:
     async def wait(self, timeout_s: float) -> bool:
         """Block until an enqueue (or requeue) leaves a wake token, or ``timeout_s``."""
         return bool(await self._redis.blpop([self.keys.wake], timeout=timeout_s))
-
-    async def set_weight(self, org: str, weight: float) -> None:
-        """An org's share of the round (default 1): 2 takes twice the jobs per visit."""
-        if weight == 1:
-            await self._redis.hdel(self.keys.weights, org)
-            return
-        if not weight >= MIN_WEIGHT:
-            raise ValueError(f"a weight must be at least {MIN_WEIGHT:g}")
-        await self._redis.hset(self.keys.weights, org, repr(float(weight)))
-
-    async def weights(self) -> dict[str, float]:
-        raw = await self._redis.hgetall(self.keys.weights)
-        return {org.decode(): float(value) for org, value in raw.items()}

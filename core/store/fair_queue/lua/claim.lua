@@ -1,5 +1,7 @@
--- KEYS: ring, deficit, weights, leases, visiting, wake.
--- A: base, want, room ({org: n}), default_room, quantum, lease_ms, token.
+-- KEYS: ring, deficit, leases, visiting, wake.
+-- A: base, want, room ({org: n}), default_room, weights ({org: w}; absent: 1), quantum, lease_ms, token.
+-- The weights come from the caller (its cached copy of core.store.weights): that hash lives
+-- outside the queue's hash tag, so the script cannot read it in a cluster.
 -- Deficit round-robin over the orgs in the ring: the org at the head is on its visit; a visit
 -- starts by adding quantum x weight to the org's credit, and the org takes whole jobs while its
 -- credit, its room (what this replica may still hold of that org) and `want` allow. An org
@@ -7,7 +9,7 @@
 -- goes to the back with no credit banked; one whose queue is empty leaves the round. A claim
 -- that took jobs and left work queued passes the wake token on to the next idle replica.
 -- Returns JSON: [[id, org, payload, attempts, enqueued_ms], ...].
-local ring, deficits, weights, leases, visiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ring, deficits, leases, visiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
 local out = {}
 local capped = 0  -- visits in a row that found the org at its room
@@ -26,7 +28,7 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
   local org = redis.call('LINDEX', ring, 0)
   local credit = tonumber(redis.call('HGET', deficits, org) or '0')
   if visiting ~= org then
-    credit = credit + A.quantum * tonumber(redis.call('HGET', weights, org) or '1')
+    credit = credit + A.quantum * (A.weights[org] or 1)
     visiting = org
   end
   local room = (A.room[org] or A.default_room) - (given[org] or 0)
@@ -62,5 +64,5 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
 end
 if visiting then redis.call('SET', visiting_key, visiting) else redis.call('DEL', visiting_key) end
 if #out == 0 then return '[]' end
-if redis.call('LLEN', ring) > 0 then wake(KEYS[6]) end
+if redis.call('LLEN', ring) > 0 then wake(KEYS[5]) end
 return cjson.encode(out)
