@@ -176,27 +176,32 @@ class ImageStore:
             self._ledger.uncount(pipe, record.group_id, image_id, fields)
         return models
 
-    async def _update(self, image_id: str, mapping: dict[str, Any]) -> None:
-        """An engine write: applied atomically unless the image is gone or canceled."""
+    async def _update(self, image_id: str, mapping: dict[str, Any]) -> bool:
+        """An engine write: applied atomically unless the image is gone or canceled. Returns
+        whether it was applied, which is also the engine's fresh read of that state (a dropped
+        write means no more work is worth doing on the image)."""
         args = [str(part) for item in {**mapping, "updated_at": utcnow().isoformat()}.items() for part in item]
-        await self._update_script(keys=[self._keys.image(image_id)], args=args)
+        return bool(await self._update_script(keys=[self._keys.image(image_id)], args=args))
 
-    async def mark_started(self, image_id: str, width: int, height: int) -> None:
-        await self._update(image_id, {"started": "1", "width": width, "height": height})
+    async def mark_started(self, image_id: str, width: int, height: int) -> bool:
+        """The started mark and size; ``False``: the image is gone or canceled (nothing written)."""
+        return await self._update(image_id, {"started": "1", "width": width, "height": height})
 
-    async def write_model_result(self, image_id: str, model: str, result: ModelResult) -> None:
-        await self.write_results(image_id, {model: result})
+    async def write_model_result(self, image_id: str, model: str, result: ModelResult) -> bool:
+        return await self.write_results(image_id, {model: result})
 
     async def write_results(
         self, image_id: str, results: dict[str, ModelResult], size: tuple[int, int] | None = None
-    ) -> None:
-        """Several model results at once (a bulk run has them together), with the started mark
-        and the image's ``size`` when given: one round trip and one sequence step."""
+    ) -> bool:
+        """Several model results at once (a bulk run has them together; the engine's models
+        that finish together), with the started mark and the image's ``size`` when given: one
+        round trip and one sequence step. Returns whether they were written (see ``_update``)."""
         mapping: dict[str, Any] = {MODEL_FIELD + name: result.to_json() for name, result in results.items()}
         if size is not None:
             mapping.update(started="1", width=size[0], height=size[1])
-        if mapping:  # nothing to write: the sequence stays
-            await self._update(image_id, mapping)
+        if not mapping:  # nothing to write: the sequence stays
+            return True
+        return await self._update(image_id, mapping)
 
     async def write_image_error(self, image_id: str, error: ErrorInfo) -> None:
         await self._update(image_id, {"started": "1", "error": error.to_json()})
