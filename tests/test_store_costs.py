@@ -59,7 +59,8 @@ async def test_a_group_image_moves_its_sums_in_one_write(cost_store: Store, redi
     await cost_store.images.write_results(first, {m: DONE for m in SCORES}, (4, 4))
     calls = await commands(redis, cost_store.images.finalize(first))
     assert "hincrbyfloat" not in calls and "hincrby" not in calls, calls  # 10 sums and 2 counts before
-    assert calls["hset"] <= 3, calls  # the image's marks, the group's count, its sums
+    # the script: the image's marks, the group's count, its sums; then settle's progress marks
+    assert calls["hset"] <= 4 and calls["evalsha"] == 1, calls
     after = await cost_store.groups.get(group.id, org)
     assert (after.counts.complete, after.counts.pending) == (1, 1)
     assert after.aggregates.overall.count == 1 and after.aggregates.overall.condition_mean == 4.0
