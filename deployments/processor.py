@@ -40,6 +40,7 @@ from ray.remote_function import RemoteFunction
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from core.coalesce import Coalescer
 from core.failures import Failure, describe, failed_result
 from core.metrics import REFRESH_S, EngineMetrics
 from core.registry import ModelSpec, decode_min_side, load_registry
@@ -90,6 +91,35 @@ def runnable(record: ImageRecord | None) -> bool:
 def expired(record: ImageRecord) -> bool:
     """Whether the image's deadline has passed (the work left is canceled, not started)."""
     return record.deadline is not None and record.deadline <= utcnow()
+
+
+class ImageRun:
+    """One online job's view of its image, so the engine reads the record once per job, not
+    once per model call: the record as read when the job started, and whether the image is
+    still live as the job's own writes last said (each write reports whether it was dropped
+    because the image was canceled or is gone). A model that had to wait for its slot reads it
+    again (``refresh``): a cancel made meanwhile stops it before its call. Results of models
+    that finish together (the heads of one backbone) go to Redis in one write."""
+
+    def __init__(self, record: ImageRecord, store: Store) -> None:
+        self.record = record
+        self.live = True
+        self._store = store
+        self._writer: Coalescer[tuple[str, ModelResult], bool] = Coalescer(self._write_many, max_in_flight=1)
+
+    async def refresh(self) -> None:
+        current = await self._store.images.get(self.record.id)
+        if current is None:
+            self.live = False
+        else:
+            self.record = current
+
+    async def write(self, model: str, result: ModelResult) -> None:
+        self.live = await self._writer.submit((model, result)) and self.live
+
+    async def _write_many(self, results: list[tuple[str, ModelResult]]) -> list[bool]:
+        written = await self._store.images.write_results(self.record.id, dict(results))
+        return [written] * len(results)
 
 
 class Processor:
@@ -243,7 +273,7 @@ class Processor:
             queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
             pending = [name for name in models if name in queued]
             if pending:
-                await self._run_models(org, record, pending)
+                await self._run_models(org, ImageRun(record, self.store), pending)
         await self.store.images.finalize(image_id)
 
     # -- stages --------------------------------------------------------------------------------
@@ -271,7 +301,8 @@ class Processor:
                 raise
         return image, pixels
 
-    async def _run_models(self, org: str, record: ImageRecord, models: list[str]) -> None:
+    async def _run_models(self, org: str, run: ImageRun, models: list[str]) -> None:
+        record = run.record
         min_side = decode_min_side(self.specs[name] for name in models if name in self.specs)
         try:
             image, pixels = await self._load(org, record.url, min_side)
@@ -282,18 +313,21 @@ class Processor:
             await self.store.images.write_image_error(record.id, failure.info())
             return
         try:
-            await self.store.images.mark_started(record.id, image.width, image.height)
+            if not await self.store.images.mark_started(record.id, image.width, image.height):
+                return  # canceled (or gone) while it loaded: no model is called
             shared = ray.put(image)  # one object-store copy, read by every model
-            await asyncio.gather(*(self._run_model(org, record.id, name, shared) for name in models))
+            await asyncio.gather(*(self._run_model(org, run, name, shared) for name in models))
         finally:
             pixels.release()
 
-    async def _run_model(self, org: str, image_id: str, name: str, image: DecodedImage | ray.ObjectRef) -> None:
+    async def _run_model(self, org: str, run: ImageRun, name: str, image: DecodedImage | ray.ObjectRef) -> None:
         """Run one model and write its result the moment it is ready; a failure stays local."""
         limiter = self.limits.models.get(name)
+        waits = limiter is not None and (limiter.free <= 0 or limiter.waiters() > 0)
         async with limiter.hold(org) if limiter else contextlib.nullcontext():
-            current = await self.store.images.get(image_id)
-            if not await self._admit(current) or current.models[name].status is not ModelStatus.QUEUED:  # type: ignore[union-attr]
+            if waits:  # what the job last read may be stale by the wait for the slot
+                await run.refresh()
+            if not await self._may_call(run, name):
                 return
             timeout_s = self.timeouts.get(name, self.settings.model_timeout_s)
             try:
@@ -307,9 +341,18 @@ class Processor:
             except TimeoutError:
                 result = failed_result(ErrorCode.MODEL_TIMEOUT, f"{name} took over {timeout_s:g}s")
             except Exception as exc:  # any model error fails this model only
-                log.exception("model %s failed on %s", name, image_id, extra={"org": org, "image_id": image_id})
+                log.exception("model %s failed on %s", name, run.record.id,
+                              extra={"org": org, "image_id": run.record.id})
                 result = failed_result(ErrorCode.MODEL_FAILED, f"{name}: {describe(exc)}")
-        await self.store.images.write_model_result(image_id, name, result)
+        await run.write(name, result)
+
+    async def _may_call(self, run: ImageRun, name: str) -> bool:
+        """The check before a model call, on what the job knows of its image (no read): still
+        live by its last write, ``_admit`` (a passed deadline cancels it here, once), and the
+        model still queued."""
+        if run.live and not await self._admit(run.record):
+            run.live = False
+        return run.live and run.record.models[name].status is ModelStatus.QUEUED
 
     async def _call_model(self, name: str, image: DecodedImage | ray.ObjectRef) -> dict[str, Any]:
         """One model call, retried while its replica is dead or unavailable (bounded).

@@ -31,6 +31,7 @@ from core.delivery.policy import BreakerPolicy
 from core.delivery.scripts import Call
 from core.events import Announcement, Events
 from core.keys import Keys
+from core.lua import LuaScript
 from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryStatus, DeliveryView, EndpointState
 from core.tokens import new_id
 
@@ -117,6 +118,13 @@ class Outbox:
         Its ``sequence`` must rise with each delivery of one resource (the callers add them
         under a WATCH of the resource): an older update of the resource still waiting for this
         endpoint is superseded by this one."""
+        delivery, call = self.delivery_call(announcement)
+        self._scripts.queue(pipe, scripts.ENQUEUE, call)
+        return delivery
+
+    def delivery_call(self, announcement: Announcement, **args: Any) -> tuple[Delivery, Call]:
+        """The delivery ``announcement`` becomes and the call that queues it: what ``add``
+        runs, and what a ``scripts.with_delivery`` script takes (its own ``args`` beside)."""
         a = announcement
         eid = endpoint_id(a.org, a.url)
         delivery = Delivery(
@@ -124,10 +132,17 @@ class Outbox:
             resource_id=a.resource_id, sequence=a.sequence, body=a.body, created_at=a.at, next_attempt_at=a.at,
             endpoint_id=eid,
         )
-        args = {"id": delivery.id, "eid": eid, "resource_id": a.resource_id, "org": a.org, "url": a.url,
-                "host": destination_host(a.url), "now": a.at.timestamp(), "retention_s": self.retention_s}
-        self._scripts.queue(pipe, scripts.ENQUEUE, Call(args, delivery_fields(delivery)))
-        return delivery
+        args |= {"id": delivery.id, "eid": eid, "resource_id": a.resource_id, "org": a.org, "url": a.url,
+                 "host": destination_host(a.url), "now": a.at.timestamp(), "retention_s": self.retention_s}
+        return delivery, Call(args, delivery_fields(delivery))
+
+    def queue_with(self, pipe: Pipeline, script: LuaScript, call: Call, keys: Sequence[str]) -> None:
+        """Queue a ``scripts.with_delivery`` script in the caller's transaction (``keys``: its own)."""
+        self._scripts.queue(pipe, script, call, keys)
+
+    async def run_with(self, script: LuaScript, call: Call, keys: Sequence[str]) -> Any:
+        """Run a ``scripts.with_delivery`` script now (``keys``: its own)."""
+        return await self._scripts.run(script, call, keys)
 
     async def claim(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from hashlib import sha1
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,18 @@ class Call:
     data: tuple[str, ...] = ()
 
 
-ENQUEUE = _LOADER.load("enqueue")
+_ADD = (LUA_DIR / "add.lua").read_text()  # add_delivery(), for every script that queues one
+
+
+def with_delivery(name: str, body: str) -> LuaScript:
+    """A script that may queue a delivery (``add_delivery()``): the library, ``add.lua``, then
+    ``body``. The store's finalize is one, so an image's marks, its group's count and its
+    webhook commit in one script."""
+    source = compose(_ADD + body)
+    return LuaScript(name, source, sha1(source.encode()).hexdigest())
+
+
+ENQUEUE = with_delivery("enqueue", (LUA_DIR / "enqueue.lua").read_text())
 CLAIM = _LOADER.load("claim")
 RECORD = _LOADER.load("record")
 RETRY = _LOADER.load("retry")
@@ -66,16 +78,20 @@ class Scripts:
     def _argv(self, call: Call) -> list[str]:
         return [json.dumps({"prefix": self._prefix, **call.args}, separators=(",", ":")), *call.data]
 
-    async def run(self, script: LuaScript, call: Call) -> Any:
-        """Run ``script`` now (EVALSHA, loading it first if Redis does not know it)."""
-        return await self._loaders[script.name](keys=list(self.keys), args=self._argv(call))
+    async def run(self, script: LuaScript, call: Call, keys: Sequence[str] = ()) -> Any:
+        """Run ``script`` now (EVALSHA, loading it first if Redis does not know it); ``keys``
+        are the script's own, after the two fixed ones (a ``with_delivery`` script's)."""
+        loader = self._loaders.get(script.name)
+        if loader is None:
+            loader = self._loaders[script.name] = self._redis.register_script(script.source)
+        return await loader(keys=[*self.keys, *keys], args=self._argv(call))
 
-    def queue(self, pipe: Pipeline, script: LuaScript, call: Call) -> None:
+    def queue(self, pipe: Pipeline, script: LuaScript, call: Call, keys: Sequence[str] = ()) -> None:
         """Queue ``script`` in the caller's transaction as EVAL with its text: Redis runs its
         cached compilation, and, unlike EVALSHA, it can never fail with NOSCRIPT inside the EXEC
         (where the rest of the transaction would still commit), so no SCRIPT EXISTS round trip
         is needed first."""
-        pipe.eval(script.source, len(self.keys), *self.keys, *self._argv(call))
+        pipe.eval(script.source, len(self.keys) + len(keys), *self.keys, *keys, *self._argv(call))
 
     async def run_many(self, script: LuaScript, calls: Sequence[Call]) -> list[Any]:
         """Run ``script`` once per call in one round trip, each call its own atomic script; a

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from core.delivery import Outbox
+from core.delivery.scripts import Call, with_delivery
 from core.events import Events, image_event
 from core.keys import Keys
 from core.schemas import (
@@ -40,7 +41,9 @@ from core.store.ledger import GroupLedger
 from core.store.records import MODEL_FIELD, deadline_field, decode, image_record, new_image_fields
 from core.store.transactions import watched
 
-UPDATE_SCRIPT = (Path(__file__).with_name("lua") / "update_image.lua").read_text()
+LUA_DIR = Path(__file__).with_name("lua")
+UPDATE_SCRIPT = (LUA_DIR / "update_image.lua").read_text()
+FINALIZE = with_delivery("finalize", (LUA_DIR / "finalize.lua").read_text())
 
 
 class ImageStore:
@@ -176,27 +179,32 @@ class ImageStore:
             self._ledger.uncount(pipe, record.group_id, image_id, fields)
         return models
 
-    async def _update(self, image_id: str, mapping: dict[str, Any]) -> None:
-        """An engine write: applied atomically unless the image is gone or canceled."""
+    async def _update(self, image_id: str, mapping: dict[str, Any]) -> bool:
+        """An engine write: applied atomically unless the image is gone or canceled. Returns
+        whether it was applied, which is also the engine's fresh read of that state (a dropped
+        write means no more work is worth doing on the image)."""
         args = [str(part) for item in {**mapping, "updated_at": utcnow().isoformat()}.items() for part in item]
-        await self._update_script(keys=[self._keys.image(image_id)], args=args)
+        return bool(await self._update_script(keys=[self._keys.image(image_id)], args=args))
 
-    async def mark_started(self, image_id: str, width: int, height: int) -> None:
-        await self._update(image_id, {"started": "1", "width": width, "height": height})
+    async def mark_started(self, image_id: str, width: int, height: int) -> bool:
+        """The started mark and size; ``False``: the image is gone or canceled (nothing written)."""
+        return await self._update(image_id, {"started": "1", "width": width, "height": height})
 
-    async def write_model_result(self, image_id: str, model: str, result: ModelResult) -> None:
-        await self.write_results(image_id, {model: result})
+    async def write_model_result(self, image_id: str, model: str, result: ModelResult) -> bool:
+        return await self.write_results(image_id, {model: result})
 
     async def write_results(
         self, image_id: str, results: dict[str, ModelResult], size: tuple[int, int] | None = None
-    ) -> None:
-        """Several model results at once (a bulk run has them together), with the started mark
-        and the image's ``size`` when given: one round trip and one sequence step."""
+    ) -> bool:
+        """Several model results at once (a bulk run has them together; the engine's models
+        that finish together), with the started mark and the image's ``size`` when given: one
+        round trip and one sequence step. Returns whether they were written (see ``_update``)."""
         mapping: dict[str, Any] = {MODEL_FIELD + name: result.to_json() for name, result in results.items()}
         if size is not None:
             mapping.update(started="1", width=size[0], height=size[1])
-        if mapping:  # nothing to write: the sequence stays
-            await self._update(image_id, mapping)
+        if not mapping:  # nothing to write: the sequence stays
+            return True
+        return await self._update(image_id, mapping)
 
     async def write_image_error(self, image_id: str, error: ErrorInfo) -> None:
         await self._update(image_id, {"started": "1", "error": error.to_json()})
@@ -204,39 +212,45 @@ class ImageStore:
     async def finalize(self, image_id: str) -> tuple[ImageRecord, list[Delivery]]:
         """Announce a finished image once per state (``core.events`` decides what).
 
-        In one transaction: mark the state notified, put the image's webhook in the outbox and,
-        for a group image, move it into its count and aggregates. Then settle the group, which
-        announces the group's own events. Safe to repeat: an announced state adds nothing."""
+        One read, then one script (``lua/finalize.lua``) that applies only if the image is still
+        as read: it marks the state notified, puts the image's webhook in the outbox and, for a
+        group image, moves it into its count and aggregates; if the image moved meanwhile, it is
+        read again. Then the group is settled, which announces the group's own events. Safe to
+        repeat: an announced state adds nothing."""
         key = self._keys.image(image_id)
-
-        async def announce(pipe: Pipeline) -> tuple[ImageRecord, list[Delivery]]:
-            fields = decode(await pipe.hgetall(key))
+        while True:
+            fields = decode(await self._redis.hgetall(key))
             record = image_record(image_id, fields)
             event = image_event(record, int(fields["notified_seq"]))
             if event is None:
-                return record, []
-            pipe.multi()
-            return record, self._announce(pipe, record, fields, event)
-
-        record, deliveries = await watched(self._redis, [key], announce)
+                deliveries: list[Delivery] = []
+                break
+            call, keys, deliveries = self._announcement(record, fields, event)
+            if await self._outbox.run_with(FINALIZE, call, keys):
+                break
         if record.group_id and record.status.is_terminal:
             deliveries += await self._ledger.settle(record.group_id)
         return record, deliveries
 
-    def _announce(
-        self, pipe: Pipeline, record: ImageRecord, fields: dict[str, str], event: EventType
-    ) -> list[Delivery]:
-        """Inside the caller's MULTI: mark ``record``'s state announced, queue its webhook and,
-        for a group image, move it into its count; ``fields`` is the hash as it was read."""
-        marks = {"notified_seq": str(record.sequence)}
-        if record.group_id:
-            marks.update(self._ledger.count(pipe, record.group_id, record, fields))
-        pipe.hset(self._keys.image(record.id), mapping=marks)
-        pipe.publish(self._keys.images_finished, record.id)  # wakes ``Prefer: wait`` requests
-        if fields.get("deadline"):
-            pipe.zrem(self._keys.deadlines, record.id)
+    def _announcement(
+        self, record: ImageRecord, fields: dict[str, str], event: EventType
+    ) -> tuple[Call, list[str], list[Delivery]]:
+        """The finalize script's call and keys that announce ``record``'s state (``fields``: the
+        hash it was read from), and the delivery it queues, if any."""
+        group, marks = (None, {}) if not record.group_id else self._ledger.count(record, fields)
+        marks["notified_seq"] = str(record.sequence)
+        image = {"id": record.id, "seq": fields["seq"], "notified": fields["notified_seq"],
+                 "marks": [part for item in marks.items() for part in item], "channel": self._keys.images_finished,
+                 "deadline": bool(fields.get("deadline"))}
+        keys = [self._keys.image(record.id), self._keys.deadlines]
+        if group is not None:  # absent, not null: cjson's null is true in Lua
+            image["group"] = group
+            keys += [self._keys.group(record.group_id), self._keys.group_sums(record.group_id)]
         announcement = self._events.announce(fields["org"], record, event)
-        return [self._outbox.add(pipe, announcement)] if announcement else []
+        if announcement is None:
+            return Call({"image": image}), keys, []
+        delivery, call = self._outbox.delivery_call(announcement, image=image)
+        return call, keys, [delivery]
 
     def cancel_in(
         self, pipe: Pipeline, image_id: str, fields: dict[str, str], error: ErrorInfo | None
@@ -254,7 +268,11 @@ class ImageStore:
         updated = {**fields, **changes}
         canceled = image_record(image_id, updated)
         event = image_event(canceled, int(fields["notified_seq"]))
-        return canceled, self._announce(pipe, canceled, updated, event) if event else []
+        if event is None:
+            return canceled, []
+        call, keys, deliveries = self._announcement(canceled, updated, event)
+        self._outbox.queue_with(pipe, FINALIZE, call, keys)  # under the caller's WATCH: it applies
+        return canceled, deliveries
 
     async def cancel(self, image_id: str, org: str | None = None, error: ErrorInfo | None = None) -> ImageRecord | None:
         """Cancel an image: queued work never starts, running work stops at its next model, the

@@ -1,8 +1,9 @@
 """A group's ledger: its counts and aggregate sums, moved as each image finishes, and the
 announcements that follow from them.
 
-``count`` runs inside an image's finalize transaction and only increments (HINCRBY and
-HINCRBYFLOAT commute), so thousands of images can finish at once without locking the group.
+``count`` says what an image's finalize script does to the group: it moves the counts and adds
+to the sums inside that script (atomic, so thousands of images can finish at once without
+locking the group, and one read and one write of each hash however many sums change).
 ``settle`` then asks ``core.events``, under a WATCH of the group, whether there is something to
 announce, and writes it with the marks of what was announced.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -46,21 +48,17 @@ class GroupLedger:
         self._outbox = outbox
         self._events = events
 
-    def count(self, pipe: Pipeline, group_id: str, record: ImageRecord, fields: dict[str, str]) -> dict[str, str]:
-        """Move a finished image into its count and replace its aggregate contribution; returns
-        the image's own fields that record what was counted, for the caller's one write of the
-        image's hash."""
-        group_key = self._keys.group(group_id)
+    @staticmethod
+    def count(record: ImageRecord, fields: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Move a finished image into its count and replace its aggregate contribution: what the
+        finalize script (``core/store/lua/finalize.lua``) does to the group (its ``group``
+        argument: the count left and joined, the sums to add), and the image's own fields that
+        record what was counted, written with the image's marks."""
         previous, current = fields.get("counted", ""), record.status.value
-        if previous != current:
-            if previous:
-                pipe.hincrby(group_key, f"n_{previous}", -1)
-            pipe.hincrby(group_key, f"n_{current}", 1)
         contribution = aggregates.contribution(record)
-        for key, amount in aggregates.delta(json.loads(fields.get("contrib", "{}")), contribution).items():
-            pipe.hincrbyfloat(self._keys.group_sums(group_id), key, amount)
-        self._touch(pipe, group_key, started="1")
-        return {"counted": current, "contrib": json.dumps(contribution)}
+        sums = aggregates.delta(json.loads(fields.get("contrib", "{}")), contribution)
+        change = {"prev": previous, "cur": current, "sums": sums, "at": utcnow().isoformat()}
+        return change, {"counted": current, "contrib": json.dumps(contribution)}
 
     def uncount(self, pipe: Pipeline, group_id: str, image_id: str, fields: dict[str, str]) -> None:
         """An image gets new work: back to pending (its contribution is replaced when it finishes)."""

@@ -1,6 +1,6 @@
 """Optimistic transactions: read under WATCH, write in MULTI, start over if a key moved.
 
-Used wherever a write depends on what was just read (finalize, settle, add models, secret
+Used wherever a write depends on what was just read (settle, cancel, add models, secret
 rotation), so concurrent writers never lock and never overwrite each other's changes.
 """
 
