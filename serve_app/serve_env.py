@@ -9,12 +9,15 @@ every node, docs/operations.md).
 HAProxy mode writes its config, admin socket and server state under fixed ``/tmp`` paths and
 binds fixed stats (8404) and metrics (9101) ports unless told otherwise; two stacks on one
 machine (tests, ``sightwire serve`` beside a benchmark) would collide, so each Ray started here
-gets its own folder under ``data_dir`` and free ports.
+gets a private folder of its own and free ports. The folder is a short one under the system's
+temporary directory: Ray adds a 56-character folder per node, and HAProxy refuses socket paths
+longer than 97 bytes (a ``data_dir`` under a pytest or home folder is too deep).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from core.settings import ServeIngress, Settings
@@ -26,8 +29,7 @@ def serve_env(settings: Settings) -> dict[str, str]:
     if settings.serve_ingress is ServeIngress.PROXY:
         # explicit, so an inherited RAY_SERVE_* variable cannot switch the mode silently
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
-    folder = Path(settings.data_dir).expanduser() / "haproxy"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="sw-haproxy-"))
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",

@@ -124,13 +124,13 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def ray_session() -> Iterator[None]:
     """One local Ray for the whole session, with explicit logical CPUs (the machine has 2)."""
     if not ray.is_initialized():
         # address="local": always a private Ray, never one another session on this machine
         # started (ray.init would otherwise join the cluster of /tmp/ray/ray_current_cluster).
         # the shipped Serve mode (serve_app/serve_env.py), as LocalStack applies it
-        apply_serve_env(Settings(data_dir=tmp_path_factory.mktemp("serve")))
+        apply_serve_env(Settings())
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  namespace=RAY_NAMESPACE)
     yield

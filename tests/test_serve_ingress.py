@@ -2,7 +2,7 @@
 
 The session's Ray is started with ``serve_app.serve_env`` (as ``LocalStack`` starts its own), so
 Serve runs an ``haproxy`` process whose frontend is the stack's loopback port; its config lives in
-the Ray's own folder, not Ray's shared ``/tmp/haproxy-serve`` (two stacks on one machine would
+a folder of that Ray's own, not Ray's shared ``/tmp/haproxy-serve`` (two stacks on one machine would
 overwrite each other's config and fight over the stats and metrics ports).
 """
 
@@ -39,9 +39,9 @@ def test_the_stack_answers_through_haproxy_on_its_own_port_and_config(stack: Loc
     assert httpx.get(f"{stack.url}/readyz", timeout=10).status_code == 200
 
 
-def test_each_ray_gets_its_own_haproxy_files_and_ports(tmp_path: Path) -> None:
-    first, second = serve_env(Settings(data_dir=tmp_path / "a")), serve_env(Settings(data_dir=tmp_path / "b"))
+def test_each_ray_gets_its_own_haproxy_files_and_ports() -> None:
+    first, second = serve_env(Settings()), serve_env(Settings())
     assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
     assert first["RAY_SERVE_HAPROXY_STATS_PORT"] != first["RAY_SERVE_HAPROXY_METRICS_PORT"]
-    proxy = serve_env(Settings(data_dir=tmp_path, serve_ingress=ServeIngress.PROXY))
+    proxy = serve_env(Settings(serve_ingress=ServeIngress.PROXY))
     assert proxy == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
