@@ -1,7 +1,11 @@
 """``POST /v1/images`` requests/s vs a bare Serve FastAPI endpoint that answers 202.
 
-Both run on the same local Ray and Serve HTTP proxy, one after the other, driven by the same lean
-keep-alive HTTP load generator (``benchmarks.loadgen``) with ``--connections`` connections:
+Both run on the same local Ray, started by the stack as shipped (``LocalStack``: every detected
+CPU), one after the other, driven by the same lean keep-alive HTTP load generator
+(``benchmarks.loadgen``) with ``--connections`` connections. Each repeat is a fresh process and
+Ray in one Serve mode (``Settings.serve_ingress``: ``haproxy``, the default, or ``proxy``, Serve's
+Python proxy); with ``--serve-ingress both`` the two modes alternate (A B, B A, A B) for
+``--repeats`` rounds and every figure is the median of its repeats, with min-max printed:
 
 * bare: a Serve ingress deployment (same options as the API gateway: 0 CPUs, 256 ongoing
   requests) whose FastAPI route ``POST /v1/images`` answers 202 with a small JSON body without
@@ -12,14 +16,16 @@ keep-alive HTTP load generator (``benchmarks.loadgen``) with ``--connections`` c
   (hashed key lookup), validated (schema, registry, URL policy, metadata size) and written with
   its job in one Redis transaction before the 202.
 
-By default the job processor is all but idle (one job at a time: ``engine_max_in_flight=1``) so
-that only acceptance is measured; ``--processing`` lets it work the jobs off meanwhile (their images answer 404 on a
-loopback host, the cheapest real failure) to show what sharing 2 CPUs with processing costs.
-ratio = Sightwire / bare; target >= 0.80. Each round also records the CPU seconds of the whole
+The stack runs with its default settings, so the processor works the accepted jobs off meanwhile
+(their images answer 404 on a loopback host, the cheapest real failure); ``--idle-processor``
+holds it to one job at a time (``engine_max_in_flight=1``, not a shipped setting) to show
+acceptance alone.
+ratio = Sightwire / bare in the same Serve mode, the shipped mode's median; target >= 0.80. Each
+round also records the CPU seconds of the whole
 process tree (load generator, proxy, replicas, Redis, Ray) per request: ``ratio_cpu`` = bare CPU
 per request / Sightwire CPU per request, which other load on a shared machine does not move.
 
-    .venv/bin/python -m benchmarks.bench_ingest [--seconds 8] [--connections 32] [--processing]
+    .venv/bin/python -m benchmarks.bench_ingest [--seconds 8] [--repeats 3] [--serve-ingress both] [--idle-processor]
 """
 
 from __future__ import annotations
@@ -31,14 +37,21 @@ import json
 import tempfile
 from pathlib import Path
 
-import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from benchmarks.common import create_api_key, machine, median, start_not_found_host, tree_cpu_seconds
+from benchmarks.common import (
+    create_api_key,
+    interleaved,
+    machine,
+    run_child,
+    spread_of,
+    start_not_found_host,
+    tree_cpu_seconds,
+)
 from benchmarks.loadgen import build_request, run_load
-from core.settings import RAY_NAMESPACE, Settings
+from core.settings import ServeIngress, Settings
 from serve_app.local import free_port
 from serve_app.stack import LocalStack
 
@@ -81,82 +94,92 @@ def measure(port: int, path: str, body_for: object, headers: dict[str, str], con
     return result.rate, cpu * 1000 / result.requests
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3, help="bare/Sightwire alternations")
-    parser.add_argument("--processing", action="store_true", help="let the processor work the jobs meanwhile")
-    args = parser.parse_args()
-    print(f"machine: {machine()}")
-
+def trial(args: argparse.Namespace, ingress: ServeIngress) -> dict[str, float]:
+    """One repeat in this process: a fresh Ray in ``ingress`` mode, the stack as shipped, the bare
+    endpoint beside it; each of the three measured once after a warm-up."""
     images = start_not_found_host(HOST)
     image_base = f"http://{HOST}:{images.server_address[1]}"
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=RAY_NAMESPACE)
-    bare_rates, sw_rates, bare_cpu, sw_cpu, body_rates, body_cpu = [], [], [], [], [], []
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings.from_env(
             models="tiny", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
-            **({} if args.processing else {"engine_max_in_flight": 1, "engine_org_max_in_flight": 1}),
+            serve_ingress=ingress,
+            **({"engine_max_in_flight": 1, "engine_org_max_in_flight": 1} if args.idle_processor else {}),
         )
-        stack = LocalStack(settings, host=HOST, port=port, embedded_redis=True).start()
+        stack = LocalStack(settings, host=HOST, port=port, embedded_redis=True).start()  # Ray as shipped
         try:
             key = create_api_key(stack.settings, "bench-ingest")
             auth = {"Authorization": f"Bearer {key}"}
 
-            def sightwire_body(i: int) -> bytes:
+            def body(i: int) -> bytes:
                 return json.dumps({"url": f"{image_base}/{i}.jpg", "models": ["object_detection"],
                                    "metadata": {"listing": f"L-{i}"}}).encode()
 
-            def bare_body(i: int) -> bytes:
-                return sightwire_body(i)
-
-            # warm both paths up (connections, replicas, caches), then alternate
             serve.run(BareIngest.bind(), name="bare-ingest", route_prefix="/bare")
-            measure(port, "/bare/v1/images", bare_body, auth, args.connections, 1.0)
-            measure(port, "/v1/images", sightwire_body, auth, args.connections, 1.0)
-            for _ in range(args.rounds):
-                rate, cpu = measure(port, "/bare/v1/images", bare_body, auth, args.connections, args.seconds)
-                bare_rates.append(rate)
-                bare_cpu.append(cpu)
-                rate, cpu = measure(port, "/bare/read-body/v1/images", bare_body, auth, args.connections,
-                                    args.seconds)
-                body_rates.append(rate)
-                body_cpu.append(cpu)
-                rate, cpu = measure(port, "/v1/images", sightwire_body, auth, args.connections, args.seconds)
-                sw_rates.append(rate)
-                sw_cpu.append(cpu)
-                print(f"round: bare {bare_rates[-1]:.1f} req/s ({bare_cpu[-1]:.2f} ms CPU/request), bare reading "
-                      f"the body {body_rates[-1]:.1f} req/s ({body_cpu[-1]:.2f}), Sightwire {sw_rates[-1]:.1f} "
-                      f"req/s ({sw_cpu[-1]:.2f})", flush=True)
+            paths = {"bare": "/bare/v1/images", "bare_reading_body": "/bare/read-body/v1/images",
+                     "sightwire": "/v1/images"}
+            for path in paths.values():  # warm-up: connections, replicas, caches
+                measure(port, path, body, auth, args.connections, 1.0)
+            for name, path in paths.items():
+                out[f"{name}_rps"], out[f"{name}_cpu_ms"] = measure(port, path, body, auth, args.connections,
+                                                                    args.seconds)
             serve.delete("bare-ingest")
         finally:
             stack.stop()
-            ray.shutdown()
             images.shutdown()
-    bare, sightwire = median(bare_rates), median(sw_rates)
+    out["ratio"] = out["sightwire_rps"] / out["bare_rps"]
+    out["ratio_vs_bare_reading_body"] = out["sightwire_rps"] / out["bare_reading_body_rps"]
+    out["ratio_cpu"] = out["bare_cpu_ms"] / out["sightwire_cpu_ms"]
+    return out
+
+
+FIGURES = ("ratio", "ratio_vs_bare_reading_body", "ratio_cpu", "bare_rps", "bare_reading_body_rps", "sightwire_rps",
+           "bare_cpu_ms", "bare_reading_body_cpu_ms", "sightwire_cpu_ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per Serve mode (fresh Ray each)")
+    parser.add_argument("--serve-ingress", default="both", choices=["both", *(m.value for m in ServeIngress)])
+    parser.add_argument("--idle-processor", action="store_true", help="one job at a time (not as shipped)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one trial, JSON out
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps({"round": trial(args, ServeIngress(args.serve_ingress))}))
+        return
+    print(f"machine: {machine()}")
+    modes = [m.value for m in ServeIngress] if args.serve_ingress == "both" else [args.serve_ingress]
+    shipped = Settings().serve_ingress.value
+    child_args = ["--seconds", str(args.seconds), "--connections", str(args.connections), "--child",
+                  *(["--idle-processor"] if args.idle_processor else [])]
+    runs = interleaved(modes, args.repeats,
+                       lambda mode: run_child("benchmarks.bench_ingest", [*child_args, "--serve-ingress", mode]))
+    per_mode = {mode: {k: spread_of([r["round"] for r in results], k) for k in FIGURES}
+                for mode, results in runs.items()}
+    for mode, figures in per_mode.items():
+        print(f"{mode}: " + ", ".join(f"{k} {v['median']} ({v['min']}-{v['max']})" for k, v in figures.items()))
+    headline = per_mode.get(shipped, per_mode[modes[0]])
     summary = {
         "benchmark": "ingest",
-        "ratio": round(sightwire / bare, 3),
+        "ratio": headline["ratio"]["median"],
         "target": TARGET,
-        "ratio_cpu": round(median(bare_cpu) / median(sw_cpu), 3),
-        "ratio_vs_bare_reading_body": round(sightwire / median(body_rates), 3),
-        "cpu_ms_per_request": {"bare": round(median(bare_cpu), 2), "bare_reading_body": round(median(body_cpu), 2),
-                               "sightwire": round(median(sw_cpu), 2)},
-        "bare_reading_body_rps": round(median(body_rates), 1),
-        "sightwire_rps": round(sightwire, 1),
-        "bare_rps": round(bare, 1),
-        "rounds": {"bare": [round(r, 1) for r in bare_rates], "bare_reading_body": [round(r, 1) for r in body_rates],
-                   "sightwire": [round(r, 1) for r in sw_rates]},
+        "serve_ingress": shipped if shipped in per_mode else modes[0],
+        "ratio_cpu": headline["ratio_cpu"]["median"],
+        "by_serve_ingress": per_mode,
         "connections": args.connections,
         "seconds": args.seconds,
-        "processing": args.processing,
+        "repeats": args.repeats,
+        "idle_processor": args.idle_processor,
         "machine": machine(),
     }
-    print(f"ratio (Sightwire / bare Serve endpoint, medians) = {summary['ratio']} (target >= {TARGET}); "
-          f"per CPU-ms {summary['ratio_cpu']}; vs a bare endpoint that reads the body "
-          f"{summary['ratio_vs_bare_reading_body']}")
+    if len(per_mode) == 2:
+        summary["sightwire_rps_haproxy_over_proxy"] = round(
+            per_mode["haproxy"]["sightwire_rps"]["median"] / per_mode["proxy"]["sightwire_rps"]["median"], 2)
+    print(f"ratio (Sightwire / bare Serve endpoint under the same mode, {summary['serve_ingress']}, median of "
+          f"{args.repeats}) = {summary['ratio']} (target >= {TARGET})")
     print(json.dumps(summary))
 
 

@@ -19,6 +19,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -429,6 +431,36 @@ def replica_pids(deployment: str) -> list[int]:
     _, info = process_table()
     return sorted(pid for pid, (_, command) in info.items()
                   if "ServeReplica:" in command and _replica_deployment(command) == deployment)
+
+
+def run_child(module: str, args: list[str], timeout_s: float = 1800) -> dict[str, Any]:
+    """``python -m module args`` in a fresh process (a Ray of its own, so a Serve mode read from
+    the environment at start-up can differ between runs); its last output line, a JSON object."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{module} {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}"
+                           f"\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def interleaved(variants: list[str], repeats: int, run: Callable[[str], dict[str, Any]]) -> dict[str, list[dict]]:
+    """``run(variant)`` for every variant in each of ``repeats`` rounds, the order reversed every
+    other round (A B, B A, A B...), so the machine's drift meets every variant alike; the results
+    per variant, in round order."""
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for round_ in range(repeats):
+        for variant in variants if round_ % 2 == 0 else variants[::-1]:
+            results[variant].append(run(variant))
+            print(f"round {round_ + 1} {variant}: {json.dumps(results[variant][-1].get('round', {}))}", flush=True)
+    return results
+
+
+def spread_of(results: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """``spread`` of one figure over repeated runs' results."""
+    return spread([float(r[key]) for r in results])
 
 
 def spread(values: list[float]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ tests start once per session. Ray's GCS gets a free port from ``ray.init`` (neve
 With ``show_logs`` (``sightwire serve``) the processor's, the notifier's and the models' log lines
 are streamed to this terminal (``serve_app.worker_logs``), as text or, with ``log_format`` json,
 one JSON object a line (Serve's own replica logs in ``logs/serve`` too); either way ``logs_dir`` is
-the Ray session's log folder, where every process's full output stays.
+the Ray session's log folder, where every process's full output stays. A Ray started here runs
+Serve in ``settings.serve_ingress`` (``serve_app.serve_env``; HAProxy ingress by default).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from notifier import NAMESPACE, notifier_handle
 from serve_app import worker_logs
 from serve_app.gateway import APP_NAME, build_app
 from serve_app.local import RedisServer
+from serve_app.serve_env import apply_serve_env
 
 log = logging.getLogger("sightwire.stack")
 
@@ -91,6 +93,7 @@ class LocalStack:
         if not ray.is_initialized():
             if self.show_logs:
                 worker_logs.configure()
+            apply_serve_env(self.settings)  # Serve's mode is read from the environment Ray inherits
             context = ray.init(
                 address="local", num_cpus=self.num_cpus, include_dashboard=False, namespace=NAMESPACE,
                 log_to_driver=self.show_logs, runtime_env=self._runtime_env() if self.show_logs else None,

@@ -21,6 +21,7 @@ from core.store.fair_queue import QueueKeys
 from core.tokens import new_id
 from models.tiny import ensure_tiny_profile
 from serve_app.local import RedisServer, free_port
+from serve_app.serve_env import apply_serve_env
 from tests.support.engine import CountingHost
 from tests.support.servers import ImageHost, WebhookReceiver
 
@@ -128,6 +129,8 @@ def ray_session() -> Iterator[None]:
     if not ray.is_initialized():
         # address="local": always a private Ray, never one another session on this machine
         # started (ray.init would otherwise join the cluster of /tmp/ray/ray_current_cluster).
+        # the shipped Serve mode (serve_app/serve_env.py), as LocalStack applies it
+        apply_serve_env(Settings())
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  namespace=RAY_NAMESPACE)
     yield
