@@ -12,6 +12,7 @@ from sightwire_client.errors import (
     DeliveryInFlight,
     DeliverySuperseded,
     EndpointDisabled,
+    Forbidden,
     ImageNotRunnable,
     InvalidRequest,
     InvalidResponse,
@@ -48,7 +49,8 @@ from sightwire_client.webhooks import EventTracker, verify_webhook
 __all__ = [
     "APIError", "AsyncClient", "BadRequest", "Client", "Conflict", "Delivery", "DeliveryInFlight",
     "DeliveryStatus", "DeliverySuperseded", "EndpointDisabled", "EndpointHealth", "EndpointState",
-    "EventTracker", "EventType", "Group", "Image", "ImageNotRunnable", "InvalidRequest", "InvalidResponse", "ModelInfo",
+    "EventTracker", "EventType", "Forbidden", "Group", "Image", "ImageNotRunnable", "InvalidRequest",
+    "InvalidResponse", "ModelInfo",
     "ModelStatus", "NewImage", "NotFound", "NothingToRetry", "PayloadTooLarge", "Polling", "RateLimited", "Retries",
     "ServerError", "ServiceUnavailable", "SightwireError", "Status", "TransportError", "Unauthorized",
     "VerificationFailure", "WaitTimeout", "WebhookEvent", "WebhookSecret", "WebhookVerificationError",

@@ -62,6 +62,10 @@ class Unauthorized(APIError):
     """401: no API key, or one the server does not know."""
 
 
+class Forbidden(APIError):
+    """403: a known key that may not do this (an organisation's API key on an operator route)."""
+
+
 class NotFound(APIError):
     """404: no such resource in your organisation (or no such route on this server)."""
 
@@ -140,6 +144,7 @@ PROBLEMS: dict[str | int, type[APIError]] = {
     "malformed-json": BadRequest,
     "invalid-cursor": BadRequest,
     "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
     "not-found": NotFound,
     "delivery-superseded": DeliverySuperseded,
     "delivery-in-flight": DeliveryInFlight,
@@ -153,6 +158,7 @@ PROBLEMS: dict[str | int, type[APIError]] = {
     "internal-error": ServerError,
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,

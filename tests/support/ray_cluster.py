@@ -70,8 +70,11 @@ class RayCluster:
         """The environment of this cluster's processes and of the CLIs that talk to it.
 
         No PYTHONPATH and a working directory outside the repository: the application's code
-        reaches the workers only through the runtime_env it is deployed with."""
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+        reaches the workers only through the runtime_env it is deployed with. No ``RAY_SERVE_*``
+        either: those of the session's Ray (its HAProxy files and ports, ``serve_app.serve_env``)
+        would collide; a cluster Sightwire did not start runs Serve as its nodes were set up."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "RAY_ADDRESS") and not k.startswith("RAY_SERVE_")}
         env.update(RAY_TMPDIR=str(self.temp_dir), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
                    RAY_USAGE_STATS_ENABLED="0", **self.env)
         return env
