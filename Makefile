@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sightwire-installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv redis demo serve test lint bench package clean
+.PHONY: help venv redis chromium demo serve test lint bench package clean
 
 help:
 	@echo "make demo   - end-to-end demo with the tiny models (offline)"
@@ -37,6 +37,16 @@ redis:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null
 
+# For tests/test_render.py's headless page test (skipped without it); about 15 s from apt here.
+# Best effort: nothing when chromium is present or apt is absent, and a failed install only warns.
+chromium:
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || { \
+	  echo "installing chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+	  echo "warning: chromium not installed; the headless render test will be skipped"; }
+
 demo: venv redis
 	$(BIN)/sightwire demo
 
@@ -44,7 +54,7 @@ MODELS ?= tiny
 serve: venv redis
 	$(BIN)/sightwire serve --models $(MODELS)
 
-test: venv redis
+test: venv redis chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

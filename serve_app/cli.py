@@ -15,10 +15,12 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core.settings import Settings
 from core.store import Store
+from core.store.accounts import KeyInfo, key_id_of
+from core.tokens import hash_api_key
 from serve_app.cli_api import add_commands as add_api_commands
 from serve_app.cli_api import subcommands as api_subcommands
 from serve_app.cli_bulk import add_commands as add_bulk_commands
@@ -26,6 +28,8 @@ from serve_app.cli_operator import add_commands as add_operator_commands
 from serve_app.dead_letters import add_commands as add_dead_letter_commands
 from serve_app.render import add_commands as add_render_commands
 from sightwire_client.listen import add_arguments as add_listen_arguments
+
+T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -48,8 +52,8 @@ def _store_settings() -> Settings:
     return settings.model_copy(update={"redis_url": json.loads(path.read_text())["redis_url"]})
 
 
-def _with_store(action: Callable[[Store], Awaitable[str]]) -> str:
-    async def run() -> str:
+def _with_store(action: Callable[[Store], Awaitable[T]]) -> T:
+    async def run() -> T:
         store = Store.from_settings(_store_settings())
         try:
             return await action(store)
@@ -83,37 +87,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    print(f"API key for org {args.org} (shown once; stored hashed):")
-    print(_with_store(lambda store: store.accounts.create_api_key(args.org)))
+def _emit(args: argparse.Namespace, text: str, record: object) -> int:
+    """Print ``text``, or ``record`` as JSON with ``--json`` (for scripts, as the HTTP commands do)."""
+    print(json.dumps(record, indent=2) if args.json else text)
     return 0
+
+
+def _key_record(key: KeyInfo) -> dict[str, str]:
+    return {"id": key.id, "org": key.org, "createdAt": key.created_at}
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    key = _with_store(lambda store: store.accounts.create_api_key(args.org))
+    record = {"id": key_id_of(hash_api_key(key)), "org": args.org, "key": key}
+    return _emit(args, f"API key for org {args.org} (shown once; stored hashed):\n{key}", record)
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """``sightwire keys list --org ORG``: one line per live key (id, created), never the key."""
-    async def listing(store: Store) -> str:
-        return "\n".join(f"{k.id}  created {k.created_at}" for k in await store.accounts.list_keys(args.org))
-
-    print(_with_store(listing) or f"org {args.org} has no keys")
-    return 0
+    keys = _with_store(lambda store: store.accounts.list_keys(args.org))
+    text = "\n".join(f"{k.id}  created {k.created_at}" for k in keys) or f"org {args.org} has no keys"
+    return _emit(args, text, [_key_record(k) for k in keys])
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """``sightwire keys revoke KEY_ID``: the key's next request is a 401."""
-    async def revoke(store: Store) -> str:
-        revoked = await store.accounts.revoke_key(args.key_id)
-        return f"revoked {revoked.id} (org {revoked.org})" if revoked else ""
-
-    done = _with_store(revoke)
-    if not done:
+    revoked = _with_store(lambda store: store.accounts.revoke_key(args.key_id))
+    if revoked is None:
         sys.exit(f"error: no key {args.key_id}")
-    print(done)
-    return 0
+    return _emit(args, f"revoked {revoked.id} (org {revoked.org})", _key_record(revoked) | {"revoked": True})
 
 
 def cmd_keys_limits(args: argparse.Namespace) -> int:
     """``sightwire keys limits --org ORG [--requests-per-s N] [--images-per-min N]``: the org's
-    rate limits per key (0: unlimited; ``default``: the deployment's)."""
+    rate limits per key (0: unlimited; ``default``: the deployment's, ``null`` in JSON)."""
     from core.store.ratelimit import LimitKind
 
     def quota(value: str | None) -> float | None:
@@ -121,13 +128,13 @@ def cmd_keys_limits(args: argparse.Namespace) -> int:
 
     given = {LimitKind.REQUESTS: args.requests_per_s, LimitKind.IMAGES: args.images_per_min}
 
-    async def configure(store: Store) -> str:
+    async def configure(store: Store) -> dict[str, str]:
         await store.limits.configure(args.org, {k: quota(v) for k, v in given.items() if v is not None})
-        own = await store.accounts.settings(args.org)
-        return "  ".join(f"{k.org_field}={own.get(k.org_field, 'default')}" for k in LimitKind)
+        return await store.accounts.settings(args.org)
 
-    print(_with_store(configure))
-    return 0
+    own = _with_store(configure)
+    text = "  ".join(f"{k.org_field}={own.get(k.org_field, 'default')}" for k in LimitKind)
+    return _emit(args, text, {"org": args.org} | {k.org_field: quota(own.get(k.org_field)) for k in LimitKind})
 
 
 def cmd_secret_show(args: argparse.Namespace) -> int:
@@ -139,8 +146,7 @@ def cmd_secret_show(args: argparse.Namespace) -> int:
     secret = _with_store(newest)
     if not secret:
         sys.exit(f"error: no org {args.org} (create one with `sightwire keys create --org {args.org}`)")
-    print(secret)
-    return 0
+    return _emit(args, secret, {"org": args.org, "secret": secret})
 
 
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
@@ -188,10 +194,13 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--requests-per-s", help="a number, 0 (unlimited) or default")
     limits.add_argument("--images-per-min", help="a number, 0 (unlimited) or default")
     limits.set_defaults(func=cmd_keys_limits)
+    for command in (create, listing, revoke, limits):
+        command.add_argument("--json", action="store_true", help="print the record as JSON")
 
     secret = api_subcommands(commands, "secret", "webhook signing secrets")
     show = secret.add_parser("show", help="print the org's whsec_ signing secret")
     show.add_argument("--org", required=True)
+    show.add_argument("--json", action="store_true", help="print the record as JSON")
     show.set_defaults(func=cmd_secret_show)
 
     models = commands.add_parser("models", help="model profiles").add_subparsers(dest="action", required=True)

@@ -6,6 +6,8 @@ next request is a 401.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -60,3 +62,22 @@ def test_list_revoke_and_secret_show(stack: LocalStack, cli_env: None, capsys: p
     assert "has no keys" in run(capsys, "keys", "list", "--org", ghost)
     with pytest.raises(SystemExit, match=f"no org {ghost}"):  # still none: show created nothing
         main(["secret", "show", "--org", ghost])
+
+
+def test_key_and_secret_commands_print_json_with_json(
+    stack: LocalStack, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--json`` prints the record (the key once, on create) for scripts to parse."""
+    org = new_id("org")
+    created = json.loads(run(capsys, "keys", "create", "--org", org, "--json"))
+    assert created["org"] == org and created["id"] == key_id_of(hash_api_key(created["key"]))
+    listed = json.loads(run(capsys, "keys", "list", "--org", org, "--json"))
+    assert [(k["id"], k["org"]) for k in listed] == [(created["id"], org)] and "key" not in listed[0]
+    assert listed[0]["createdAt"]
+    limits = json.loads(run(capsys, "keys", "limits", "--org", org, "--requests-per-s", "5", "--json"))
+    assert limits == {"org": org, "requests_per_s": 5.0, "images_per_min": None}
+    secret = json.loads(run(capsys, "secret", "show", "--org", org, "--json"))
+    assert secret["org"] == org and secret["secret"].startswith("whsec_")
+    revoked = json.loads(run(capsys, "keys", "revoke", created["id"], "--json"))
+    assert revoked == listed[0] | {"revoked": True}
+    assert json.loads(run(capsys, "keys", "list", "--org", org, "--json")) == []

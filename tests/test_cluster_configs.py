@@ -162,3 +162,15 @@ def test_launcher_config_scales_gpu_workers_from_zero() -> None:
     gpu = config["available_node_types"]["gpu_worker"]
     assert gpu["resources"]["GPU"] == 1 and gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
     assert "6379" not in " ".join(config["head_start_ray_commands"])
+
+
+def test_both_configs_log_json_through_serve_and_sightwires_hook() -> None:
+    """On a cluster as under ``sightwire serve``: Serve's logging config in JSON at INFO, and every
+    worker runs Sightwire's setup hook in JSON, or ``sightwire.*`` INFO lines never reach the logs."""
+    from serve_app import worker_logs
+
+    for config in (load("serve_config.yaml"), yaml.safe_load(rayservice()["spec"]["serveConfigV2"])):
+        app = ServeDeploySchema.model_validate(config).applications[0]
+        assert (app.logging_config.encoding, app.logging_config.log_level) == ("JSON", "INFO")
+        assert app.runtime_env["worker_process_setup_hook"] == worker_logs.HOOK
+        assert app.runtime_env["env_vars"][worker_logs.FORMAT_VARIABLE] == worker_logs.LogFormat.JSON

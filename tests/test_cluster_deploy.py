@@ -57,6 +57,7 @@ def deploy_config(cluster_tmp: Path, redis_url: str, models_dir: Path, port: int
         "REDIS_URL": redis_url, "SIGHTWIRE_KEY_PREFIX": "swcluster", "SIGHTWIRE_MODELS": "tiny",
         "SIGHTWIRE_MODELS_DIR": str(models_dir), "SIGHTWIRE_ALLOW_PRIVATE_CIDRS": "127.0.0.0/8",
         "SIGHTWIRE_GPU_POLICY": runtime_env["env_vars"]["SIGHTWIRE_GPU_POLICY"],  # tiny asks for none
+        "SIGHTWIRE_LOG_FORMAT": "json",
     }
     assert set(values) == set(runtime_env["env_vars"]), "the shipped config's settings changed: update this test"
     runtime_env["env_vars"] = values

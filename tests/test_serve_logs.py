@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.delivery.endpoints import endpoint_id
 from core.settings import Settings
 from core.store import Store
 from serve_app.local import RedisServer, free_port
@@ -114,15 +115,28 @@ def test_sightwire_serve_shows_processor_notifier_and_model_logs(tmp_path: Path,
 
         org = "org_logs"
         key = asyncio.run(api_key(Settings(redis_url=redis.url, key_prefix="swlogs"), org))
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/images", headers={"Authorization": f"Bearer {key}"},
-                              json={"url": f"http://127.0.0.1:{free_port()}/gone.png", "models": ["object_detection"]})
+        auth = {"Authorization": f"Bearer {key}"}
+        gone, hooks = (f"http://127.0.0.1:{free_port()}/{path}" for path in ("gone.png", "hooks"))
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/images", headers=auth,
+                              json={"url": gone, "models": ["object_detection"], "webhookUrl": hooks})
         assert response.status_code == 202, response.text
         image_id = response.json()["id"]
+        group = httpx.post(f"http://127.0.0.1:{port}/v1/groups", headers=auth,
+                           json={"images": [{"url": gone}], "models": ["object_detection"], "webhookUrl": hooks})
+        assert group.status_code == 202, group.text
+        group_id = group.json()["id"]
         queued = output.wait_json(rf'"image {image_id} queued"', 30)
         assert queued["request_id"] == response.headers["x-request-id"], queued
         assert (queued["org"], queued["image_id"], queued["logger"]) == (org, image_id, "sightwire.api"), queued
         failed = output.wait_json(rf'JobProcessor.*"image {image_id} failed', 60)
         assert (failed["org"], failed["image_id"], failed["code"]) == (org, image_id, "fetch_failed"), failed
+        # Each webhook attempt (to a closed port: a failure, logged at INFO) names its delivery by field.
+        for field, resource_id in (("image_id", image_id), ("group_id", group_id)):
+            line = rf'"sightwire\.notifier", "message": "attempt 1 of dlv_.*"{field}": "{resource_id}"'
+            attempt = output.wait_json(line, 60)
+            assert attempt["delivery_id"].startswith("dlv_") and attempt["delivery_id"] in attempt["message"], attempt
+            assert (attempt["org"], attempt["endpoint_url"]) == (org, hooks), attempt
+            assert attempt["endpoint_id"] == endpoint_id(org, hooks), attempt
 
         redis.stop()
         output.wait_for(r'JobProcessor.*"WARNING", "logger": "sightwire\.processor", "message": "processor \w+: '
