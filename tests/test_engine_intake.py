@@ -121,6 +121,48 @@ async def test_a_slow_job_with_a_live_heartbeat_is_not_run_twice(redis: Redis, q
         await second.stop()
 
 
+# Ends a job's lease at once while the claim ``ARGV[2]`` still holds it; 1 if it did.
+EXPIRE_IF_OWNED = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+"""
+
+
+async def test_a_job_claimed_again_by_its_own_replica_after_a_stall_runs_once_and_frees_its_room(
+    redis: Redis, queue_keys: QueueKeys
+) -> None:
+    """A stall past the lease (a blocked event loop) lets this replica's reclaimer requeue its own
+    job and its intake claim it again. The stale run is stopped, cannot ack the job from under the
+    new run, and leaves the org's room as it was: two later jobs of the org are both taken."""
+    work = Work()
+    work.gate.clear()
+    intake = make(redis, queue_keys, work, lease_s=1.5, org_max_in_flight=2, reclaim_interval_s=0.05)
+    [job_id] = await fill(redis, intake.queue, "org_a", 1)
+    intake.start()
+    try:
+        await until(lambda: work.runs["org_a/0"] == 1)
+        [(stale, stale_run)] = intake.held.items()
+        for _ in range(500):  # the stall: the first claim's lease ends before a heartbeat renews it
+            if not await redis.eval(EXPIRE_IF_OWNED, 2, queue_keys.job(job_id), queue_keys.leases, job_id, stale.owner):
+                break  # claimed again
+            await asyncio.sleep(0.02)
+        await until(lambda: work.runs["org_a/0"] == 2)
+        await until(stale_run.done, timeout_s=3)  # the next heartbeat finds its claim lost
+        assert stale_run.cancelled() and len(intake.held) == 1
+        assert await redis.exists(queue_keys.job(job_id))  # still there for the run that holds it now
+        work.gate.set()
+        await until(lambda: not intake.held)
+        assert not await redis.exists(queue_keys.job(job_id)) and (await intake.queue.depth()).leased == 0
+        work.gate.clear()
+        work.runs.clear()
+        await fill(redis, intake.queue, "org_a", 2)
+        await until(lambda: len(intake.held) == 2, timeout_s=3)  # the org's room is whole again
+    finally:
+        work.gate.set()
+        await intake.stop()
+
+
 async def test_the_jobs_of_a_dead_replica_restart_within_a_lease(redis: Redis, queue_keys: QueueKeys) -> None:
     work = Work()
     queue = FairQueue(redis, queue_keys, lease_s=0.5, max_attempts=3)

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from core.keys import QUEUE_SCRIPT_KEYS
-from core.store.fair_queue import DeadLetters, FairQueue, QueuedJob, QueueKeys, new_token
+from core.store.fair_queue import DeadLetters, FairQueue, Lease, QueuedJob, QueueKeys, new_token
 from core.store.fair_queue.scripts import LOADER
 from tests.support.queues import fill
 
@@ -90,12 +90,11 @@ async def test_room_bounds_what_one_org_gets_from_a_claim(redis: Redis, queue_ke
 async def test_ack_needs_the_lease_owner(redis: Redis, queue_keys: QueueKeys) -> None:
     jobs = queue(redis, queue_keys)
     [job_id] = await fill(redis, jobs, "org_a", 1)
-    owner = new_token()
-    await jobs.claim(owner, 1, {}, BIG)
-    assert await jobs.ack(new_token(), [job_id]) == 0
-    assert await jobs.ack(owner, [job_id]) == 1
+    [claimed] = await jobs.claim(new_token(), 1, {}, BIG)
+    assert await jobs.ack([Lease(job_id, new_token())]) == 0
+    assert await jobs.ack([claimed.lease]) == 1
     assert not await redis.exists(queue_keys.job(job_id)) and await redis.zcard(queue_keys.leases) == 0
-    assert await jobs.ack(owner, [job_id]) == 0
+    assert await jobs.ack([claimed.lease]) == 0
 
 
 async def test_an_expired_lease_goes_back_to_the_front_of_its_queue(redis: Redis, queue_keys: QueueKeys) -> None:
@@ -109,35 +108,51 @@ async def test_an_expired_lease_goes_back_to_the_front_of_its_queue(redis: Redis
     assert (await jobs.reclaim(survivor)).requeued == 1
     [again] = await jobs.claim(survivor, 1, {}, BIG)
     assert again.id == first and again.attempts == 2
-    assert await jobs.renew(dead_replica, [first]) == [first]  # the old owner learns it lost the job
-    assert await jobs.ack(dead_replica, [first]) == 0
+    assert await jobs.renew([claimed.lease]) == [claimed.lease]  # the old owner learns it lost the job
+    assert await jobs.ack([claimed.lease]) == 0
+
+
+async def test_a_lease_is_one_claim_not_one_replica(redis: Redis, queue_keys: QueueKeys) -> None:
+    """A replica that stalls past its lease and then claims the same job again holds two claims:
+    the first is lost (its renew says so, its ack deletes nothing), the second runs the job."""
+    jobs = queue(redis, queue_keys, lease_s=0.2)
+    [job_id] = await fill(redis, jobs, "org_a", 1)
+    replica = new_token()
+    [stale] = await jobs.claim(replica, 1, {}, BIG)
+    await asyncio.sleep(0.3)
+    assert (await jobs.reclaim(replica)).requeued == 1  # its own reclaimer puts the job back
+    [again] = await jobs.claim(replica, 1, {}, BIG)
+    assert again.id == job_id and again.attempts == 2 and again.lease != stale.lease
+    assert await jobs.renew([stale.lease, again.lease]) == [stale.lease]  # only the first claim is lost
+    assert await jobs.ack([stale.lease]) == 0 and await redis.exists(queue_keys.job(job_id))
+    assert await jobs.ack([again.lease]) == 1
 
 
 async def test_a_renewed_lease_is_never_taken_over(redis: Redis, queue_keys: QueueKeys) -> None:
     """A job slower than the lease, whose replica is alive, is not run twice."""
     jobs = queue(redis, queue_keys, lease_s=0.3)
-    [job_id] = await fill(redis, jobs, "org_a", 1)
-    worker, other = new_token(), new_token()
-    await jobs.claim(worker, 1, {}, BIG)
+    await fill(redis, jobs, "org_a", 1)
+    other = new_token()
+    [claimed] = await jobs.claim(new_token(), 1, {}, BIG)
     for _ in range(10):  # one second: three leases long
         await asyncio.sleep(0.1)
-        assert await jobs.renew(worker, [job_id]) == []
+        assert await jobs.renew([claimed.lease]) == []
         assert (await jobs.reclaim(other)).requeued == 0
         assert await jobs.claim(other, 1, {}, BIG) == []
-    assert await jobs.ack(worker, [job_id]) == 1
+    assert await jobs.ack([claimed.lease]) == 1
 
 
 async def test_retry_later_brings_a_failed_job_back_after_the_pause(redis: Redis, queue_keys: QueueKeys) -> None:
     jobs = queue(redis, queue_keys)
     [job_id] = await fill(redis, jobs, "org_a", 1)
     token = new_token()
-    await jobs.claim(token, 1, {}, BIG)
-    assert await jobs.retry_later(token, job_id, 0.1)
+    [claimed] = await jobs.claim(token, 1, {}, BIG)
+    assert await jobs.retry_later(claimed.lease, 0.1)
     await asyncio.sleep(0.2)
     assert (await jobs.reclaim(token)).requeued == 1
     [again] = await jobs.claim(token, 1, {}, BIG)
     assert again.id == job_id and again.attempts == 2
-    assert not await jobs.retry_later(new_token(), job_id, 0.1)
+    assert not await jobs.retry_later(claimed.lease, 0.1)  # the first claim's lease is gone
 
 
 async def test_a_job_past_its_attempts_becomes_a_dead_letter_an_operator_can_requeue(
@@ -156,8 +171,8 @@ async def test_a_job_past_its_attempts_becomes_a_dead_letter_an_operator_can_req
     [exhausted] = reclaimed.exhausted
     assert (exhausted.id, exhausted.attempts, exhausted.payload["image"]) == (job_id, 2, "org_a/0")
     assert await jobs.claim(new_token(), 1, {}, BIG) == []  # leased to the reclaimer, not queued
-    assert await dead.bury(new_token(), job_id, "attempts") is None  # only the lease owner buries
-    entry = await dead.bury(reclaimer, job_id, "attempts")
+    assert await dead.bury(job.lease, "attempts") is None  # only the current lease's holder buries
+    entry = await dead.bury(exhausted.lease, "attempts")
     assert entry and await dead.count() == 1
     [letter] = await dead.list()
     assert (letter.entry, letter.job_id, letter.org, letter.attempts, letter.reason) == (
@@ -187,7 +202,7 @@ async def test_released_jobs_go_back_unattempted_and_wake_a_replica(redis: Redis
     await redis.delete(queue_keys.wake)
     token = new_token()
     claimed = await jobs.claim(token, 2, {}, BIG)
-    assert await jobs.release(token, [j.id for j in claimed]) == 2
+    assert await jobs.release([j.lease for j in claimed]) == 2
     assert await jobs.wait(0.1)
     again = await jobs.claim(token, 3, {}, BIG)
     assert sorted(j.id for j in again) == sorted(ids) and {j.attempts for j in again} == {1}

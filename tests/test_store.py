@@ -111,7 +111,7 @@ async def test_unacked_job_is_reclaimed_after_its_lease(settings: Settings, org:
         assert (await queue.reclaim(rescuer)).requeued == 1
         [again] = await queue.claim(rescuer, 10, {}, 10)
         assert again.id == taken.id and again.attempts == 2
-        assert await queue.ack(rescuer, [again.id]) == 1
+        assert await queue.ack([again.lease]) == 1
         assert (await queue.depth()).total == 0 and (await queue.depth()).leased == 0
     finally:
         await store.close()

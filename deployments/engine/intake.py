@@ -10,7 +10,9 @@ supervised loops (``core.supervise``) run beside the jobs:
   task per job; with nothing queued, wait on the queue's wake token (an enqueue claims within
   milliseconds) or a freed slot;
 * **heartbeat**: every lease / 3, one call renews every lease the replica holds; a lease found
-  lost (taken over after a stall) cancels that job here, since another replica now runs it;
+  lost (taken over after a stall) cancels that run here, since another claim now runs the job,
+  perhaps on this very replica: the replica holds claims (``Lease``), not job ids, so a job it
+  claims again after its own stall is a second entry, and each run ends only its own;
 * **reclaimer**: every ``reclaim_interval_s``, expired leases (a dead replica's, a crashed app's)
   go back to the front of their queues, so their work restarts within lease + interval; jobs
   past their attempts go to ``exhausted`` (which fails the image and announces it) and are then
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from core.store.fair_queue import DeadLetters, FairQueue, QueuedJob, new_token
+from core.store.fair_queue import DeadLetters, FairQueue, Lease, QueuedJob, new_token
 from core.supervise import supervise, working_on
 
 log = logging.getLogger("sightwire.engine.intake")
@@ -71,9 +73,9 @@ class Intake:
         self.log = logger
         self._weights = weights
         self.token = new_token()
-        self.held: dict[str, asyncio.Task[None]] = {}  # job id -> its task
+        self.held: dict[Lease, asyncio.Task[None]] = {}  # each claim -> its run
         self._orgs: Counter[str] = Counter()
-        self._job_orgs: dict[str, str] = {}
+        self._lease_orgs: dict[Lease, str] = {}
         self._room = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.backlog = 0  # jobs queued in Redis, as last seen by the reclaimer
@@ -100,7 +102,7 @@ class Intake:
         except TimeoutError:  # something awaited a reply that never came: say so, and go on
             self.log.error("%s: loops or jobs still running %gs after stop", self.name, STOP_TIMEOUT_S)
         if jobs:
-            await self.queue.release(self.token, jobs)
+            await self.queue.release(jobs)
 
     # -- the three loops -------------------------------------------------------------------
 
@@ -133,10 +135,10 @@ class Intake:
     async def _heartbeat(self) -> None:
         """Renew, then wait: after a failed renewal the supervisor's short backoff, not a whole
         period, comes before the next try."""
-        for job_id in await self.queue.renew(self.token, list(self.held)):
-            task = self.held.get(job_id)
+        for lease in await self.queue.renew(list(self.held)):
+            task = self.held.get(lease)
             if task is not None:
-                self.log.warning("%s: lease of job %s was taken over; stopping it here", self.name, job_id)
+                self.log.warning("%s: lease of job %s was taken over; stopping it here", self.name, lease.job_id)
                 task.cancel()
         await asyncio.sleep(self.queue.lease_ms / 3000)
 
@@ -147,7 +149,7 @@ class Intake:
         for job in reclaimed.exhausted:
             with working_on(job=job.id, org=job.org, attempts=job.attempts):
                 await self._exhausted(job)
-                await self.dead.bury(self.token, job.id, DEAD_REASON)
+                await self.dead.bury(job.lease, DEAD_REASON)
             self.log.warning("%s: job %s of %s used up %d attempts: dead letter", self.name, job.id, job.org,
                              job.attempts)
         self.backlog = (await self.queue.depth()).total
@@ -157,28 +159,28 @@ class Intake:
 
     def _start(self, job: QueuedJob) -> None:
         self._orgs[job.org] += 1
-        self._job_orgs[job.id] = job.org
-        self.held[job.id] = asyncio.get_running_loop().create_task(self._job(job), name=f"job-{job.id}")
+        self._lease_orgs[job.lease] = job.org
+        self.held[job.lease] = asyncio.get_running_loop().create_task(self._job(job), name=f"job-{job.id}")
 
     async def _job(self, job: QueuedJob) -> None:
         try:
             with working_on(job=job.id, org=job.org, attempt=job.attempts):
                 await self._run(job)
-            await self.queue.ack(self.token, [job.id])
+            await self.queue.ack([job.lease])
         except asyncio.CancelledError:
             raise  # lease lost, or the replica is stopping (``stop`` gives the job back)
         except Exception:
             self.log.exception("%s: job %s failed; it comes back in %gs", self.name, job.id, self.limits.retry_delay_s)
             try:
-                await self.queue.retry_later(self.token, job.id, self.limits.retry_delay_s)
+                await self.queue.retry_later(job.lease, self.limits.retry_delay_s)
             except EXPECTED as exc:  # its lease then simply expires
                 self.log.warning("%s: could not schedule the retry of %s: %s", self.name, job.id, exc)
         finally:
-            self._forget(job.id)
+            self._forget(job.lease)
 
-    def _forget(self, job_id: str) -> None:
-        if self.held.pop(job_id, None) is not None:
-            org = self._job_orgs.pop(job_id)
+    def _forget(self, lease: Lease) -> None:
+        if self.held.pop(lease, None) is not None:
+            org = self._lease_orgs.pop(lease)
             self._orgs[org] -= 1
             if not self._orgs[org]:
                 del self._orgs[org]

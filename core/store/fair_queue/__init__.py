@@ -2,6 +2,8 @@
 
 from core.keys import QueueKeys
 from core.store.fair_queue.dead_letters import DeadLetter, DeadLetters
-from core.store.fair_queue.queue import Depth, FairQueue, QueuedJob, Reclaimed, new_token
+from core.store.fair_queue.queue import Depth, FairQueue, Lease, QueuedJob, Reclaimed, new_token
 
-__all__ = ["DeadLetter", "DeadLetters", "Depth", "FairQueue", "QueueKeys", "QueuedJob", "Reclaimed", "new_token"]
+__all__ = [
+    "DeadLetter", "DeadLetters", "Depth", "FairQueue", "Lease", "QueueKeys", "QueuedJob", "Reclaimed", "new_token",
+]

@@ -14,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from core.keys import QueueKeys
+from core.store.fair_queue.queue import Lease
 from core.store.fair_queue.scripts import Scripts
 
 
@@ -40,10 +41,11 @@ class DeadLetters:
         self.keys = keys
         self._scripts = Scripts(redis)
 
-    async def bury(self, token: str, job_id: str, reason: str) -> str | None:
-        """Move a job ``token`` holds to the dead letters; the entry id, or None if not owned."""
+    async def bury(self, lease: Lease, reason: str) -> str | None:
+        """Move a job to the dead letters if ``lease`` is still its current one; the entry id, or
+        None if not."""
         entry = await self._scripts.run("bury", [self.keys.leases, self.keys.dead], base=self.keys.base,
-                                        token=token, id=job_id, reason=reason)
+                                        lease=[lease.job_id, lease.owner], reason=reason)
         return entry.decode() if entry else None
 
     async def list(self, count: int = 50, before: str = "+") -> list[DeadLetter]:

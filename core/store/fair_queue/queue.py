@@ -8,8 +8,10 @@ is atomic and every replica claims through the same round, which makes the fairn
 * ``claim`` takes up to ``want`` jobs by deficit round-robin (each org ``quantum x weight`` per
   visit; the caller passes the weights, ``core.store.weights``), never more of one org than the
   caller's ``room`` for it, and leases each to the caller's token; every claim counts as an attempt;
-* ``renew`` is the heartbeat: one call per replica renews every lease it holds (owner-checked,
-  so a replica whose lease was taken over learns it and cannot extend someone else's claim);
+* a ``Lease`` names one claim (the claimant's token and the attempt: a fencing token), and every
+  later step is checked against it: ``renew`` is the heartbeat (one call per replica renews every
+  lease it holds, and reports those taken over, even by the same replica claiming the job again
+  after a stall, so the stale run stops and cannot ack the job from under the new one);
 * ``ack`` finishes a job, ``release`` gives unstarted ones back (no attempt counted),
   ``retry_later`` lets a failed one come back after a pause;
 * ``reclaim`` returns expired leases to the front of their org's queue, and hands back the jobs
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,14 @@ ENQUEUE_CHUNK = 1_000  # jobs per enqueue script call (Lua's unpack has a stack 
 
 
 @dataclass(frozen=True)
+class Lease:
+    """One claim of one job; ``owner`` is what the claim wrote (claimant token and attempt)."""
+
+    job_id: str
+    owner: str
+
+
+@dataclass(frozen=True)
 class QueuedJob:
     """A claimed job: its payload (what to run) and how many claims it has had, this one included."""
 
@@ -46,6 +56,11 @@ class QueuedJob:
     payload: dict[str, Any]
     attempts: int
     enqueued_ms: int
+    owner: str
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.id, self.owner)
 
 
 @dataclass(frozen=True)
@@ -65,12 +80,16 @@ class Depth:
 
 
 def _jobs(rows: list[list[Any]]) -> list[QueuedJob]:
-    return [QueuedJob(id=r[0], org=r[1], payload=json.loads(r[2]), attempts=int(r[3]), enqueued_ms=int(r[4]))
-            for r in rows]
+    return [QueuedJob(id=r[0], org=r[1], payload=json.loads(r[2]), attempts=int(r[3]), enqueued_ms=int(r[4]),
+                      owner=r[5]) for r in rows]
+
+
+def _pairs(leases: Sequence[Lease]) -> list[list[str]]:
+    return [[lease.job_id, lease.owner] for lease in leases]
 
 
 def new_token() -> str:
-    """A lease owner's token: one per replica (or per reclaimer), never reused."""
+    """A claimant's token: one per replica (or per reclaimer), never reused."""
     return uuid.uuid4().hex
 
 
@@ -116,33 +135,33 @@ class FairQueue:
         )
         return _jobs(json.loads(reply))
 
-    async def renew(self, token: str, job_ids: list[str], lease_s: float | None = None) -> list[str]:
-        """Extend the leases ``token`` holds; returns the ids it no longer owns (lost)."""
-        if not job_ids:
+    async def renew(self, leases: Sequence[Lease], lease_s: float | None = None) -> list[Lease]:
+        """Extend the leases that are still their job's current one; returns the others (lost)."""
+        if not leases:
             return []
         lease_ms = self.lease_ms if lease_s is None else int(lease_s * 1000)
-        reply = await self._scripts.run("renew", [self.keys.leases], base=self.keys.base, token=token,
-                                        ids=job_ids, lease_ms=lease_ms)
-        return json.loads(reply)
+        reply = await self._scripts.run("renew", [self.keys.leases], base=self.keys.base, leases=_pairs(leases),
+                                        lease_ms=lease_ms)
+        return [Lease(job_id, owner) for job_id, owner in json.loads(reply)]
 
-    async def retry_later(self, token: str, job_id: str, delay_s: float) -> bool:
+    async def retry_later(self, lease: Lease, delay_s: float) -> bool:
         """A job that failed in an unexpected way: its lease now ends in ``delay_s``, and the
-        reclaimer puts it back then (or buries it, past its attempts). False if not owned."""
-        return not await self.renew(token, [job_id], lease_s=delay_s)
+        reclaimer puts it back then (or buries it, past its attempts). False if the lease was lost."""
+        return not await self.renew([lease], lease_s=delay_s)
 
-    async def ack(self, token: str, job_ids: list[str]) -> int:
-        """Done: delete the jobs ``token`` still owns; returns how many."""
-        if not job_ids:
+    async def ack(self, leases: Sequence[Lease]) -> int:
+        """Done: delete the jobs whose lease is still current; returns how many."""
+        if not leases:
             return 0
-        return int(await self._scripts.run("ack", [self.keys.leases], base=self.keys.base, token=token, ids=job_ids))
+        return int(await self._scripts.run("ack", [self.keys.leases], base=self.keys.base, leases=_pairs(leases)))
 
-    async def release(self, token: str, job_ids: list[str]) -> int:
+    async def release(self, leases: Sequence[Lease]) -> int:
         """Give unstarted jobs back (shutdown): front of their queues, no attempt counted."""
-        if not job_ids:
+        if not leases:
             return 0
         k = self.keys
-        return int(await self._scripts.run("release", [k.leases, k.ring, k.wake], base=k.base, token=token,
-                                           ids=job_ids))
+        return int(await self._scripts.run("release", [k.leases, k.ring, k.wake], base=k.base,
+                                           leases=_pairs(leases)))
 
     async def reclaim(self, token: str, limit: int = 256) -> Reclaimed:
         """Expired leases back to their queues; jobs past ``max_attempts`` leased to ``token``."""

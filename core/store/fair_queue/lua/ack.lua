@@ -1,10 +1,10 @@
--- KEYS: leases. A: base, token, ids.
--- Done: the job and its lease go, if `token` still owns it. Returns the number acked.
+-- KEYS: leases. A: base, leases ([[id, owner], ...]).
+-- Done: the job and its lease go, if the lease is still its current one. Returns the number acked.
 local acked = 0
-for _, id in ipairs(A.ids) do
-  if owned(id, A.token) then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('DEL', K.job(id))
+for _, lease in ipairs(A.leases) do
+  if owned(lease) then
+    redis.call('ZREM', KEYS[1], lease[1])
+    redis.call('DEL', K.job(lease[1]))
     acked = acked + 1
   end
 end

@@ -1,5 +1,6 @@
 -- KEYS: ring, deficit, leases, visiting, wake.
--- A: base, want, room ({org: n}), default_room, weights ({org: w}; absent: 1), quantum, lease_ms, token.
+-- A: base, want, room ({org: n}), default_room, weights ({org: w}; absent: 1), quantum, lease_ms, token
+-- (the claimant's; each job's lease owner is the token and its attempt, lib.owner_of).
 -- The weights come from the caller (its cached copy of core.store.weights): that hash lives
 -- outside the queue's hash tag, so the script cannot read it in a cluster.
 -- Deficit round-robin over the orgs in the ring: the org at the head is on its visit; a visit
@@ -8,7 +9,7 @@
 -- that has run out of credit keeps the fraction and goes to the back; one that is at its room
 -- goes to the back with no credit banked; one whose queue is empty leaves the round. A claim
 -- that took jobs and left work queued passes the wake token on to the next idle replica.
--- Returns JSON: [[id, org, payload, attempts, enqueued_ms], ...].
+-- Returns JSON: [[id, org, payload, attempts, enqueued_ms, owner], ...].
 local ring, deficits, leases, visiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms()
 local out = {}
@@ -40,9 +41,10 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
     local fields = redis.call('HMGET', job, 'payload', 'attempts', 'enq')
     if fields[1] then  -- a job whose record is gone (deleted by an operator) is dropped
       local attempts = tonumber(fields[2]) + 1
-      redis.call('HSET', job, 'attempts', attempts, 'owner', A.token)
+      local owner = owner_of(A.token, attempts)
+      redis.call('HSET', job, 'attempts', attempts, 'owner', owner)
       redis.call('ZADD', leases, now + A.lease_ms, id)
-      out[#out + 1] = {id, org, fields[1], attempts, tonumber(fields[3])}
+      out[#out + 1] = {id, org, fields[1], attempts, tonumber(fields[3]), owner}
     end
   end
   credit = credit - #ids

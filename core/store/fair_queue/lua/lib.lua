@@ -22,7 +22,13 @@ local function wake(key)
   redis.call('LTRIM', key, 0, 0)
 end
 
--- The job's owner token, or false; a job whose lease was taken over has another owner.
-local function owned(id, token)
-  return redis.call('HGET', K.job(id), 'owner') == token
+-- A lease's owner names one claim (the claimant's token and the attempt), so a lease taken
+-- over is lost to its old holder even when the same replica claimed the job again.
+local function owner_of(token, attempts)
+  return token .. ':' .. attempts
+end
+
+-- Whether the lease [id, owner] is still the job's current one.
+local function owned(lease)
+  return redis.call('HGET', K.job(lease[1]), 'owner') == lease[2]
 end

@@ -2,7 +2,7 @@
 -- Expired leases (their replica died or stalled): back to the front of their org's queue. A job
 -- that has had max_attempts claims is leased to `token` instead and returned, so the caller
 -- fails its image and buries it (a crash before that leaves it to the next reclaim).
--- Returns JSON: [requeued, [[id, org, payload, attempts, enqueued_ms], ...]].
+-- Returns JSON: [requeued, [[id, org, payload, attempts, enqueued_ms, owner], ...]].
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, A.limit)
 local requeued, exhausted = 0, {}
@@ -12,9 +12,10 @@ for _, id in ipairs(expired) do
   if not f[1] then
     redis.call('ZREM', KEYS[1], id)
   elseif tonumber(f[3]) >= A.max_attempts then
-    redis.call('HSET', job, 'owner', A.token)
+    local owner = owner_of(A.token, f[3])
+    redis.call('HSET', job, 'owner', owner)
     redis.call('ZADD', KEYS[1], now + A.lease_ms, id)
-    exhausted[#exhausted + 1] = {id, f[1], f[2], tonumber(f[3]), tonumber(f[4])}
+    exhausted[#exhausted + 1] = {id, f[1], f[2], tonumber(f[3]), tonumber(f[4]), owner}
   else
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', job, 'owner')

@@ -1,9 +1,10 @@
--- KEYS: leases, ring, wake. A: base, token, ids.
+-- KEYS: leases, ring, wake. A: base, leases ([[id, owner], ...]).
 -- Given back unstarted (a replica shutting down): to the front of its org's queue, and the
 -- claim does not count as an attempt. Returns the number released.
 local released = 0
-for _, id in ipairs(A.ids) do
-  if owned(id, A.token) then
+for _, lease in ipairs(A.leases) do
+  if owned(lease) then
+    local id = lease[1]
     local job = K.job(id)
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', job, 'owner')
