@@ -310,6 +310,15 @@ class ImageHost:
         writer.close()
 
 
+class Backlogged(ThreadingHTTPServer):
+    """A threaded server with a real listen backlog: ``socketserver``'s default of 5 overflows
+    when the notifier opens its pool's connections at once, and a connection the kernel then
+    leaves out of the accept queue waits out handshake retransmits (1 s, doubling) that can pass
+    the webhook timeout: a figure of this receiver, not of Sightwire."""
+
+    request_queue_size = 4096
+
+
 class Receiver:
     """A loopback webhook endpoint: when each resource's first webhook arrived, its last
     status, and the last ``counts`` of each group (how far a group's images have got)."""
@@ -340,7 +349,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server = Backlogged((HOST, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -86,6 +86,10 @@ class Settings(BaseModel):
     model_timeout_s: float = 120.0
     log_format: LogFormat = LogFormat.TEXT  # sightwire serve's worker log lines: text or json
     serve_ingress: ServeIngress = ServeIngress.HAPROXY  # applied where Sightwire starts Ray itself
+    # How long a stopping ingress (proxy or direct-ingress replica) keeps draining, where Sightwire
+    # starts Ray itself: no load balancer stands in front of a local stack, and Serve's 30 s
+    # default made every stop (tests, sightwire serve, the demo) wait 30 s.
+    serve_drain_s: float = Field(2.0, gt=0)
     gpu_policy: GpuPolicy = GpuPolicy.AUTO  # a model's GPU ask on a cluster with none (core/placement.py)
     # The online engine (deployments/engine, docs/engine.md): per processor replica unless said.
     processor_min_replicas: int = Field(1, ge=1)  # >= 1: a replica must be there to report the backlog

@@ -24,13 +24,22 @@ from core.settings import ServeIngress, Settings
 from serve_app.local import free_port
 
 
+def drain_env(settings: Settings) -> dict[str, str]:
+    """Serve's drain periods (proxy and direct ingress, 30 s each by default) at
+    ``settings.serve_drain_s``: they exist for an external load balancer to notice a stopping
+    ingress, and a Ray started here has none in front of it."""
+    period = str(settings.serve_drain_s)
+    return {"RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": period, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": period}
+
+
 def serve_env(settings: Settings) -> dict[str, str]:
     """The variables that put a Ray started from this process in ``settings.serve_ingress``."""
     if settings.serve_ingress is ServeIngress.PROXY:
         # explicit, so an inherited RAY_SERVE_* variable cannot switch the mode silently
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", **drain_env(settings)}
     folder = Path(tempfile.mkdtemp(prefix="sw-haproxy-"))
     return {
+        **drain_env(settings),
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),

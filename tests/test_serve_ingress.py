@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import httpx
+import ray
 
 from benchmarks.common import descendants, process_table
 from core.settings import ServeIngress, Settings
@@ -44,4 +45,18 @@ def test_each_ray_gets_its_own_haproxy_files_and_ports() -> None:
     assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
     assert first["RAY_SERVE_HAPROXY_STATS_PORT"] != first["RAY_SERVE_HAPROXY_METRICS_PORT"]
     proxy = serve_env(Settings(serve_ingress=ServeIngress.PROXY))
-    assert proxy == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    assert proxy == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+                     "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "2.0",
+                     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2.0"}
+
+
+def test_a_ray_started_here_drains_its_ingress_for_the_setting_not_serves_30_s(ray_session: None) -> None:
+    """What a Serve process of the session's Ray (started through ``serve_env``) reads as its
+    drain periods: with Serve's 30 s default every stop of a local stack waited 30 s."""
+
+    @ray.remote(num_cpus=0)
+    def drain_periods() -> tuple[float, float]:
+        from ray.serve._private import constants
+        return constants.PROXY_MIN_DRAINING_PERIOD_S, constants.RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
+
+    assert ray.get(drain_periods.remote()) == (Settings().serve_drain_s,) * 2
