@@ -40,7 +40,7 @@ CHILD_TIMEOUT_S = 420
 IDLE_TIMEOUT_S = 120.0
 T = TypeVar("T")
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.cluster, pytest.mark.own_ray, pytest.mark.timeout(600)]
 
 GPU_NODE = {"resources": {"CPU": 2, "GPU": 1, "object_store_memory": 100_000_000}, "node_config": {},
             "min_workers": 0, "max_workers": 2}

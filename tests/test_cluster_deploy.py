@@ -36,7 +36,7 @@ MODELS = ["object_detection", "room_classification", "condition_score", "quality
 READY_TIMEOUT_S = 180.0
 CPUS_PER_NODE = 2
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.cluster, pytest.mark.own_ray, pytest.mark.timeout(420)]
 
 
 def deploy_config(cluster_tmp: Path, redis_url: str, models_dir: Path, port: int) -> Path:

@@ -88,6 +88,7 @@ async def api_key(settings: Settings, org: str) -> str:
         await store.close()
 
 
+@pytest.mark.own_ray
 def test_sightwire_serve_shows_processor_notifier_and_model_logs(tmp_path: Path, tiny_models_dir: Path) -> None:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY.format(models_dir=tiny_models_dir))
