@@ -58,6 +58,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Connections one process (an API, processor or notifier replica) opens at most; past them a
+    # command waits for a free one, up to the timeout. Far above what the in-flight caps ask
+    # (256 jobs a processor replica), so a command that holds one and needs a second never waits.
+    redis_max_connections: int = Field(1_000, ge=1)
+    redis_pool_timeout_s: float = Field(10.0, gt=0)
     key_prefix: str = "sw"
     models: str = "tiny"
     models_dir: Path = Path.home() / ".cache" / "sightwire" / "models"

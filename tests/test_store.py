@@ -96,6 +96,24 @@ async def test_webhook_events_filter(store: Store, org: str) -> None:
     assert (await store.images.finalize(record.id))[1] == []
 
 
+async def test_more_commands_at_once_than_pooled_connections_wait_for_one_instead_of_failing(
+    settings: Settings,
+) -> None:
+    """A replica holds 256 jobs, each with a Redis command in flight at times: past the pool's size
+    a command must wait for a connection. redis-py's default pool raised ``MaxConnectionsError``
+    at its 101st connection, the job failed, its retry could not be written either, and its
+    image waited out the lease (the ~16 s steps of bench_fairness's tail)."""
+    store = Store.from_settings(settings.model_copy(update={"redis_max_connections": 20}))
+    try:
+        key = new_id("swpool")
+        replies = await asyncio.gather(*(store.redis.blpop([key], timeout=0.1) for _ in range(300)))
+        assert replies == [None] * 300
+        pool = store.redis.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 20  # never more than that
+    finally:
+        await store.close()
+
+
 async def test_unacked_job_is_reclaimed_after_its_lease(settings: Settings, org: str) -> None:
     """A claim is a lease: a worker that dies without acking loses the job once the lease ends,
     and a reclaim puts it back in the org's queue for the next claim."""

@@ -8,7 +8,7 @@ limits.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -55,7 +55,13 @@ class Store:
         # ``from_url`` alone retries nothing (redis-py 8), so each would fail one command first.
         # The bound (~1.5 s) also bounds how long the API takes to answer 503 while Redis is down.
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 6)
-        return cls(Redis.from_url(settings.redis_url, health_check_interval=10, retry=retry), settings)
+        # A blocking pool of a set size: redis-py 8's default pool raises MaxConnectionsError at
+        # its 101st connection, which failed jobs (and their retries) under a backlog.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_s, health_check_interval=10, retry=retry,
+        )
+        return cls(Redis.from_pool(pool), settings)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
