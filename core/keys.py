@@ -178,7 +178,8 @@ class QueueKeys:
         return f"{self.base}:q:{org}"
 
     def job(self, job_id: str) -> str:
-        """HASH: org, payload (JSON), attempts (claims so far), enq (ms), owner (lease token)."""
+        """HASH: org, payload (JSON), attempts (claims so far), enq (ms), fence (leases granted),
+        owner (the current lease: claimant token and fence)."""
         return f"{self.base}:job:{job_id}"
 
     @property

@@ -42,11 +42,16 @@ def too_large(limit: int) -> Problem:
                    headers={"Connection": "close"})
 
 
-def declared_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
     return None
+
+
+def declared_length(scope: Scope) -> int | None:
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def drain(receive: Receive, received: int, budget: int) -> None:
@@ -69,6 +74,12 @@ class BodyLimit:
         self.max_bytes = max_bytes
         self.drain_budget = DRAIN_FACTOR * max_bytes
 
+    def _drains(self, scope: Scope) -> bool:
+        """Whether to read the rest of an over-cap body before the 413: not for a client that
+        waits for ``100 Continue`` (it reads the answer before sending; a read would invite the
+        upload)."""
+        return (header(scope, b"expect") or b"").lower() != b"100-continue"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -76,7 +87,7 @@ class BodyLimit:
         problem = too_large(self.max_bytes)
         length = declared_length(scope)
         if length is not None and length > self.max_bytes:
-            if length <= self.drain_budget:
+            if length <= self.drain_budget and self._drains(scope):
                 await drain(receive, 0, self.drain_budget)
             await problem.response(scope["path"])(scope, receive, send)
             return

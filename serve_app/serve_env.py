@@ -27,9 +27,9 @@ from serve_app.local import free_port
 def drain_env(settings: Settings) -> dict[str, str]:
     """Serve's drain periods (proxy and direct ingress, 30 s each by default) at
     ``settings.serve_drain_s``: they exist for an external load balancer to notice a stopping
-    ingress, and a Ray started here has none in front of it."""
-    period = str(settings.serve_drain_s)
-    return {"RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": period, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": period}
+    ingress, and a Ray started here has none in front of it. A period exported by hand wins."""
+    names = ("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
+    return {name: os.environ.get(name, str(settings.serve_drain_s)) for name in names}
 
 
 def serve_env(settings: Settings) -> dict[str, str]:

@@ -85,20 +85,29 @@ async def test_declared_length_over_the_cap_is_refused_before_the_app_reads_it(a
     assert response.json()["detail"] == f"the limit is {cap} bytes"
 
 
-async def test_a_declared_length_far_over_the_cap_is_answered_without_waiting_for_the_body(
-    api_settings: Settings,
-) -> None:
-    """Past the drain budget nothing is read: the 413 comes while the client has sent only its
-    headers."""
-    length = (DRAIN_FACTOR + 1) * api_settings.max_body_bytes
-    async with local_api(api_settings) as api:
-        host, port = api.url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(f"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {length}\r\n\r\n".encode())
-        await writer.drain()
-        status = await asyncio.wait_for(reader.readline(), DRAIN_S / 2)
+async def first_status_line(url: str, head: str) -> bytes:
+    """Send only the request's head and read the first status line the server answers."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head.encode())
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.readline(), DRAIN_S / 2)
+    finally:
         writer.close()
+
+
+@pytest.mark.parametrize(("factor", "expect"), [(DRAIN_FACTOR + 1, ""), (2, "Expect: 100-continue\r\n")])
+async def test_an_over_cap_body_that_will_not_be_drained_is_answered_before_it_is_sent(
+    api_settings: Settings, factor: int, expect: str
+) -> None:
+    """Past the drain budget, or for a client that waits for ``100 Continue``, nothing is read: the
+    413 comes while the client has sent only its headers (a read would have sent it ``100
+    Continue`` and invited the upload)."""
+    length = factor * api_settings.max_body_bytes
+    async with local_api(api_settings) as api:
+        status = await first_status_line(api.url, f"POST /v1/images HTTP/1.1\r\nHost: x\r\n{expect}"
+                                         f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 413"), status
 
 

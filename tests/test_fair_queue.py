@@ -128,6 +128,25 @@ async def test_a_lease_is_one_claim_not_one_replica(redis: Redis, queue_keys: Qu
     assert await jobs.ack([again.lease]) == 1
 
 
+async def test_the_reclaimer_taking_an_exhausted_job_fences_off_the_stale_run_of_its_own_replica(
+    redis: Redis, queue_keys: QueueKeys
+) -> None:
+    """The job's last attempt stalls past its lease and the same replica's reclaimer takes it to
+    fail and bury it: the attempt count does not move then, but the lease must, or the stale run
+    would keep renewing and could ack the job before it is buried."""
+    jobs = queue(redis, queue_keys, lease_s=0.1, max_attempts=1)
+    dead = DeadLetters(redis, queue_keys)
+    [job_id] = await fill(redis, jobs, "org_a", 1)
+    replica = new_token()
+    [stale] = await jobs.claim(replica, 1, {}, BIG)
+    await asyncio.sleep(0.15)
+    [exhausted] = (await jobs.reclaim(replica)).exhausted
+    assert exhausted.id == job_id and exhausted.attempts == stale.attempts and exhausted.lease != stale.lease
+    assert await jobs.renew([stale.lease, exhausted.lease]) == [stale.lease]
+    assert await jobs.ack([stale.lease]) == 0
+    assert await dead.bury(exhausted.lease, "attempts") and await dead.count() == 1
+
+
 async def test_a_renewed_lease_is_never_taken_over(redis: Redis, queue_keys: QueueKeys) -> None:
     """A job slower than the lease, whose replica is alive, is not run twice."""
     jobs = queue(redis, queue_keys, lease_s=0.3)

@@ -53,7 +53,8 @@ class Store:
     def from_settings(cls, settings: Settings) -> Store:
         # Retry on connection errors: after a Redis restart every pooled connection is stale, and
         # ``from_url`` alone retries nothing (redis-py 8), so each would fail one command first.
-        # The bound (~1.5 s) also bounds how long the API takes to answer 503 while Redis is down.
+        # The bound (~1.5 s) also bounds how long the API takes to answer 503 while Redis is down
+        # (plus, with every pooled connection busy, the wait for one: redis_pool_timeout_s).
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 6)
         # A blocking pool of a set size: redis-py 8's default pool raises MaxConnectionsError at
         # its 101st connection, which failed jobs (and their retries) under a backlog.

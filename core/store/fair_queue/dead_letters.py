@@ -45,7 +45,7 @@ class DeadLetters:
         """Move a job to the dead letters if ``lease`` is still its current one; the entry id, or
         None if not."""
         entry = await self._scripts.run("bury", [self.keys.leases, self.keys.dead], base=self.keys.base,
-                                        lease=[lease.job_id, lease.owner], reason=reason)
+                                        lease=lease.pair(), reason=reason)
         return entry.decode() if entry else None
 
     async def list(self, count: int = 50, before: str = "+") -> list[DeadLetter]:

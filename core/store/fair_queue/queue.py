@@ -8,7 +8,8 @@ is atomic and every replica claims through the same round, which makes the fairn
 * ``claim`` takes up to ``want`` jobs by deficit round-robin (each org ``quantum x weight`` per
   visit; the caller passes the weights, ``core.store.weights``), never more of one org than the
   caller's ``room`` for it, and leases each to the caller's token; every claim counts as an attempt;
-* a ``Lease`` names one claim (the claimant's token and the attempt: a fencing token), and every
+* a ``Lease`` names one claim (the claimant's token and the job's fence, a counter every lease
+  granted moves on: a fencing token), and every
   later step is checked against it: ``renew`` is the heartbeat (one call per replica renews every
   lease it holds, and reports those taken over, even by the same replica claiming the job again
   after a stall, so the stale run stops and cannot ack the job from under the new one);
@@ -41,10 +42,14 @@ ENQUEUE_CHUNK = 1_000  # jobs per enqueue script call (Lua's unpack has a stack 
 
 @dataclass(frozen=True)
 class Lease:
-    """One claim of one job; ``owner`` is what the claim wrote (claimant token and attempt)."""
+    """One claim of one job; ``owner`` is what the claim wrote (claimant token and fence)."""
 
     job_id: str
     owner: str
+
+    def pair(self) -> list[str]:
+        """As the scripts take it: ``[id, owner]``."""
+        return [self.job_id, self.owner]
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def _jobs(rows: list[list[Any]]) -> list[QueuedJob]:
 
 
 def _pairs(leases: Sequence[Lease]) -> list[list[str]]:
-    return [[lease.job_id, lease.owner] for lease in leases]
+    return [lease.pair() for lease in leases]
 
 
 def new_token() -> str:

@@ -1,6 +1,6 @@
 -- KEYS: ring, deficit, leases, visiting, wake.
 -- A: base, want, room ({org: n}), default_room, weights ({org: w}; absent: 1), quantum, lease_ms, token
--- (the claimant's; each job's lease owner is the token and its attempt, lib.owner_of).
+-- (the claimant's; each job's lease owner is the token and the job's fence, lib.lease_to).
 -- The weights come from the caller (its cached copy of core.store.weights): that hash lives
 -- outside the queue's hash tag, so the script cannot read it in a cluster.
 -- Deficit round-robin over the orgs in the ring: the org at the head is on its visit; a visit
@@ -41,7 +41,7 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
     local fields = redis.call('HMGET', job, 'payload', 'attempts', 'enq')
     if fields[1] then  -- a job whose record is gone (deleted by an operator) is dropped
       local attempts = tonumber(fields[2]) + 1
-      local owner = owner_of(A.token, attempts)
+      local owner = lease_to(job, A.token)
       redis.call('HSET', job, 'attempts', attempts, 'owner', owner)
       redis.call('ZADD', leases, now + A.lease_ms, id)
       out[#out + 1] = {id, org, fields[1], attempts, tonumber(fields[3]), owner}

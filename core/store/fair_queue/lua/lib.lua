@@ -22,10 +22,12 @@ local function wake(key)
   redis.call('LTRIM', key, 0, 0)
 end
 
--- A lease's owner names one claim (the claimant's token and the attempt), so a lease taken
--- over is lost to its old holder even when the same replica claimed the job again.
-local function owner_of(token, attempts)
-  return token .. ':' .. attempts
+-- A new lease on the job: its owner names the claimant and the job's fence, a counter that every
+-- lease granted (a claim, or a reclaim of an exhausted job) moves on, so no two leases of a job
+-- share an owner and a lease taken over is lost to its old holder for good, even when the same
+-- replica took the job again.
+local function lease_to(job, token)
+  return token .. ':' .. redis.call('HINCRBY', job, 'fence', 1)
 end
 
 -- Whether the lease [id, owner] is still the job's current one.

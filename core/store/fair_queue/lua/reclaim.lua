@@ -12,7 +12,7 @@ for _, id in ipairs(expired) do
   if not f[1] then
     redis.call('ZREM', KEYS[1], id)
   elseif tonumber(f[3]) >= A.max_attempts then
-    local owner = owner_of(A.token, f[3])
+    local owner = lease_to(job, A.token)
     redis.call('HSET', job, 'owner', owner)
     redis.call('ZADD', KEYS[1], now + A.lease_ms, id)
     exhausted[#exhausted + 1] = {id, f[1], f[2], tonumber(f[3]), tonumber(f[4]), owner}
