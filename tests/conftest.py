@@ -158,6 +158,16 @@ def stack(settings: Settings, tiny_models_dir: Path, ray_session: None) -> Itera
 
 
 @pytest.fixture
+async def group_store(settings: Settings) -> AsyncIterator[Store]:
+    """A store on a key prefix of its own, with group progress throttled to a minute (so a test
+    sees the announcements it causes, not a timer's)."""
+    update = {"key_prefix": new_id("g"), "group_progress_interval_s": 60}
+    store = Store.from_settings(settings.model_copy(update=update))
+    yield store
+    await store.close()
+
+
+@pytest.fixture
 async def api(stack: LocalStack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
         yield client

@@ -39,14 +39,6 @@ async def finish(store: Store, image_id: str, room: str, condition: int, quality
     return (await store.images.finalize(image_id))[1]
 
 
-@pytest.fixture
-async def group_store(settings: Settings):
-    update = {"key_prefix": new_id("g"), "group_progress_interval_s": 60}
-    store = Store.from_settings(settings.model_copy(update=update))
-    yield store
-    await store.close()
-
-
 def group_request(n: int, **extra: object) -> GroupCreate:
     images = [GroupImage(url=f"http://example.com/{i}.jpg", external_id=f"photo-{i}") for i in range(n)]
     return GroupCreate(images=images, models=MODELS, webhook_url="http://example.com/hook", **extra)
