@@ -197,11 +197,6 @@ def choose(
 
 
 def pip(venv_python: Path, *args: str) -> None:
-    """``pip ARGS``; installs skip compiling bytecode (``--no-compile``): Python writes a module's
-    ``.pyc`` when it is first imported, and compiling every module of torch, Ray and transformers up
-    front took 100 of the venv's 160 s (59 s without it, measured on a fresh venv here)."""
-    if args and args[0] == "install":
-        args = ("install", "--no-compile", *args[1:])
     command = [str(venv_python), "-m", "pip", *args]
     print("make_venv:", " ".join(command), file=sys.stderr, flush=True)
     subprocess.run(command, check=True)
