@@ -63,6 +63,8 @@ async def test_delivery_endpoint_and_secret_commands(stack: LocalStack, api_key:
     again = receiver.wait_for(lambda rs: len(rs) >= 2)[1]
     assert again.headers["webhook-id"] == first.headers["webhook-id"]  # a redelivery, not a new message
 
+    shown = run_json(capsys, "endpoints", "show", hook)
+    assert (shown["url"], shown["state"]) == (hook, "closed")
     enabled = run_json(capsys, "endpoints", "enable", hook)
     assert (enabled["url"], enabled["state"], enabled["released"]) == (hook, "closed", 0)
     assert main(["endpoints", "enable", receiver.url("/never-sent")]) == 1
