@@ -79,11 +79,12 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    """A plain client of the session's redis-server, for store parts tested without ``Store``."""
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A plain client of the settings' redis-server (the session's unless a module moves its
+    settings), for store parts tested without ``Store``."""
     # Socket timeouts: a reply that never comes fails the test with a traceback naming the
     # command, instead of a silent hang until pytest-timeout (longer than any BLPOP of the tests).
-    client = Redis.from_url(redis_server.url, socket_timeout=10, socket_connect_timeout=5)
+    client = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     yield client
     await client.aclose()
 

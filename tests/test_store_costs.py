@@ -5,7 +5,7 @@ per aggregate sum; and that script still applies only to the image as it was rea
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +14,6 @@ from redis.asyncio import Redis
 from core.schemas import EventType, GroupCreate, GroupImage, ImageCreate, ImageStatus, ModelResult, ModelStatus
 from core.settings import Settings
 from core.store import Store
-from core.tokens import new_id
 from serve_app.local import RedisServer
 
 DONE = ModelResult(status=ModelStatus.COMPLETE, version="v@1", result={"score": 4, "confidence": 0.5})
@@ -29,20 +28,11 @@ def quiet_redis() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-async def group_store(settings: Settings, quiet_redis: RedisServer) -> AsyncIterator[Store]:
-    """As the conftest's, on the quiet server."""
-    quiet = {"redis_url": quiet_redis.url, "key_prefix": new_id("g"), "group_progress_interval_s": 60}
-    store = Store.from_settings(settings.model_copy(update=quiet))
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def redis(quiet_redis: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(quiet_redis.url)
-    yield client
-    await client.aclose()
+@pytest.fixture(scope="module")
+def settings(settings: Settings, quiet_redis: RedisServer) -> Settings:
+    """The session's settings on the quiet server (the conftest's ``group_store`` and ``redis``
+    build on them)."""
+    return settings.model_copy(update={"redis_url": quiet_redis.url})
 
 
 async def commands(redis: Redis, work: Awaitable[Any]) -> Counter[str]:
