@@ -7,12 +7,12 @@ is atomic and every replica claims through the same round, which makes the fairn
   queue, put the org in the round if it was not, and leave a wake token for idle replicas;
 * ``claim`` takes up to ``want`` jobs by deficit round-robin (each org ``quantum x weight`` per
   visit; the caller passes the weights, ``core.store.weights``), never more of one org than the
-  caller's ``room`` for it, and leases each to the caller's token; every claim counts as an attempt;
+  caller's ``room`` for it, and leases each in the caller's name; every claim counts as an attempt;
 * a ``Lease`` names one claim (the claimant's token and the job's fence, a counter every lease
-  granted moves on: a fencing token), and every
-  later step is checked against it: ``renew`` is the heartbeat (one call per replica renews every
-  lease it holds, and reports those taken over, even by the same replica claiming the job again
-  after a stall, so the stale run stops and cannot ack the job from under the new one);
+  granted moves on: a fencing token), and every later step is checked against it: ``renew`` is
+  the heartbeat (one call per replica renews every lease it holds, and reports those taken over,
+  even by the same replica claiming the job again after a stall, so the stale run stops and
+  cannot ack the job from under the new one);
 * ``ack`` finishes a job, ``release`` gives unstarted ones back (no attempt counted),
   ``retry_later`` lets a failed one come back after a pause;
 * ``reclaim`` returns expired leases to the front of their org's queue, and hands back the jobs
