@@ -344,8 +344,15 @@ def actor_pool(group: ModelGroup, rows: int | None = None) -> ActorPoolStrategy:
     return ActorPoolStrategy(min_size=low, max_size=high)
 
 
-def loader_count(groups: Sequence[ModelGroup], options: PipelineOptions) -> int:
-    """How many fetch/decode actors at most: the CPUs the model actors leave free.
+# A loader is a process of its own (Ray, Arrow, the fetcher, decode threads): starting one costs
+# seconds of CPU, so one is worth it only with this many fetch batches to work through.
+BATCHES_PER_LOADER = 4
+
+
+def loader_count(groups: Sequence[ModelGroup], options: PipelineOptions, rows: int | None = None) -> int:
+    """How many fetch/decode actors at most: the CPUs the model actors leave free, and with a
+    known number of ``rows``, no more than there are ``BATCHES_PER_LOADER`` fetch batches for
+    (eight images once started four loaders, and the run took twice as long as with one).
 
     Capped so the loaders can never take the CPUs the model actors (and any reads) need."""
     if options.loaders is not None:
@@ -354,7 +361,10 @@ def loader_count(groups: Sequence[ModelGroup], options: PipelineOptions) -> int:
     reserved = sum(g.resources.num_cpus * max(1, g.autoscaling.max_replicas) for g in groups)
     free = cpus - reserved
     per_loader = max(options.loader_cpus, 0.01)
-    return int(max(1, min(8, math.floor(free / per_loader))))
+    most = int(max(1, min(8, math.floor(free / per_loader))))
+    if rows is None:
+        return most
+    return max(1, min(most, math.ceil(rows / (options.fetch_batch_size * BATCHES_PER_LOADER))))
 
 
 def source_block_rows(rows: int, loaders: int, options: PipelineOptions) -> int:
@@ -385,11 +395,10 @@ def build_pipeline(
     # over the cluster (Ray Data's default), one took a node sized for a model actor and the
     # pool never started; Ray's default policy also leaves the driver's node once it is half used.
     groups = serving_groups(specs)  # models on one backbone: one stage, one forward per image
-    loaders = loader_count(groups, options)
-    rows: int | None = None
+    rows = source.num_rows if isinstance(source, pa.Table) else None
+    loaders = loader_count(groups, options, rows)
     block_rows = options.fetch_batch_size
     if isinstance(source, pa.Table):
-        rows = source.num_rows
         block_rows = source_block_rows(rows, loaders, options)
         loaders = max(1, min(loaders, math.ceil(rows / block_rows)))
         source = blocks(source, block_rows)

@@ -17,7 +17,7 @@ import pytest
 import ray
 import yaml
 
-from core.registry import decode_min_side, load_registry
+from core.registry import decode_min_side, load_registry, serving_groups
 from core.schemas import (
     EventType,
     GroupCreate,
@@ -33,7 +33,7 @@ from imaging import decode_image
 from notifier import NAMESPACE, start_notifier
 from pipelines import bulk
 from pipelines.columns import WANTED
-from pipelines.dataset import build_pipeline, row_status
+from pipelines.dataset import BATCHES_PER_LOADER, PipelineOptions, build_pipeline, loader_count, row_status
 from pipelines.group_run import process_group
 from pipelines.sources import blocks, read_manifest, to_table
 from tests.conftest import png_bytes
@@ -96,6 +96,21 @@ def test_run_over_urls_reports_each_image(
     assert (junk["status"], junk["error_code"]) == ("failed", "not_an_image")
     assert missing[MODEL] is None and junk[MODEL] is None
     assert frame.attrs["images"] == 20
+
+
+def test_a_loader_starts_only_for_the_rows_it_has_work_for(ray_session: None, tiny_models_dir: Path) -> None:
+    """Each loader is a process that costs seconds to start: eight images once got four, and the
+    run took twice as long as with one. Big inputs still get every CPU the models leave free."""
+    groups = serving_groups([load_registry("tiny", tiny_models_dir)[MODEL]])
+    options = PipelineOptions()
+    most = loader_count(groups, options)
+    assert most >= 2  # the session's Ray has CPUs for several
+    per_loader = options.fetch_batch_size * BATCHES_PER_LOADER
+    assert loader_count(groups, options, rows=8) == 1
+    assert loader_count(groups, options, rows=per_loader) == 1
+    assert loader_count(groups, options, rows=per_loader + 1) == 2
+    assert loader_count(groups, options, rows=100_000) == most
+    assert loader_count(groups, PipelineOptions(loaders=3), rows=8) == 3  # asked for: as asked
 
 
 def test_the_shared_backbone_answers_as_the_separate_models(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ from core.registry import Registry, load_registry
 from core.settings import GpuPolicy
 from deployments.serving import bind_models
 from imaging import DecodedImage
+
+if TYPE_CHECKING:
+    from serve_app.stack import LocalStack
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,9 @@ def test_auto_drops_the_gpu_ask_only_where_the_cluster_has_no_gpu(
     assert "waits for GPU nodes" in caplog.text
 
 
-async def test_a_gpu_registry_serves_on_a_ray_without_gpus(ray_session: None, gpu_registry: Registry) -> None:
+async def test_a_gpu_registry_serves_on_a_ray_without_gpus(stack: LocalStack, gpu_registry: Registry) -> None:
+    # On the session stack's Serve: one started here would take the default port 8000, and a stack
+    # started after it in the session could not have its own port (Serve keeps the first config).
     assert ray.cluster_resources().get("GPU", 0) == 0
     [app] = bind_models(gpu_registry, GpuPolicy.AUTO).values()
     handle = serve.run(app, name="placement-probe", route_prefix=None)  # would wait forever for a GPU
