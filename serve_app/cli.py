@@ -26,6 +26,7 @@ from serve_app.cli_api import subcommands as api_subcommands
 from serve_app.cli_bulk import add_commands as add_bulk_commands
 from serve_app.cli_operator import add_commands as add_operator_commands
 from serve_app.dead_letters import add_commands as add_dead_letter_commands
+from serve_app.local import runtime_file
 from serve_app.render import add_commands as add_render_commands
 from sightwire_client.listen import add_arguments as add_listen_arguments
 
@@ -41,8 +42,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _store_settings() -> Settings:
     """Settings whose ``redis_url`` points at the Redis to use: ``REDIS_URL`` or the local serve's."""
-    from serve_app.stack import runtime_file
-
     settings = Settings.from_env()
     if os.environ.get("REDIS_URL") or os.environ.get("SIGHTWIRE_REDIS_URL"):
         return settings

@@ -1,6 +1,8 @@
-"""Local processes for one-machine runs: a private ``redis-server`` and free ports.
+"""Local processes for one-machine runs: a private ``redis-server``, free ports, and the file
+through which a running ``sightwire serve`` tells this machine's other commands its Redis.
 
-Used by ``sightwire serve`` when ``REDIS_URL`` is unset, by the demo and by the tests.
+Used by ``sightwire serve`` when ``REDIS_URL`` is unset, by the demo and by the tests; light to
+import (no Ray, no torch), so the store commands of the CLI start in a second.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from pathlib import Path
 
 import redis
 
-from core.settings import AppendFsync
+from core.settings import AppendFsync, Settings
+
+RUNTIME_FILE = "serve.json"
+
+
+def runtime_file(settings: Settings) -> Path:
+    """Where ``sightwire serve`` writes its Redis URL and address while it runs."""
+    return Path(settings.data_dir).expanduser() / RUNTIME_FILE
 
 
 def free_port() -> int:

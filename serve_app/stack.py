@@ -28,17 +28,10 @@ from models.tiny import ensure_local_profile
 from notifier import NAMESPACE, notifier_handle
 from serve_app import worker_logs
 from serve_app.gateway import APP_NAME, build_app
-from serve_app.local import RedisServer
+from serve_app.local import RedisServer, runtime_file
 from serve_app.serve_env import apply_serve_env
 
 log = logging.getLogger("sightwire.stack")
-
-RUNTIME_FILE = "serve.json"
-
-
-def runtime_file(settings: Settings) -> Path:
-    return Path(settings.data_dir).expanduser() / RUNTIME_FILE
-
 
 def wait_ready(url: str, timeout_s: float) -> None:
     """Until the Sightwire at ``url`` answers ``/readyz`` with 200 (here or on a cluster)."""

@@ -7,16 +7,22 @@ next request is a 401.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
+from core.settings import Settings
 from core.store.accounts import key_id_of
 from core.tokens import hash_api_key, new_id
 from serve_app.cli import main
 from serve_app.stack import LocalStack
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -81,3 +87,19 @@ def test_key_and_secret_commands_print_json_with_json(
     revoked = json.loads(run(capsys, "keys", "revoke", created["id"], "--json"))
     assert revoked == listed[0] | {"revoked": True}
     assert json.loads(run(capsys, "keys", "list", "--org", org, "--json")) == []
+
+
+HEAVY = ("torch", "transformers", "ray")
+
+
+def test_the_store_commands_load_neither_ray_nor_the_models(settings: Settings) -> None:
+    """``keys create`` on a cluster's Redis took 7.6 s, most of it importing torch and transformers
+    through the local stack's module; an operator's store command needs neither, nor Ray."""
+    probe = ("import sys; from serve_app.cli import main; code = main(['keys', 'create', '--org', 'acme']); "
+             f"print(code, [m for m in {HEAVY!r} if m in sys.modules])")
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "SIGHTWIRE_KEY_PREFIX": new_id("k"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")])}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout
