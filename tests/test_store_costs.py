@@ -4,6 +4,8 @@ per aggregate sum; and that script still applies only to the image as it was rea
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Iterator
 from typing import Any
@@ -11,9 +13,19 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from core.schemas import EventType, GroupCreate, GroupImage, ImageCreate, ImageStatus, ModelResult, ModelStatus
+from core.schemas import (
+    EventType,
+    GroupCreate,
+    GroupImage,
+    GroupRecord,
+    ImageCreate,
+    ImageStatus,
+    ModelResult,
+    ModelStatus,
+)
 from core.settings import Settings
 from core.store import Store
+from core.tokens import new_id
 from serve_app.local import RedisServer
 
 DONE = ModelResult(status=ModelStatus.COMPLETE, version="v@1", result={"score": 4, "confidence": 0.5})
@@ -66,8 +78,10 @@ async def test_a_group_image_moves_its_sums_in_one_write(group_store: Store, red
     await group_store.images.write_results(first, {m: DONE for m in SCORES}, (4, 4))
     calls = await commands(redis, group_store.images.finalize(first))
     assert "hincrbyfloat" not in calls and "hincrby" not in calls, calls  # 10 sums and 2 counts before
-    # the script: the image's marks, the group's count, its sums; then settle's progress marks
-    assert calls["hset"] <= 4 and calls["evalsha"] == 1, calls
+    # the finalize script: the image's marks, the group's count, its sums; then settle's script:
+    # the progress marks (and no watched transaction)
+    assert calls["hset"] <= 4 and calls["evalsha"] == 2, calls
+    assert not {"watch", "multi", "exec"} & set(calls), calls
     after = await group_store.groups.get(group.id, org)
     assert (after.counts.complete, after.counts.pending) == (1, 1)
     assert after.aggregates.overall.count == 1 and after.aggregates.overall.condition_mean == 4.0
@@ -98,3 +112,97 @@ async def test_finalize_reads_again_when_the_image_moved_after_its_read(group_st
     assert stored.status is ImageStatus.COMPLETE and finished.sequence == stored.sequence
     assert finished.models["quality_score"].version == "v@2"
     assert [d.sequence for d in await outbox.for_resource(record.id)] == [stored.sequence]
+
+
+async def test_a_group_image_with_nothing_due_is_not_settled_again(group_store: Store, redis: Redis, org: str) -> None:
+    """The finalize script returns the group as it left it, so a finish that makes no group event
+    due (progress throttled, images still pending) costs no WATCH and no re-read of the group; the
+    finish that completes the group still announces it, once."""
+    group = await group_store.groups.create(org, GroupCreate(
+        images=[GroupImage(url=f"https://example.com/{i}.png") for i in range(3)], models=SCORES,
+        webhook_url="https://example.com/group-hook"))
+    ids = await group_store.groups.image_ids(group.id)
+    for image_id in ids:
+        await group_store.images.write_results(image_id, {m: DONE for m in SCORES}, (4, 4))
+    await group_store.images.finalize(ids[0])  # the first progress is due: announced
+    calls = await commands(redis, group_store.images.finalize(ids[1]))  # the next is throttled (60 s)
+    # the image's read, and the script (its group HGETALL counts too: Redis counts inner commands)
+    assert calls["hgetall"] == 2 and calls["evalsha"] == 1, calls
+    assert not {"watch", "unwatch", "multi", "exec"} & set(calls), calls
+    await group_store.images.finalize(ids[2])
+    events = [d.event_type for d in await group_store.outbox.for_resource(group.id)]
+    assert events == [EventType.GROUP_PROGRESS, EventType.GROUP_COMPLETED], events
+
+
+def grow_on_first_read(store: Store, settings: Settings, group_id: str, org: str) -> list[EventType | None]:
+    """Make ``store``'s settle see another client add an image to the group right after its
+    first read of the group (before it commits), and return the events each read found due."""
+    events = store.groups.ledger._events
+    real, found_due = events.group_due, []
+
+    async def grow() -> None:
+        other = Store.from_settings(settings)
+        try:
+            await other.groups.add_images(group_id, org, [GroupImage(url="https://example.com/new.png")])
+        finally:
+            await other.close()
+
+    def due_then_grow(record: GroupRecord, *args: Any) -> Any:
+        due = real(record, *args)
+        if record.aggregates.overall.count == 0:  # decided on the finalize script's state: no read
+            return due
+        found_due.append(due.event if due else None)  # decided on a read of the group and its sums
+        if len(found_due) == 1:  # done before settle goes on to commit
+            growing = threading.Thread(target=asyncio.run, args=(grow(),))
+            growing.start()
+            growing.join()
+        return due
+
+    events.group_due = due_then_grow  # type: ignore[method-assign]
+    return found_due
+
+
+async def finished_group(settings: Settings, org: str, images: int) -> tuple[Store, str, str]:
+    """A store on a prefix of its own, a group of ``images`` with a webhook, its first image done."""
+    store = Store.from_settings(settings)
+    group = await store.groups.create(org, GroupCreate(
+        images=[GroupImage(url=f"https://example.com/{i}.png") for i in range(images)], models=SCORES,
+        webhook_url="https://example.com/group-hook"))
+    first = (await store.groups.image_ids(group.id))[0]
+    await store.images.write_results(first, {m: DONE for m in SCORES}, (4, 4))
+    return store, group.id, first
+
+
+async def test_a_group_change_during_a_progress_announcement_does_not_start_it_over(
+    settings: Settings, org: str
+) -> None:
+    """Under a WATCH of the group, every write to it between settle's read and its commit (each
+    other image's finish is one) aborted the progress announcement: a burst of 100 finishes made
+    615 attempts at one event. A progress event now commits with the counts it read."""
+    own = settings.model_copy(update={"key_prefix": new_id("g")})
+    store, group_id, first = await finished_group(own, org, images=2)
+    found_due = grow_on_first_read(store, own, group_id, org)
+    try:
+        await store.images.finalize(first)
+        assert found_due == [EventType.GROUP_PROGRESS], found_due  # one read of the group, one commit
+        [progress] = await store.outbox.for_resource(group_id)
+        assert progress.event_type is EventType.GROUP_PROGRESS
+        assert (await store.groups.get(group_id, org)).counts.total == 3  # the growth landed
+    finally:
+        await store.close()
+
+
+async def test_a_completion_is_not_announced_for_a_group_that_grew_before_it_committed(
+    settings: Settings, org: str
+) -> None:
+    """``group.completed`` speaks for the whole group: when an image joins between the read that
+    found the group complete and the commit, the announcement starts over and finds it running."""
+    own = settings.model_copy(update={"key_prefix": new_id("g")})
+    store, group_id, only = await finished_group(own, org, images=1)
+    found_due = grow_on_first_read(store, own, group_id, org)
+    try:
+        await store.images.finalize(only)
+        assert found_due == [EventType.GROUP_COMPLETED, EventType.GROUP_PROGRESS], found_due
+        assert [d.event_type for d in await store.outbox.for_resource(group_id)] == [EventType.GROUP_PROGRESS]
+    finally:
+        await store.close()

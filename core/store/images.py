@@ -38,7 +38,7 @@ from core.schemas import (
 )
 from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
-from core.store.records import MODEL_FIELD, deadline_field, decode, image_record, new_image_fields
+from core.store.records import MODEL_FIELD, deadline_field, decode, flat_hash, image_record, new_image_fields
 from core.store.transactions import watched
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -218,18 +218,21 @@ class ImageStore:
         read again. Then the group is settled, which announces the group's own events. Safe to
         repeat: an announced state adds nothing."""
         key = self._keys.image(image_id)
+        group: dict[str, str] | None = None  # the group as the script left it; None: read it again
         while True:
             fields = decode(await self._redis.hgetall(key))
             record = image_record(image_id, fields)
             event = image_event(record, int(fields["notified_seq"]))
-            if event is None:
+            if event is None:  # announced already (a repeat after a crash): settle from a fresh read
                 deliveries: list[Delivery] = []
                 break
             call, keys, deliveries = self._announcement(record, fields, event)
-            if await self._outbox.run_with(FINALIZE, call, keys):
+            applied = await self._outbox.run_with(FINALIZE, call, keys)
+            if applied:
+                group = flat_hash(applied) if isinstance(applied, list) else None
                 break
         if record.group_id and record.status.is_terminal:
-            deliveries += await self._ledger.settle(record.group_id)
+            deliveries += await self._ledger.settle(record.group_id, seen=group)
         return record, deliveries
 
     def _announcement(

@@ -30,6 +30,11 @@ def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def flat_hash(reply: list[bytes]) -> dict[str, str]:
+    """A hash a script returned as HGETALL does inside Lua: field, value, field, value, ..."""
+    return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+
+
 def image_record(image_id: str, fields: dict[str, str]) -> ImageRecord:
     models = {
         name: ModelResult.model_validate_json(fields[MODEL_FIELD + name])
@@ -168,10 +173,9 @@ def group_marks(fields: dict[str, str]) -> GroupMarks:
     )
 
 
+MARK_FIELDS = ("notified_seq", "announced", "progress_at")  # in lua/announce_group.lua's order
+
+
 def marks_fields(marks: GroupMarks) -> dict[str, Any]:
-    """The hash fields that store ``marks``."""
-    return {
-        "notified_seq": marks.notified_seq,
-        "announced": int(marks.completed_sent),
-        "progress_at": marks.progress_at,
-    }
+    """The hash fields that store ``marks`` (``MARK_FIELDS``)."""
+    return dict(zip(MARK_FIELDS, (marks.notified_seq, int(marks.completed_sent), marks.progress_at), strict=True))

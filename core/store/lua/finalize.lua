@@ -9,7 +9,9 @@
 --   group (absent, or prev and cur (the count it leaves, '' for none, and the one it joins),
 --   sums {field: amount to add}, at (the group's updated_at)).
 -- A.id and the rest of A, ARGV[2..]: the delivery to queue (add_delivery), when A.id is set.
--- Returns 1 when applied, 0 when the image moved since it was read (the caller reads again).
+-- Returns 0 when the image moved since it was read (the caller reads again); when applied, 1, or
+-- for a group image the group's hash as this script left it (field, value, ...): the caller
+-- settles the group only if that state owes an event, without reading it again.
 local I = A.image
 local now = redis.call('HMGET', KEYS[3], 'seq', 'notified_seq')
 if tonumber(now[1]) ~= tonumber(I.seq) or tonumber(now[2]) ~= tonumber(I.notified) then return 0 end
@@ -43,4 +45,5 @@ end
 redis.call('PUBLISH', I.channel, I.id)
 if I.deadline then redis.call('ZREM', KEYS[4], I.id) end
 if A.id then add_delivery() end
+if G then return redis.call('HGETALL', KEYS[5]) end
 return 1
