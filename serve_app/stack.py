@@ -33,6 +33,7 @@ from serve_app.serve_env import apply_serve_env
 
 log = logging.getLogger("sightwire.stack")
 
+
 def wait_ready(url: str, timeout_s: float) -> None:
     """Until the Sightwire at ``url`` answers ``/readyz`` with 200 (here or on a cluster)."""
     deadline = time.monotonic() + timeout_s

@@ -116,8 +116,9 @@ class Outbox:
         """Queue ``announcement`` as a delivery inside the caller's transaction; it is due at once.
 
         Its ``sequence`` must rise with each delivery of one resource (the callers add them
-        under a WATCH of the resource): an older update of the resource still waiting for this
-        endpoint is superseded by this one."""
+        under a WATCH of the resource, or in a script that applies only to the resource as
+        read): an older update of the resource still waiting for this endpoint is superseded by
+        this one."""
         delivery, call = self.delivery_call(announcement)
         self._scripts.queue(pipe, scripts.ENQUEUE, call)
         return delivery

@@ -4,8 +4,9 @@ announcements that follow from them.
 ``count`` says what an image's finalize script does to the group: it moves the counts and adds
 to the sums inside that script (atomic, so thousands of images can finish at once without
 locking the group, and one read and one write of each hash however many sums change).
-``settle`` then asks ``core.events``, under a WATCH of the group, whether there is something to
-announce, and writes it with the marks of what was announced.
+``settle`` then asks ``core.events`` whether the group owes an announcement, and commits it with
+the marks of what was announced in one script that applies only to the group as read
+(``lua/announce_group.lua``).
 """
 
 from __future__ import annotations
@@ -114,10 +115,13 @@ class GroupLedger:
         moments re-read all its images' summaries for ``group.completed``."""
         if seen is not None and self._due(group_record(group_id, seen, {}), seen) is None:
             return []
-        key = self._keys.group(group_id)
+        key, growth_key = self._keys.group(group_id), self._keys.group_growth(group_id)
         while True:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                raw_fields, raw_sums = await pipe.hgetall(key).hgetall(self._keys.group_sums(group_id)).execute()
+            # One snapshot (MULTI): counts and sums of the same finishes, and the growth counter
+            # that every change of the group's models or images steps.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(key).hgetall(self._keys.group_sums(group_id)).get(growth_key)
+                raw_fields, raw_sums, growth = await pipe.execute()
             fields, sums = decode(raw_fields), decode(raw_sums)
             record = group_record(group_id, fields, sums)
             due = self._due(record, fields)
@@ -125,16 +129,19 @@ class GroupLedger:
                 return []
             if wants_summaries(due.event, record):
                 record.images = await self.summaries(group_id)
-            call, deliveries = self._announcement(record, fields, due)
-            if await self._outbox.run_with(ANNOUNCE_GROUP, call, [key, self._keys.deadlines]):
+            call, deliveries = self._announcement(record, fields, growth.decode() if growth else "", due)
+            if await self._outbox.run_with(ANNOUNCE_GROUP, call, [key, self._keys.deadlines, growth_key]):
                 return deliveries
 
-    def _announcement(self, record: GroupRecord, fields: dict[str, str], due: GroupDue) -> tuple[Call, list[Delivery]]:
-        """The announce script's call for ``due`` (``fields``: the hash ``record`` was read from),
-        and the delivery it queues, if the group has a webhook for the event."""
+    def _announcement(
+        self, record: GroupRecord, fields: dict[str, str], growth: str, due: GroupDue
+    ) -> tuple[Call, list[Delivery]]:
+        """The announce script's call for ``due`` (``fields``: the hash ``record`` was read from,
+        ``growth``: the growth counter read with it), and the delivery it queues, if the group has
+        a webhook for the event."""
         terminal = record.status.is_terminal
         group = {
-            "id": record.id, "seq": fields["seq"], "strict": terminal,
+            "id": record.id, "seq": fields["seq"], "growth": growth, "strict": terminal,
             "read": [fields.get(name, "") for name in MARK_FIELDS],
             "marks": [str(part) for item in marks_fields(due.marks).items() for part in item],
             "done": terminal and record.deadline is not None,  # done in time: its deadline must not cancel later work
