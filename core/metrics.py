@@ -62,6 +62,10 @@ class EngineMetrics:
                                 tag_keys=("queue",))
         self._in_flight: Any = Gauge("sightwire_jobs_in_flight", description="Jobs this replica holds, per queue.",
                                      tag_keys=("queue",))
+        self._org_cap: Any = Gauge(
+            "sightwire_engine_org_cap", tag_keys=("queue",),
+            description="Jobs one org may hold in this replica now, per queue (narrowed while its loop lags).",
+        )
         self._fetch_errors: Any = Counter(
             "sightwire_fetch_errors_total", tag_keys=("code",),
             description="Images failed before any model ran (fetch, size limits, decode), by error code.",
@@ -79,8 +83,9 @@ class EngineMetrics:
         if self._ray:
             self._seen[queue].add(org)
 
-    async def refresh(self, jobs: Jobs, in_flight: dict[QueueName, int]) -> None:
-        """Queue depths per org (0 for orgs seen before and now drained), dead letters, in flight."""
+    async def refresh(self, jobs: Jobs, in_flight: dict[QueueName, int], org_cap: dict[QueueName, int]) -> None:
+        """Queue depths per org (0 for orgs seen before and now drained), dead letters, in flight,
+        and the per-org cap."""
         if not self._ray:
             return
         for name, queue in jobs.queues.items():
@@ -91,6 +96,8 @@ class EngineMetrics:
             self._seen[name] |= set(queued)  # a drained org keeps its 0 and is not set again
             self._dead.set(await jobs.dead[name].count(), tags={"queue": name.value})
             self._in_flight.set(in_flight.get(name, 0), tags={"queue": name.value})
+            if name in org_cap:
+                self._org_cap.set(org_cap[name], tags={"queue": name.value})
 
     def fetch_error(self, code: ErrorCode) -> None:
         if self._ray:

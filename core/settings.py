@@ -101,6 +101,9 @@ class Settings(BaseModel):
     processor_max_replicas: int = Field(4, ge=1)
     engine_max_in_flight: int = Field(256, ge=1)  # jobs a replica holds (claimed, leased) at once
     engine_org_max_in_flight: int = Field(128, ge=1)  # of those, one org's at most
+    # while the replica's event loop lags more than this, one org's cap narrows toward two batches
+    # of its largest model (deployments/engine/governor.py); 0 keeps the cap fixed
+    engine_loop_lag_target_ms: float = Field(10.0, ge=0)
     engine_host_fetches: int = Field(32, ge=1)  # downloads at once to one destination host
     # of those, one org's at most: the rest stay free for other orgs' images on the same host
     engine_org_host_fetches: int = Field(24, ge=1)

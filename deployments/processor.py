@@ -53,7 +53,7 @@ from core.store.groups import chunks
 from core.store.jobs import QueueName
 from core.supervise import stop_steps, supervise
 from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
-from deployments.engine.limits import OrgWeights, StageLimits, decode_threads
+from deployments.engine.limits import OrgWeights, StageLimits, decode_threads, org_cap_governor
 from deployments.engine.scaling import BACKLOG, HELD
 from deployments.model_client import model_clients
 from imaging import DecodedImage, ImageFetcher, decode_image, decode_pixels
@@ -157,7 +157,8 @@ class Processor:
 
         self.intakes = {
             QueueName.ONLINE: Intake("processor", jobs.online, jobs.dead[QueueName.ONLINE], online,
-                                     run=self._run_online, exhausted=self._exhausted, logger=log, weights=weights),
+                                     run=self._run_online, exhausted=self._exhausted, logger=log, weights=weights,
+                                     governor=org_cap_governor(settings, self.specs.values())),
             QueueName.BULK: Intake("bulk", jobs.bulk, jobs.dead[QueueName.BULK], bulk_runs,
                                    run=self._run_bulk, exhausted=self._exhausted, logger=log, weights=weights),
         }
@@ -188,7 +189,8 @@ class Processor:
         """The gauges, and the org weights the claims and stage limiters share by (so a weight an
         operator sets reaches every claim and stage within ``REFRESH_S``, without a restart)."""
         await self.weights.refresh(self.store.weights)
-        await self.metrics.refresh(self.store.jobs, {name: len(i.held) for name, i in self.intakes.items()})
+        await self.metrics.refresh(self.store.jobs, {name: len(i.held) for name, i in self.intakes.items()},
+                                   {name: i.org_cap for name, i in self.intakes.items()})
         await asyncio.sleep(REFRESH_S)
 
     async def _sweep_deadlines(self) -> None:

@@ -35,24 +35,44 @@ def context(metrics: dict[str, list[float]] | None, *, replicas: int = 2, target
     )
 
 
+def no_cpu_bound() -> None:
+    """A cluster whose CPUs are not known (no Ray): only the deployment's own bounds apply."""
+    return None
+
+
 def test_the_shared_backlog_counts_once_and_what_replicas_hold_adds_up() -> None:
-    policy = BacklogPolicy(jobs_per_replica=256)
+    policy = BacklogPolicy(jobs_per_replica=256, cpus=no_cpu_bound)
     # both replicas see the same 1,000 queued jobs and hold 100 each: (1000 + 200) / 256 -> 5
     assert policy(context({BACKLOG: [1000, 1000], HELD: [100, 100]}))[0] == 5
     assert policy(context({BACKLOG: [1000, 980], HELD: [256, 256]}))[0] == 6  # the largest report
 
 
 def test_replicas_stay_within_their_bounds() -> None:
-    policy = BacklogPolicy(jobs_per_replica=256)
+    policy = BacklogPolicy(jobs_per_replica=256, cpus=no_cpu_bound)
     assert policy(context({BACKLOG: [100_000, 100_000], HELD: [256, 256]}, high=4))[0] == 4
     assert policy(context({BACKLOG: [0, 0], HELD: [0, 0]}, low=1))[0] == 1
     assert policy(context({BACKLOG: [0, 0], HELD: [3, 0]}, low=2))[0] == 2
 
 
 def test_no_report_yet_keeps_the_target() -> None:
-    policy = BacklogPolicy(jobs_per_replica=256)
+    policy = BacklogPolicy(jobs_per_replica=256, cpus=no_cpu_bound)
     assert policy(context(None, target=3, replicas=3))[0] == 3
     assert policy(context({}, target=3, replicas=3))[0] == 3
+
+
+def test_no_more_replicas_than_the_cluster_has_cpus_and_never_fewer_than_the_minimum() -> None:
+    reads = []
+
+    def two_cpus() -> float:
+        reads.append(1)
+        return 2.0
+
+    policy = BacklogPolicy(jobs_per_replica=256, cpus=two_cpus)
+    assert policy(context({BACKLOG: [100_000, 100_000], HELD: [256, 256]}, high=4))[0] == 2
+    assert policy(context({BACKLOG: [100_000], HELD: [256]}, replicas=1, high=8))[0] == 2
+    assert policy(context({BACKLOG: [100_000, 100_000, 100_000], HELD: [0, 0, 0]}, replicas=3, low=3))[0] == 3
+    assert BacklogPolicy(256, cpus=lambda: 0.5)(context({BACKLOG: [9_000], HELD: [0]}, replicas=1))[0] == 1
+    assert len(reads) == 1  # read once per CPUS_EVERY_S, not on every control loop
 
 
 def test_jobs_per_replica_must_be_positive() -> None:

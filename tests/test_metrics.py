@@ -45,6 +45,7 @@ async def test_engine_and_model_series_are_scraped(
         "queue depth of the org": rf'ray_sightwire_queue_depth\{{[^}}]*org="{org}"[^}}]*queue="online"[^}}]*\}} 0',
         "dead letters": r'ray_sightwire_dead_letters\{[^}]*queue="bulk"',
         "jobs in flight": r'ray_sightwire_jobs_in_flight\{[^}]*queue="online"',
+        "per-org cap": r'ray_sightwire_engine_org_cap\{[^}]*queue="online"[^}]*\} [1-9]',
         "fetch errors": r'ray_sightwire_fetch_errors_total\{[^}]*code="http_error"[^}]*\} [1-9]',
         "decode time": r"ray_sightwire_decode_ms_bucket\{",
         "model latency": r'ray_sightwire_model_latency_ms_count\{[^}]*model="object_detection"[^}]*\} [1-9]',

@@ -8,7 +8,11 @@ supervised loops (``core.supervise``) run beside the jobs:
 * **intake**: when there is room, claim (fairly across orgs, in the queue's round, each org's
   share scaled by ``weights()``, the replica's copy of the operator's weights) and start one
   task per job; with nothing queued, wait on the queue's wake token (an enqueue claims within
-  milliseconds) or a freed slot;
+  milliseconds) or a freed slot. With a ``governor`` (``deployments.engine.governor``), while
+  more than one org has had work here within ``COMPETING_S``, one org may hold only what the
+  governor's cap allows now, narrowed while the replica's loop lags, so a heavy org does not
+  queue every step of a light org's image behind hundreds of its own; an org alone keeps the
+  full ``org_max_in_flight`` (nobody waits behind it, and its batches stay full);
 * **heartbeat**: every lease / 3, one call renews every lease the replica holds; a lease found
   lost (taken over after a stall) cancels that run here, since another claim now runs the job,
   perhaps on this very replica: the replica holds claims (``Lease``), not job ids, so a job it
@@ -35,12 +39,14 @@ from redis.exceptions import RedisError
 
 from core.store.fair_queue import DeadLetters, FairQueue, Lease, QueuedJob, new_token
 from core.supervise import supervise, working_on
+from deployments.engine.governor import OrgCapGovernor
 
 log = logging.getLogger("sightwire.engine.intake")
 STOP_TIMEOUT_S = 10.0  # a stop never waits longer for its loops and jobs to end
 
 EXPECTED = (RedisError, OSError, TimeoutError)  # the store being away: logged in one line, retried
 DEAD_REASON = "attempts"
+COMPETING_S = 10.0  # an org that had a job claimed this recently competes for the replica's loop
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Intake:
         exhausted: Callable[[QueuedJob], Awaitable[None]],
         logger: logging.Logger = log,
         weights: Callable[[], Mapping[str, float]] = dict,
+        governor: OrgCapGovernor | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -72,10 +79,12 @@ class Intake:
         self._exhausted = exhausted
         self.log = logger
         self._weights = weights
+        self.governor = governor
         self.token = new_token()
         self.held: dict[Lease, asyncio.Task[None]] = {}  # each claim -> its run
         self._orgs: Counter[str] = Counter()
         self._lease_orgs: dict[Lease, str] = {}
+        self._claimed_at: dict[str, float] = {}  # org -> when this replica last claimed one of its jobs
         self._room = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self.backlog = 0  # jobs queued in Redis, as last seen by the reclaimer
@@ -83,6 +92,8 @@ class Intake:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         steps = {"intake": self._intake, "heartbeat": self._heartbeat, "reclaimer": self._reclaim}
+        if self.governor is not None:
+            steps["governor"] = self._govern
         self._loops = [
             loop.create_task(supervise(f"{self.name} {what}", step, expected=EXPECTED, logger=self.log),
                              name=f"{self.name}-{what}")
@@ -112,8 +123,9 @@ class Intake:
             self._room.clear()
             await self._room.wait()
             return
-        room = {org: self.limits.org_max_in_flight - n for org, n in self._orgs.items()}
-        jobs = await self.queue.claim(self.token, want, room, self.limits.org_max_in_flight, self._weights())
+        cap = self.org_cap
+        room = {org: cap - n for org, n in self._orgs.items()}
+        jobs = await self.queue.claim(self.token, want, room, cap, self._weights())
         for job in jobs:
             self._start(job)
         if not jobs:
@@ -131,6 +143,32 @@ class Intake:
             for waiter in (woken, freed):
                 waiter.cancel()
             await asyncio.gather(woken, freed, return_exceptions=True)
+
+    def held_of(self, org: str) -> int:
+        """How many of ``org``'s jobs this replica holds."""
+        return self._orgs[org]
+
+    @property
+    def org_cap(self) -> int:
+        """What one org may hold now: the governor's cap while orgs compete, else ``org_max_in_flight``."""
+        if self.governor is None or not self._competing():
+            return self.limits.org_max_in_flight
+        return self.governor.cap
+
+    def _competing(self) -> bool:
+        since = asyncio.get_running_loop().time() - COMPETING_S
+        for org in [org for org, at in self._claimed_at.items() if at < since]:
+            del self._claimed_at[org]
+        return len(self._claimed_at) > 1
+
+    async def _govern(self) -> None:
+        """One lag sample; a cap that grew frees room a waiting intake may claim."""
+        assert self.governor is not None
+        lag = await self.governor.sample()
+        cap = self.governor.cap
+        self.governor.observe(lag, binding=max(self._orgs.values(), default=0) >= cap)
+        if self.governor.cap > cap:
+            self._room.set()
 
     async def _heartbeat(self) -> None:
         """Renew, then wait: after a failed renewal the supervisor's short backoff, not a whole
@@ -158,6 +196,7 @@ class Intake:
     # -- one job ---------------------------------------------------------------------------
 
     def _start(self, job: QueuedJob) -> None:
+        self._claimed_at[job.org] = asyncio.get_running_loop().time()
         self._orgs[job.org] += 1
         self._lease_orgs[job.lease] = job.org
         self.held[job.lease] = asyncio.get_running_loop().create_task(self._job(job), name=f"job-{job.id}")

@@ -21,13 +21,14 @@ stage, not only twice the claims.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from core.limits import FairLimiter
 from core.registry import ModelSpec
 from core.settings import Settings
 from core.store.weights import DEFAULT_WEIGHT, Weights
+from deployments.engine.governor import OrgCapGovernor
 
 BODY_QUANTUM = 1024 * 1024  # a typical photo: an org's credit per visit at the byte budget
 PIXEL_QUANTUM = 2_000_000  # a typical decoded photo (e.g. 1333 x 1000)
@@ -41,6 +42,17 @@ def decode_threads(settings: Settings) -> int:
 def model_in_flight(spec: ModelSpec) -> int:
     """Images in flight to a model that keep all its replicas' batches full."""
     return 2 * spec.batching.max_batch_size * spec.autoscaling.max_replicas
+
+
+def org_cap_governor(settings: Settings, specs: Iterable[ModelSpec]) -> OrgCapGovernor | None:
+    """The online intake's per-org cap under loop lag (None: ``engine_loop_lag_target_ms`` 0):
+    never below two batches of the largest model, one running and one gathering, so one org alone
+    still fills its batches."""
+    if not settings.engine_loop_lag_target_ms:
+        return None
+    floor = 2 * max((spec.batching.max_batch_size for spec in specs), default=1)
+    return OrgCapGovernor(ceiling=settings.engine_org_max_in_flight, floor=floor,
+                          target_lag_s=settings.engine_loop_lag_target_ms / 1000)
 
 
 class OrgWeights:

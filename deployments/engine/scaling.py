@@ -12,8 +12,13 @@ backlog is the largest report, not the sum; what replicas hold is summed. The po
 
 so one replica suffices while the queued and running work fits its share, and a backlog that
 does not adds replicas until it does (as the asynchronous-inference work in Ray scales task
-consumers on queue length). Serve applies ``upscale_delay_s`` / ``downscale_delay_s`` around the
-policy. With no report yet (replicas starting) the target stays where it is.
+consumers on queue length), but never more than one replica per CPU of the cluster: a replica
+reserves no CPU, so past that it only shares the cores its peers already keep busy (measured on
+two cores with org A's 20,000 queued 404s: 4 replicas finished 4,011 of them in 30 s and org
+B's p99 was 2.6 s; 2 replicas 7,603 and 0.44 s; 1 replica 8,004 and 0.29 s). On an autoscaling
+cluster the bound grows with the nodes that join. Serve applies ``upscale_delay_s`` /
+``downscale_delay_s`` around the policy. With no report yet (replicas starting) the target stays
+where it is.
 
 The controller unpickles the policy class by value (``cloudpickle.register_pickle_by_value``), so
 this module imports nothing of Sightwire: the controller may run without the app's code on its
@@ -23,8 +28,11 @@ path.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
+import ray
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
 BACKLOG = "sightwire_backlog"
@@ -32,15 +40,23 @@ HELD = "sightwire_held"
 LOOK_BACK_S = 15.0  # must exceed the replicas' push interval (10 s)
 UPSCALE_DELAY_S = 5.0
 DOWNSCALE_DELAY_S = 120.0
+CPUS_EVERY_S = 10.0  # how often the policy reads the cluster's CPUs again
+
+
+def cluster_cpus() -> float | None:
+    """The CPUs of the cluster's live nodes, as the controller's Ray sees them (None: no Ray)."""
+    return ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else None
 
 
 class BacklogPolicy:
     """``AutoscalingPolicy(policy_function=BacklogPolicy, policy_kwargs={"jobs_per_replica": n})``."""
 
-    def __init__(self, jobs_per_replica: int) -> None:
+    def __init__(self, jobs_per_replica: int, cpus: Callable[[], float | None] = cluster_cpus) -> None:
         if jobs_per_replica < 1:
             raise ValueError("jobs_per_replica must be at least 1")
         self.jobs_per_replica = jobs_per_replica
+        self._cpus = cpus
+        self._cpus_read: tuple[float, float | None] = (-math.inf, None)  # (when, what)
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         """``ctx`` is Ray Serve's ``AutoscalingContext``; returns (replicas, policy state)."""
@@ -50,8 +66,19 @@ class BacklogPolicy:
         if not backlog and not held:
             return ctx.target_num_replicas, {}
         work = max(backlog.values(), default=0.0) + sum(held.values())
-        wanted = math.ceil(work / self.jobs_per_replica)
-        return max(ctx.capacity_adjusted_min_replicas, min(ctx.capacity_adjusted_max_replicas, wanted)), {}
+        wanted = min(math.ceil(work / self.jobs_per_replica), ctx.capacity_adjusted_max_replicas)
+        cpus = self._cluster_cpus()
+        if cpus is not None:
+            wanted = min(wanted, math.floor(cpus))
+        return max(ctx.capacity_adjusted_min_replicas, wanted), {}
+
+    def _cluster_cpus(self) -> float | None:
+        """``cpus()``, read at most every ``CPUS_EVERY_S`` (the policy runs on every control loop)."""
+        read_at, cpus = self._cpus_read
+        if time.monotonic() - read_at >= CPUS_EVERY_S:
+            cpus = self._cpus()
+            self._cpus_read = (time.monotonic(), cpus)
+        return cpus
 
 
 def autoscaling_config(min_replicas: int, max_replicas: int, jobs_per_replica: int) -> AutoscalingConfig:
