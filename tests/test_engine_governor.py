@@ -93,13 +93,15 @@ async def settle(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def refill_after_releasing(redis: Redis, queue_keys: QueueKeys, other_org: bool) -> int:
+async def refill_after_releasing(redis: Redis, queue_keys: QueueKeys, other_org: bool,
+                                 weights: dict[str, float] | None = None) -> int:
     """org_a holds the whole ceiling on a lagging loop; ``other_org`` then has one job run; seven
     of org_a's jobs finish. What org_a holds once the intake has claimed again."""
     work = Work()
     queue = FairQueue(redis, queue_keys, lease_s=5.0, max_attempts=3)
     limits = IntakeLimits(max_in_flight=16, org_max_in_flight=CEILING, reclaim_interval_s=0.1, idle_s=0.1)
     intake = Intake("test", queue, DeadLetters(redis, queue_keys), limits, work.run, work.exhausted,
+                    weights=lambda: weights or {},
                     governor=LaggingLoop(ceiling=CEILING, floor=FLOOR, target_lag_s=0.01))
     await fill(redis, queue, "org_a", 30)
     intake.start()
@@ -126,3 +128,8 @@ async def test_a_heavy_org_is_held_to_the_cap_while_another_org_competes(redis: 
 
 async def test_an_org_alone_keeps_its_full_share_however_the_loop_lags(redis: Redis, queue_keys: QueueKeys) -> None:
     assert await refill_after_releasing(redis, queue_keys, other_org=False) == CEILING
+
+
+async def test_the_narrowed_cap_keeps_an_orgs_weight(redis: Redis, queue_keys: QueueKeys) -> None:
+    held = await refill_after_releasing(redis, queue_keys, other_org=True, weights={"org_a": 2.0})
+    assert held == 2 * FLOOR

@@ -123,9 +123,11 @@ class Intake:
             self._room.clear()
             await self._room.wait()
             return
+        weights = self._weights()
+        caps = self._org_caps(weights)
         cap = self.org_cap
-        room = {org: cap - n for org, n in self._orgs.items()}
-        jobs = await self.queue.claim(self.token, want, room, cap, self._weights())
+        room = {org: caps.get(org, cap) - self._orgs[org] for org in set(self._orgs) | set(caps)}
+        jobs = await self.queue.claim(self.token, want, room, cap, weights)
         for job in jobs:
             self._start(job)
         if not jobs:
@@ -154,6 +156,14 @@ class Intake:
         if self.governor is None or not self._competing():
             return self.limits.org_max_in_flight
         return self.governor.cap
+
+    def _org_caps(self, weights: Mapping[str, float]) -> dict[str, int]:
+        """The weighted orgs' own caps while the governor narrows them: ``cap x weight`` (within
+        1 … ``org_max_in_flight``), so an org of weight 2 still holds twice another's share."""
+        cap, ceiling = self.org_cap, self.limits.org_max_in_flight
+        if cap >= ceiling:
+            return {}
+        return {org: min(ceiling, max(1, round(cap * weight))) for org, weight in weights.items()}
 
     def _competing(self) -> bool:
         since = asyncio.get_running_loop().time() - COMPETING_S
