@@ -11,9 +11,9 @@ The signal is the loop's lag, how late a short timer fires: it rises as soon as 
 does, whatever the cause (this replica's own work, or other processes on its cores), and stays
 near zero while jobs mostly wait on image hosts and models, so an org behind slow hosts keeps
 its wide concurrency. The cap follows additive-increase / multiplicative-decrease on the
-smoothed lag, between a floor (enough to fill one batch of the replica's largest model) and the
-configured ``engine_org_max_in_flight``; it only shapes new claims, so nothing running is
-stopped.
+smoothed lag, between a floor (two batches of the replica's largest model: one running, one
+gathering) and the configured ``engine_org_max_in_flight``; it only shapes new claims, so
+nothing running is stopped. The intake applies it only while orgs compete.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def model_in_flight(spec: ModelSpec) -> int:
 
 def org_cap_governor(settings: Settings, specs: Iterable[ModelSpec]) -> OrgCapGovernor | None:
     """The online intake's per-org cap under loop lag (None: ``engine_loop_lag_target_ms`` 0):
-    never below two batches of the largest model, one running and one gathering, so one org alone
+    never below two batches of the largest model, one running and one gathering, so a capped org
     still fills its batches."""
     if not settings.engine_loop_lag_target_ms:
         return None
