@@ -12,6 +12,7 @@ from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.autoscaling_policy import _apply_autoscaling_config
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
+from deployments.engine import scaling
 from deployments.engine.scaling import BACKLOG, HELD, BacklogPolicy, autoscaling_config
 from serve_app.stack import LocalStack
 
@@ -73,6 +74,22 @@ def test_no_more_replicas_than_the_cluster_has_cpus_and_never_fewer_than_the_min
     assert policy(context({BACKLOG: [100_000, 100_000, 100_000], HELD: [0, 0, 0]}, replicas=3, low=3))[0] == 3
     assert BacklogPolicy(256, cpus=lambda: 0.5)(context({BACKLOG: [9_000], HELD: [0]}, replicas=1))[0] == 1
     assert len(reads) == 1  # read once per CPUS_EVERY_S, not on every control loop
+
+
+def test_a_failed_cpu_reading_keeps_the_last_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scaling, "CPUS_EVERY_S", 0.0)  # every control loop reads again
+    readings = iter([2.0, RuntimeError("GCS restarting")])
+
+    def flaky() -> float:
+        reading = next(readings)
+        if isinstance(reading, Exception):
+            raise reading
+        return reading
+
+    policy = BacklogPolicy(jobs_per_replica=256, cpus=flaky)
+    busy = context({BACKLOG: [100_000, 100_000], HELD: [256, 256]}, high=8)
+    assert policy(busy)[0] == 2
+    assert policy(busy)[0] == 2  # the read raised: still bounded by the last reading
 
 
 def test_jobs_per_replica_must_be_positive() -> None:

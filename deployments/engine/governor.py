@@ -3,17 +3,18 @@
 Past the concurrency that keeps the stages busy, more jobs in flight add no throughput, only
 waiting. On a saturated loop every step of every job queues behind the ready callbacks of all
 the others, so another org's single image waits behind one heavy org's hundreds of jobs at each
-of its steps. Measured (``bench_fairness``, 20,000 queued 404s of org A, one replica, two
-cores): A finished 5,605 images in B's 30 s with 128 in flight and 6,003 with 8, while B's p99
-fell from 3.3 s to 0.2 s.
+of its steps. Measured (``bench_fairness``, 20,000 queued 404s of org A, two cores): one
+replica with every org capped at 8 finished 6,003 of A's images in B's 30 s and gave B a p99 of
+0.2 s; the shipped 128 (on up to four replicas) 5,605 and 3.3 s (docs/benchmarks.md).
 
 The signal is the loop's lag, how late a short timer fires: it rises as soon as the ready queue
 does, whatever the cause (this replica's own work, or other processes on its cores), and stays
 near zero while jobs mostly wait on image hosts and models, so an org behind slow hosts keeps
-its wide concurrency. The cap follows additive-increase / multiplicative-decrease on the
-smoothed lag, between a floor (two batches of the replica's largest model: one running, one
-gathering) and the configured ``engine_org_max_in_flight``; it only shapes new claims, so
-nothing running is stopped. The intake applies it only while orgs compete.
+its wide concurrency. The cap shrinks by a quarter per sample of the smoothed lag over the
+target and grows by an eighth per sample well under it, between a floor (two batches of the
+replica's largest model: one running, one gathering) and the configured
+``engine_org_max_in_flight``; it only shapes new claims, so nothing running is stopped. The
+intake applies it only while orgs compete.
 """
 
 from __future__ import annotations

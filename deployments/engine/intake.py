@@ -3,7 +3,7 @@
 The backlog stays in Redis: a replica holds at most ``max_in_flight`` jobs, at most
 ``org_max_in_flight`` of one org (the queue's claim takes that as each org's room), so a
 100,000-job backlog never sits in a replica's memory and one org cannot take every slot. Three
-supervised loops (``core.supervise``) run beside the jobs:
+supervised loops (``core.supervise``) run beside the jobs, four with a governor:
 
 * **intake**: when there is room, claim (fairly across orgs, in the queue's round, each org's
   share scaled by ``weights()``, the replica's copy of the operator's weights) and start one
@@ -115,7 +115,7 @@ class Intake:
         if jobs:
             await self.queue.release(jobs)
 
-    # -- the three loops -------------------------------------------------------------------
+    # -- the loops -------------------------------------------------------------------------
 
     async def _intake(self) -> None:
         want = self.limits.max_in_flight - len(self.held)
@@ -124,9 +124,10 @@ class Intake:
             await self._room.wait()
             return
         weights = self._weights()
-        caps = self._org_caps(weights)
         cap = self.org_cap
+        caps = self._org_caps(cap, weights)
         room = {org: caps.get(org, cap) - self._orgs[org] for org in set(self._orgs) | set(caps)}
+        self._room.clear()  # before the claim: a job that ends meanwhile wakes the next one
         jobs = await self.queue.claim(self.token, want, room, cap, weights)
         for job in jobs:
             self._start(job)
@@ -134,8 +135,8 @@ class Intake:
             await self._idle()
 
     async def _idle(self) -> None:
-        """Until an enqueue leaves a wake token, a held job finishes, or ``idle_s`` passes."""
-        self._room.clear()
+        """Until an enqueue leaves a wake token, a held job finishes (since the claim began), or
+        ``idle_s`` passes."""
         woken = asyncio.ensure_future(self.queue.wait(self.limits.idle_s))
         freed = asyncio.ensure_future(self._room.wait())
         try:
@@ -157,10 +158,10 @@ class Intake:
             return self.limits.org_max_in_flight
         return self.governor.cap
 
-    def _org_caps(self, weights: Mapping[str, float]) -> dict[str, int]:
-        """The weighted orgs' own caps while the governor narrows them: ``cap x weight`` (within
+    def _org_caps(self, cap: int, weights: Mapping[str, float]) -> dict[str, int]:
+        """The weighted orgs' own caps while the governor narrows ``cap``: ``cap x weight`` (within
         1 … ``org_max_in_flight``), so an org of weight 2 still holds twice another's share."""
-        cap, ceiling = self.org_cap, self.limits.org_max_in_flight
+        ceiling = self.limits.org_max_in_flight
         if cap >= ceiling:
             return {}
         return {org: min(ceiling, max(1, round(cap * weight))) for org, weight in weights.items()}
@@ -176,7 +177,9 @@ class Intake:
         assert self.governor is not None
         lag = await self.governor.sample()
         cap = self.governor.cap
-        self.governor.observe(lag, binding=max(self._orgs.values(), default=0) >= cap)
+        caps = self._org_caps(cap, self._weights())
+        binding = any(n >= caps.get(org, cap) for org, n in self._orgs.items())  # some org at its own cap
+        self.governor.observe(lag, binding=binding)
         if self.governor.cap > cap:
             self._room.set()
 

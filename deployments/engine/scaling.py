@@ -14,9 +14,10 @@ so one replica suffices while the queued and running work fits its share, and a 
 does not adds replicas until it does (as the asynchronous-inference work in Ray scales task
 consumers on queue length), but never more than one replica per CPU of the cluster: a replica
 reserves no CPU, so past that it only shares the cores its peers already keep busy (measured on
-two cores with org A's 20,000 queued 404s: 4 replicas finished 4,011 of them in 30 s and org
-B's p99 was 2.6 s; 2 replicas 7,603 and 0.44 s; 1 replica 8,004 and 0.29 s). On an autoscaling
-cluster the bound grows with the nodes that join. Serve applies ``upscale_delay_s`` /
+two cores with org A's 20,000 queued 404s, same code on each side: 4 replicas finished 4,011 of
+them in 30 s and org B's p99 was 2.6 s, 2 replicas 7,603 and 0.44 s). On an autoscaling
+cluster the bound grows with the nodes that join; a cluster whose nodes declare no CPUs (a head
+started with ``num-cpus: 0`` before any worker joined) gets no bound, as before. Serve applies ``upscale_delay_s`` /
 ``downscale_delay_s`` around the policy. With no report yet (replicas starting) the target stays
 where it is.
 
@@ -27,6 +28,7 @@ path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -44,8 +46,11 @@ CPUS_EVERY_S = 10.0  # how often the policy reads the cluster's CPUs again
 
 
 def cluster_cpus() -> float | None:
-    """The CPUs of the cluster's live nodes, as the controller's Ray sees them (None: no Ray)."""
-    return ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else None
+    """The CPUs of the cluster's live nodes, as the controller's Ray sees them (None: no Ray, or
+    none declared: a head with ``num-cpus: 0`` still runs the replicas on its real cores)."""
+    if not ray.is_initialized():
+        return None
+    return ray.cluster_resources().get("CPU", 0.0) or None
 
 
 class BacklogPolicy:
@@ -76,7 +81,8 @@ class BacklogPolicy:
         """``cpus()``, read at most every ``CPUS_EVERY_S`` (the policy runs on every control loop)."""
         read_at, cpus = self._cpus_read
         if time.monotonic() - read_at >= CPUS_EVERY_S:
-            cpus = self._cpus()
+            with contextlib.suppress(Exception):  # the GCS restarting: keep the last reading
+                cpus = self._cpus()
             self._cpus_read = (time.monotonic(), cpus)
         return cpus
 
