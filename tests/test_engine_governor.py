@@ -61,13 +61,15 @@ async def test_the_sample_measures_how_long_the_loop_was_kept_busy() -> None:
     assert quiet < 0.1 and busy >= 0.15
 
 
-class LaggingLoop(OrgCapGovernor):
-    """The governor with its measurement replaced by a loop that always lags (what a saturated
-    replica measures); the arithmetic is the real one."""
+class SettableLag(OrgCapGovernor):
+    """The governor with its measurement replaced by a lag the test sets (at first one that always
+    lags, what a saturated replica measures); the arithmetic is the real one."""
+
+    lag = 1.0
 
     async def sample(self) -> float:
         await asyncio.sleep(0.01)
-        return 1.0
+        return self.lag
 
 
 class Work:
@@ -93,22 +95,27 @@ async def settle(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def started(redis: Redis, queue_keys: QueueKeys, work: Work, weights: dict[str, float]) -> Intake:
+    """An intake with a lagging ``SettableLag`` governor, started on 30 queued jobs of org_a."""
+    queue = FairQueue(redis, queue_keys, lease_s=5.0, max_attempts=3)
+    limits = IntakeLimits(max_in_flight=16, org_max_in_flight=CEILING, reclaim_interval_s=0.1, idle_s=0.1)
+    intake = Intake("test", queue, DeadLetters(redis, queue_keys), limits, work.run, work.exhausted,
+                    weights=lambda: weights, governor=SettableLag(ceiling=CEILING, floor=FLOOR, target_lag_s=0.01))
+    await fill(redis, queue, "org_a", 30)
+    intake.start()
+    return intake
+
+
 async def refill_after_releasing(redis: Redis, queue_keys: QueueKeys, other_org: bool,
                                  weights: dict[str, float] | None = None) -> int:
     """org_a holds the whole ceiling on a lagging loop; ``other_org`` then has one job run; seven
     of org_a's jobs finish. What org_a holds once the intake has claimed again."""
     work = Work()
-    queue = FairQueue(redis, queue_keys, lease_s=5.0, max_attempts=3)
-    limits = IntakeLimits(max_in_flight=16, org_max_in_flight=CEILING, reclaim_interval_s=0.1, idle_s=0.1)
-    intake = Intake("test", queue, DeadLetters(redis, queue_keys), limits, work.run, work.exhausted,
-                    weights=lambda: weights or {},
-                    governor=LaggingLoop(ceiling=CEILING, floor=FLOOR, target_lag_s=0.01))
-    await fill(redis, queue, "org_a", 30)
-    intake.start()
+    intake = await started(redis, queue_keys, work, weights or {})
     try:
         await settle(lambda: intake.held_of("org_a") == CEILING)  # alone: the full cap
         if other_org:
-            await fill(redis, queue, "org_b", 1)
+            await fill(redis, intake.queue, "org_b", 1)
             await settle(lambda: work.runs["org_b"] == 1 and intake.held_of("org_b") == 0)
         await asyncio.sleep(0.3)  # the lagging loop has narrowed the governor's cap by now
         for _ in range(7):
@@ -135,32 +142,18 @@ async def test_the_narrowed_cap_keeps_an_orgs_weight(redis: Redis, queue_keys: Q
     assert held == 2 * FLOOR
 
 
-class SettableLag(OrgCapGovernor):
-    """The governor with its measurement replaced by a lag the test sets."""
-
-    lag = 1.0
-
-    async def sample(self) -> float:
-        await asyncio.sleep(0.01)
-        return self.lag
-
-
 async def test_the_cap_widens_again_when_the_loop_quiets_even_for_an_org_below_weight_1(
     redis: Redis, queue_keys: QueueKeys
 ) -> None:
     """org_a (weight 0.5) may hold only half the narrowed cap: that is its own cap, and holding it
     is what lets the cap grow back once the loop is quiet."""
     work = Work()
-    queue = FairQueue(redis, queue_keys, lease_s=5.0, max_attempts=3)
-    limits = IntakeLimits(max_in_flight=16, org_max_in_flight=CEILING, reclaim_interval_s=0.1, idle_s=0.1)
-    governor = SettableLag(ceiling=CEILING, floor=FLOOR, target_lag_s=0.01)
-    intake = Intake("test", queue, DeadLetters(redis, queue_keys), limits, work.run, work.exhausted,
-                    weights=lambda: {"org_a": 0.5}, governor=governor)
-    await fill(redis, queue, "org_a", 30)
-    intake.start()
+    intake = await started(redis, queue_keys, work, {"org_a": 0.5})
+    governor = intake.governor
+    assert isinstance(governor, SettableLag)
     try:
         await settle(lambda: intake.held_of("org_a") == CEILING)
-        await fill(redis, queue, "org_b", 1)
+        await fill(redis, intake.queue, "org_b", 1)
         await settle(lambda: work.runs["org_b"] == 1 and governor.cap == FLOOR)
         for _ in range(CEILING):
             work.released.release()

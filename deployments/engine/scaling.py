@@ -17,9 +17,9 @@ reserves no CPU, so past that it only shares the cores its peers already keep bu
 two cores with org A's 20,000 queued 404s, same code on each side: 4 replicas finished 4,011 of
 them in 30 s and org B's p99 was 2.6 s, 2 replicas 7,603 and 0.44 s). On an autoscaling
 cluster the bound grows with the nodes that join; a cluster whose nodes declare no CPUs (a head
-started with ``num-cpus: 0`` before any worker joined) gets no bound, as before. Serve applies ``upscale_delay_s`` /
-``downscale_delay_s`` around the policy. With no report yet (replicas starting) the target stays
-where it is.
+started with ``num-cpus: 0`` before any worker joined) gets no bound, as before. Serve applies
+``upscale_delay_s`` / ``downscale_delay_s`` around the policy. With no report yet (replicas
+starting) the target stays where it is.
 
 The controller unpickles the policy class by value (``cloudpickle.register_pickle_by_value``), so
 this module imports nothing of Sightwire: the controller may run without the app's code on its
