@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from core.keys import org_hash
 from core.schemas import EndpointHealth, EventType, GroupRecord, ImageRecord, ImageStatus, WebhookPayload, utcnow
 from core.settings import Settings
 from core.tokens import new_id
@@ -129,7 +130,7 @@ class Events:
 
     def test_event(self, org: str, url: str) -> Announcement:
         """A ``webhook.test`` event to ``url`` (``POST /v1/webhooks/test``)."""
-        test_id = new_id("tst")
+        test_id = new_id("tst", org_hash(org))
         data = {"id": test_id, "object": "test", "sequence": 1, "message": "Sightwire test event"}
         return self.announcement(org, url, EventType.TEST, test_id, 1, data)
 

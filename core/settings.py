@@ -64,6 +64,10 @@ class Settings(BaseModel):
     redis_max_connections: int = Field(1_000, ge=1)
     redis_pool_timeout_s: float = Field(10.0, gt=0)
     key_prefix: str = "sw"
+    # Hash tags the tenants' data is spread over (``core.keys``): on a Redis Cluster, a few per
+    # master, so every master holds some orgs' work. Fixed for the life of the data: an org's
+    # keys move with it.
+    store_shards: int = Field(1, ge=1, le=4096)
     models: str = "tiny"
     models_dir: Path = Path.home() / ".cache" / "sightwire" / "models"
     data_dir: Path = Path.home() / ".local" / "share" / "sightwire"

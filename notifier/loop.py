@@ -42,6 +42,7 @@ from core.delivery import AttemptRecord, DeliveryPolicy, Outcome, Recorded
 from core.safe_http import policy_pool
 from core.schemas import Attempt, Delivery, EndpointState, utcnow
 from core.settings import Settings
+from core.shards import pop_any
 from core.store import Store
 from core.supervise import Backoff, stop_steps, supervise
 from core.urlpolicy import UrlPolicy
@@ -170,7 +171,8 @@ class DeliveryLoop:
         immediate claim: one wait on the wake list, a step of the supervised waker."""
         try:
             async with asyncio.timeout(WAKE_WAIT_S + 5):
-                if await self.store.redis.blpop([self.store.keys.outbox_wake], timeout=WAKE_WAIT_S):
+                wakes = [self.store.keys.outbox_wake(shard) for shard in self.store.keys.all_shards]
+                if await pop_any(self.store.redis, wakes, WAKE_WAIT_S):
                     self._wake.set()
         except Exception as exc:
             _reraise_cancellation(exc)  # redis-py can turn a cancelled read into an error

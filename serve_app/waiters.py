@@ -5,6 +5,10 @@ that announces a finished state. Each API replica holds one pub/sub connection t
 and wakes the requests waiting for that id; a waiting request holds no Redis connection (it
 reads the record only when woken, and once at each end). If the subscription drops, every
 waiter is woken to re-read (a finish may have gone unheard) and the listener resubscribes.
+
+On a Redis Cluster a PUBLISH reaches the subscribers of every node (the cluster bus relays it),
+so one subscription to one node hears every finish, whichever master's script published it. The
+listener takes the cluster's nodes in turn: after a failure it resubscribes on the next one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
 from core.schemas import ImageRecord
 from core.supervise import in_background
@@ -26,10 +32,11 @@ RESUBSCRIBE_S = 0.5
 
 
 class Waiters:
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(self, redis: Redis | RedisCluster, channel: str) -> None:
         self._redis = redis
         self._channel = channel
         self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._subscriptions = 0  # on a cluster: which node the next subscription is on
 
     def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Listen for the lifetime of the block (the app's lifespan)."""
@@ -38,7 +45,7 @@ class Waiters:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with await self._pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
                     self._wake_all()  # anything finished while unsubscribed is re-read
                     async for message in pubsub.listen():
@@ -49,6 +56,17 @@ class Waiters:
                 log.exception("finished-image subscription failed; resubscribing")
                 self._wake_all()
                 await asyncio.sleep(RESUBSCRIBE_S)
+
+    async def _pubsub(self) -> PubSub:
+        """A pub/sub connection of the store's client; on a cluster, on its next node in turn
+        (redis-py's ``ClusterPubSub`` would pick the same node every time: the channel's slot's)."""
+        if not isinstance(self._redis, RedisCluster):
+            return self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._redis.initialize()  # the node list (a no-op once the client has it)
+        nodes = sorted(self._redis.get_nodes(), key=lambda node: node.name)
+        node = nodes[self._subscriptions % len(nodes)]
+        self._subscriptions += 1
+        return self._redis.pubsub(node=node, ignore_subscribe_messages=True)
 
     def _wake(self, image_id: str) -> None:
         for event in self._waiting.get(image_id, ()):

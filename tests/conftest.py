@@ -23,6 +23,7 @@ from models.tiny import ensure_tiny_profile
 from serve_app.local import RedisServer, free_port
 from serve_app.serve_env import apply_serve_env
 from tests.support.engine import CountingHost
+from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.servers import ImageHost, WebhookReceiver
 
 if TYPE_CHECKING:
@@ -50,6 +51,13 @@ def png_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A real three-master Redis Cluster on loopback (``redis+cluster://`` in ``.url``)."""
+    with LocalRedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from core.delivery import SharedRoom, scripts
 from core.delivery.outcomes import Outcome, RetryResult
 from core.delivery.policy import DeliveryPolicy, RetryPolicy, SlowdownPolicy
 from core.events import Events, GroupMarks, image_event, thin, wants_summaries
-from core.keys import SCRIPT_KEYS, Keys
+from core.keys import SCRIPT_KEYS, Keys, org_hash
 from core.schemas import (
     Attempt,
     Delivery,
@@ -31,17 +31,26 @@ from core.schemas import (
 )
 from core.settings import Settings
 from core.store import Store
+from core.tokens import new_id
 from notifier.lanes import Lanes
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def test_scripts_build_the_keys_python_names(store: Store) -> None:
-    keys = Keys("swtest-layout")
-    body = "return {" + ", ".join(f"K.{name}(ARGV[2])" for name in SCRIPT_KEYS) + "}"
-    argv = json.dumps({"prefix": keys.prefix})
-    built = await store.redis.eval(scripts.compose(body), 2, keys.outbox, keys.outbox_wake, argv, "x1")
-    assert [b.decode() for b in built] == [getattr(keys, name)("x1") for name in SCRIPT_KEYS]
+async def test_scripts_build_the_keys_python_names_in_the_calls_shard(store: Store) -> None:
+    keys = Keys("swtest-layout", shards=8)
+    org = "org-of-shard-5"
+    while keys.shard_of_org(org) != 5:
+        org += "x"
+    resource_id = new_id("dlv", org_hash(org))
+    per_org = {"org_endpoints"}
+    body = "return {" + ", ".join(f"K.{name}(ARGV[{3 if name in per_org else 2}])" for name in SCRIPT_KEYS) + "}"
+    argv = json.dumps({"prefix": keys.base(5)})
+    fixed = (keys.outbox(5), keys.outbox_wake(5))
+    built = await store.redis.eval(scripts.compose(body), 2, *fixed, argv, resource_id, org)
+    expected = [getattr(keys, name)(org if name in per_org else resource_id) for name in SCRIPT_KEYS]
+    assert [b.decode() for b in built] == expected
+    assert all(key.startswith("swtest-layout:{s5}:") for key in expected)
 
 
 @pytest.mark.parametrize("enum", [DeliveryStatus, EndpointState, DisabledReason, Outcome, RetryResult])

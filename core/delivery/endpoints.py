@@ -14,13 +14,14 @@ from redis.asyncio import Redis
 
 from core.delivery import scripts
 from core.delivery.codec import health_from_hash
-from core.keys import Keys
+from core.keys import Keys, org_hash
 from core.schemas import Delivery, EndpointHealth
-from core.tokens import short_hash
+from core.tokens import ORG_TAG_HEX, short_hash
 
 
 def endpoint_id(org: str, url: str) -> str:
-    return "ep_" + short_hash(f"{org}\n{url}")
+    """Stable for an org and URL, and in the org's shard (it carries the org's hash, as ids do)."""
+    return f"ep_{org_hash(org):0{ORG_TAG_HEX}x}" + short_hash(f"{org}\n{url}")[ORG_TAG_HEX:]
 
 
 def destination_host(url: str) -> str:
@@ -60,6 +61,6 @@ class Endpoints:
         """Close the breaker and release every held delivery; ``None`` for an unknown endpoint.
 
         Returns how many deliveries were released (made due now)."""
-        call = scripts.Call({"eid": endpoint_id(org, url), "now": now.timestamp()})
+        call = scripts.Call(self._keys.shard_of_org(org), {"eid": endpoint_id(org, url), "now": now.timestamp()})
         released = int(await self._scripts.run(scripts.ENABLE, call))
         return None if released < 0 else released

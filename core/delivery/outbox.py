@@ -30,9 +30,10 @@ from core.delivery.outcomes import Outcome, RetryResult
 from core.delivery.policy import BreakerPolicy
 from core.delivery.scripts import Call
 from core.events import Announcement, Events
-from core.keys import Keys
+from core.keys import Keys, org_hash
 from core.lua import LuaScript
 from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryStatus, DeliveryView, EndpointState
+from core.shards import ShardRotation
 from core.tokens import new_id
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
@@ -110,6 +111,7 @@ class Outbox:
         self._keys = keys
         self.retention_s = retention_s
         self._scripts = scripts.Scripts(redis, keys)
+        self._rotation = ShardRotation(keys.shards)
         self._events = Events()  # only for ``endpoint.disabled``, a small payload
 
     def add(self, pipe: Pipeline, announcement: Announcement) -> Delivery:
@@ -129,13 +131,13 @@ class Outbox:
         a = announcement
         eid = endpoint_id(a.org, a.url)
         delivery = Delivery(
-            id=new_id("dlv"), webhook_id=new_id("msg"), org_id=a.org, url=a.url, event_type=a.event,
+            id=new_id("dlv", org_hash(a.org)), webhook_id=new_id("msg"), org_id=a.org, url=a.url, event_type=a.event,
             resource_id=a.resource_id, sequence=a.sequence, body=a.body, created_at=a.at, next_attempt_at=a.at,
             endpoint_id=eid,
         )
         args |= {"id": delivery.id, "eid": eid, "resource_id": a.resource_id, "org": a.org, "url": a.url,
                  "host": destination_host(a.url), "now": a.at.timestamp(), "retention_s": self.retention_s}
-        return delivery, Call(args, delivery_fields(delivery))
+        return delivery, Call(self._keys.shard_of_org(a.org), args, delivery_fields(delivery))
 
     def queue_with(self, pipe: Pipeline, script: LuaScript, call: Call, keys: Sequence[str]) -> None:
         """Queue a ``scripts.with_delivery`` script in the caller's transaction (``keys``: its own)."""
@@ -157,17 +159,36 @@ class Outbox:
         """Lease up to ``budget`` due deliveries, at most ``endpoint_room`` per endpoint (``busy``
         gives the room left to endpoints with sends in flight) and what ``shared`` leaves each org
         and destination host (no such caps without it). Entries whose record is gone are dropped
-        from the queue; waiting deliveries marked superseded are finished as such."""
+        from the queue; waiting deliveries marked superseded are finished as such.
+
+        Every shard's index is claimed from (``core.shards.ShardRotation``); a destination host
+        is shared across shards, so what one shard's claim sends there leaves the next less."""
         if budget <= 0:
             return Claim([], 0, await self.next_due_at(), 0)
         shared = shared or SharedRoom(budget, budget)
-        claimed, superseded, nxt, missing = await self._scripts.run(scripts.CLAIM, Call({
-            "now": now.timestamp(), "lease_until": now.timestamp() + lease_s, "budget": budget,
-            "endpoint_room": endpoint_room, "room": busy, "retention_s": self.retention_s,
-            "org_cap": shared.org_cap, "org_room": shared.orgs, "host_cap": shared.host_cap,
-            "host_room": shared.hosts,
-        }))
-        return Claim(_leased(claimed), int(superseded), _moment(nxt) if nxt else None, int(missing))
+        hosts = dict(shared.hosts)
+        total = Claim([], 0, None, 0)
+
+        async def take(shard: int, n: int) -> int:
+            claimed, superseded, nxt, missing = await self._scripts.run(scripts.CLAIM, Call(shard, {
+                "now": now.timestamp(), "lease_until": now.timestamp() + lease_s, "budget": n,
+                "endpoint_room": endpoint_room, "room": busy, "retention_s": self.retention_s,
+                "org_cap": shared.org_cap, "org_room": shared.orgs, "host_cap": shared.host_cap,
+                "host_room": hosts,
+            }))
+            leased = _leased(claimed)
+            for d in leased:
+                host = destination_host(d.url)
+                hosts[host] = hosts.get(host, shared.host_cap) - 1
+            total.deliveries += leased
+            total.superseded += int(superseded)
+            total.missing += int(missing)
+            if nxt and (total.next_due is None or _moment(nxt) < total.next_due):
+                total.next_due = _moment(nxt)
+            return len(leased)
+
+        await self._rotation.take(budget, take)
+        return total
 
     async def record(self, records: Sequence[AttemptRecord], breaker: BreakerPolicy) -> list[Recorded | BaseException]:
         """Log each attempt and apply it: the delivery's new state, its retry and the endpoint's
@@ -222,11 +243,12 @@ class Outbox:
             args["error"] = attempt.error
         if r.next_at is not None:
             args["retry_at"] = r.next_at.timestamp()
-        return Call(args, (attempt.to_json(),))
+        return Call(self._keys.shard_of_id(d.id), args, (attempt.to_json(),))
 
     async def retry(self, delivery: Delivery, now: datetime) -> RetryResult:
         """Make ``delivery`` due now, or say why not."""
-        call = Call({"id": delivery.id, "eid": endpoint_of(delivery), "now": now.timestamp()})
+        call = Call(self._keys.shard_of_id(delivery.id), {"id": delivery.id, "eid": endpoint_of(delivery),
+                                                          "now": now.timestamp()})
         result = await self._scripts.run(scripts.RETRY, call)
         return RetryResult(result.decode())
 
@@ -238,7 +260,7 @@ class Outbox:
         held = state is not None and state.decode() != EndpointState.CLOSED
         wanted = [d for d in await self.get_many([i.decode() for i in ids]) if d is not None and (
             d.status is DeliveryStatus.FAILED or (held and d.status is DeliveryStatus.PENDING))]
-        calls = [Call({"id": d.id, "eid": eid, "now": now.timestamp()}) for d in wanted]
+        calls = [Call(self._keys.shard_of_id(eid), {"id": d.id, "eid": eid, "now": now.timestamp()}) for d in wanted]
         replies = await self._scripts.run_many(scripts.RETRY, calls) if calls else []
         # IN_FLIGHT: the notifier took it between two of these calls (the first made the endpoint
         # due): it is being re-sent, which is what was asked.
@@ -247,16 +269,18 @@ class Outbox:
 
     async def supersede(self, delivery: Delivery, now: datetime) -> bool:
         """Finish a claimed, pending delivery as superseded (a newer update of it was claimed)."""
-        call = Call({"id": delivery.id, "eid": endpoint_of(delivery), "now": now.timestamp(),
-                     "retention_s": self.retention_s})
+        call = Call(self._keys.shard_of_id(delivery.id), {"id": delivery.id, "eid": endpoint_of(delivery),
+                                                          "now": now.timestamp(), "retention_s": self.retention_s})
         return bool(await self._scripts.run(scripts.SUPERSEDE, call))
 
     # -- reads ----------------------------------------------------------------------------------
 
     async def next_due_at(self) -> datetime | None:
-        """When the first endpoint has something due (its breaker and slow-down applied)."""
-        first = await self._redis.zrange(self._keys.outbox, 0, 0, withscores=True)
-        return _moment(first[0][1]) if first else None
+        """When the first endpoint of any shard has something due (its breaker and slow-down applied)."""
+        firsts = [await self._redis.zrange(self._keys.outbox(shard), 0, 0, withscores=True)
+                  for shard in self._keys.all_shards]
+        scores = [first[0][1] for first in firsts if first]
+        return _moment(min(scores)) if scores else None
 
     async def get(self, delivery_id: str) -> Delivery | None:
         return delivery_from_hash(await self._redis.hgetall(self._keys.delivery(delivery_id)))

@@ -8,15 +8,14 @@ limits.
 
 from __future__ import annotations
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio import Redis
 
 from core.delivery import Endpoints, Outbox
 from core.events import Events
 from core.keys import Keys
 from core.settings import Settings
 from core.store.accounts import Accounts
+from core.store.connect import redis_client
 from core.store.deadlines import Deadlines
 from core.store.groups import GroupStore
 from core.store.idempotency import IdempotencyStore
@@ -31,7 +30,7 @@ from core.store.weights import Weights
 class Store:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.store_shards)
         self.accounts = Accounts(redis, self.keys)
         self.operators = Operators(redis, self.keys)
         self.weights = Weights(redis, self.keys)
@@ -51,18 +50,9 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        # Retry on connection errors: after a Redis restart every pooled connection is stale, and
-        # ``from_url`` alone retries nothing (redis-py 8), so each would fail one command first.
-        # The bound (~1.5 s) also bounds how long the API takes to answer 503 while Redis is down
-        # (plus, with every pooled connection busy, the wait for one: redis_pool_timeout_s).
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 6)
-        # A blocking pool of a set size: redis-py 8's default pool raises MaxConnectionsError at
-        # its 101st connection, which failed jobs (and their retries) under a backlog.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections,
-            timeout=settings.redis_pool_timeout_s, health_check_interval=10, retry=retry,
-        )
-        return cls(Redis.from_pool(pool), settings)
+        # One Redis (a blocking pool, retrying connection errors) or, for a redis+cluster:// URL,
+        # a RedisCluster over its seeds: core.store.connect says why each is built as it is.
+        return cls(redis_client(settings), settings)  # type: ignore[arg-type]
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

@@ -27,9 +27,13 @@ class Deadlines:
         self._groups = groups
 
     async def due(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of the images and groups whose deadline is at or before ``now`` (Unix s)."""
-        rows = await self._redis.zrangebyscore(self._keys.deadlines, "-inf", now, start=0, num=limit)
-        return [row.decode() for row in rows]
+        """Ids of the images and groups whose deadline is at or before ``now`` (Unix s), up to
+        ``limit`` from each shard's sweep."""
+        due = []
+        for shard in self._keys.all_shards:
+            rows = await self._redis.zrangebyscore(self._keys.deadlines(shard), "-inf", now, start=0, num=limit)
+            due += [row.decode() for row in rows]
+        return due
 
     async def expire(self, resource_id: str) -> None:
         """Cancel what is left of an image or group with code ``deadline`` (a finished one is
@@ -38,7 +42,7 @@ class Deadlines:
             await self._groups.cancel(resource_id, error=DEADLINE_ERROR)
         else:
             await self._images.cancel(resource_id, error=DEADLINE_ERROR)
-        await self._redis.zrem(self._keys.deadlines, resource_id)
+        await self._redis.zrem(self._keys.deadlines(self._keys.shard_of_id(resource_id)), resource_id)
 
     async def sweep(self, now: float, limit: int = 100) -> int:
         """Expire everything due; returns how many ids were expired."""

@@ -320,7 +320,7 @@ class GroupStore:
                 raise RetryRefused(f"no image of group {group_id} failed")
             pipe.multi()
             pipe.hdel(key, "canceled", "deadline")
-            pipe.zrem(self._keys.deadlines, group_id)
+            pipe.zrem(self._keys.deadlines(self._keys.shard_of_id(group_id)), group_id)
             return fields.get("bulk") == "1"
 
         bulk = await watched(self._redis, [key], reopen)

@@ -99,10 +99,13 @@ class ImageStore:
         )
         return [(member.decode(), score) for member, score in rows]
 
+    def _deadlines(self, resource_id: str) -> str:
+        return self._keys.deadlines(self._keys.shard_of_id(resource_id))
+
     def set_deadline(self, pipe: Pipeline, resource_id: str, deadline: datetime | None) -> None:
         """Put an image (or group) on the deadline sweep (inside the caller's transaction)."""
         if deadline is not None:
-            pipe.zadd(self._keys.deadlines, {resource_id: deadline.timestamp()})
+            pipe.zadd(self._deadlines(resource_id), {resource_id: deadline.timestamp()})
 
     async def add_models(
         self, image_id: str, org: str, models: list[str], deadline: datetime | None = None
@@ -155,7 +158,7 @@ class ImageStore:
             mapping["deadline"] = deadline_field(deadline)
         elif fields.get("deadline"):
             pipe.hdel(key, "deadline")
-            pipe.zrem(self._keys.deadlines, image_id)
+            pipe.zrem(self._deadlines(image_id), image_id)
         pipe.hset(key, mapping=mapping)
         pipe.hincrby(key, "seq", 1)
         if fields.get("group"):
@@ -245,13 +248,13 @@ class ImageStore:
         image = {"id": record.id, "seq": fields["seq"], "notified": fields["notified_seq"],
                  "marks": [part for item in marks.items() for part in item], "channel": self._keys.images_finished,
                  "deadline": bool(fields.get("deadline"))}
-        keys = [self._keys.image(record.id), self._keys.deadlines]
+        keys = [self._keys.image(record.id), self._deadlines(record.id)]
         if group is not None:  # absent, not null: cjson's null is true in Lua
             image["group"] = group
             keys += [self._keys.group(record.group_id), self._keys.group_sums(record.group_id)]
         announcement = self._events.announce(fields["org"], record, event)
         if announcement is None:
-            return Call({"image": image}), keys, []
+            return Call(self._keys.shard_of_id(record.id), {"image": image}), keys, []
         delivery, call = self._outbox.delivery_call(announcement, image=image)
         return call, keys, [delivery]
 

@@ -4,8 +4,9 @@ A record's job is enqueued inside the record's own transaction (``add`` / ``add_
 EVAL on the caller's pipeline), so accepted work is durable before the caller answers. Online
 image jobs go to the ``online`` queue, which the processor's intake claims; a bulk group's job
 goes to the ``bulk`` queue, claimed only by the processor's bulk capacity (``max_bulk_runs``),
-so a Ray Data run never holds an online slot. Both are ``core.store.fair_queue.FairQueue``:
-deficit round-robin over orgs, leases renewed by a heartbeat, bounded attempts, dead letters.
+so a Ray Data run never holds an online slot. Both are ``core.store.fair_queue.ShardedQueue``:
+in each of the store's shards a ``FairQueue`` (deficit round-robin over orgs, leases renewed by a
+heartbeat, bounded attempts, dead letters).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from redis.asyncio.client import Pipeline
 from core.keys import Keys
 from core.schemas import ErrorCode
 from core.settings import Settings
-from core.store.fair_queue import DeadLetters, FairQueue
+from core.store.fair_queue import ShardedDeadLetters, ShardedQueue
 
 
 class QueueName(StrEnum):
@@ -58,21 +59,21 @@ class Jobs:
     """The online and bulk queues of one key prefix, and their dead letters."""
 
     def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
-        def queue(name: QueueName) -> FairQueue:
-            return FairQueue(redis, keys.job_queue(name), lease_s=settings.job_lease_s,
-                             max_attempts=settings.max_job_attempts, quantum=settings.queue_quantum)
+        def queue(name: QueueName) -> ShardedQueue:
+            return ShardedQueue(redis, keys, name, lease_s=settings.job_lease_s,
+                                max_attempts=settings.max_job_attempts, quantum=settings.queue_quantum)
 
         self._redis = redis
         self._keys = keys
         self.queues = {name: queue(name) for name in QueueName}
-        self.dead = {name: DeadLetters(redis, q.keys) for name, q in self.queues.items()}
+        self.dead = {name: ShardedDeadLetters(redis, q) for name, q in self.queues.items()}
 
     @property
-    def online(self) -> FairQueue:
+    def online(self) -> ShardedQueue:
         return self.queues[QueueName.ONLINE]
 
     @property
-    def bulk(self) -> FairQueue:
+    def bulk(self) -> ShardedQueue:
         return self.queues[QueueName.BULK]
 
     def add(self, pipe: Pipeline, org: str, image_id: str, models: list[str]) -> None:
@@ -103,10 +104,10 @@ class Jobs:
         ``attempts_exhausted`` failure the engine gave them (so they run again and are announced
         anew), and the job goes to the back of its org's queue with fresh attempts. Returns the
         job id, or None when there is no such entry."""
-        letters = await self._redis.xrange(self.dead[queue].keys.dead, min=entry, max=entry)
-        if not letters:
+        letter = await self.dead[queue].get(entry)
+        if letter is None:
             return None
-        job = Job.from_payload(json.loads(letters[0][1][b"payload"]))
+        job = Job.from_payload(letter.payload)
         for image_id in job.images:
             key = self._keys.image(image_id)
             error = await self._redis.hget(key, "error")

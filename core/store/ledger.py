@@ -130,7 +130,8 @@ class GroupLedger:
             if wants_summaries(due.event, record):
                 record.images = await self.summaries(group_id)
             call, deliveries = self._announcement(record, fields, growth.decode() if growth else "", due)
-            if await self._outbox.run_with(ANNOUNCE_GROUP, call, [key, self._keys.deadlines, growth_key]):
+            deadlines = self._keys.deadlines(self._keys.shard_of_id(group_id))
+            if await self._outbox.run_with(ANNOUNCE_GROUP, call, [key, deadlines, growth_key]):
                 return deliveries
 
     def _announcement(
@@ -148,7 +149,7 @@ class GroupLedger:
         }
         announcement = self._events.announce(fields["org"], record, due.event)
         if announcement is None:
-            return Call({"group": group}), []
+            return Call(self._keys.shard_of_id(record.id), {"group": group}), []
         delivery, call = self._outbox.delivery_call(announcement, group=group)
         return call, [delivery]
 

@@ -72,7 +72,7 @@ class RateLimiter:
     async def charge(self, key_id: str, org: str, kind: LimitKind, cost: int = 1) -> Verdict:
         """Take ``cost`` from the key's ``kind`` bucket if it holds enough; say what is left."""
         reply = await self._bucket(
-            keys=[self._keys.rate_bucket(key_id, kind.value), self._keys.org_settings(org)],
+            keys=[self._keys.rate_bucket(org, key_id, kind.value), self._keys.org_settings(org)],
             args=[kind.org_field, self._defaults.get(kind, 0), kind.window_s, cost],
         )
         allowed, quota, remaining, wait, full = reply

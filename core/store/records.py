@@ -8,6 +8,7 @@ from typing import Any
 
 from core import aggregates
 from core.events import GroupMarks
+from core.keys import org_hash
 from core.schemas import (
     ErrorInfo,
     EventType,
@@ -103,7 +104,7 @@ def new_image_fields(
         "updated_at": now,
     }
     fields.update({MODEL_FIELD + name: ModelResult().to_json() for name in models})
-    return new_id("img"), fields
+    return new_id("img", org_hash(org)), fields
 
 
 COUNT_FIELDS = ("complete", "partial", "failed", "canceled")
@@ -139,7 +140,7 @@ def new_group_fields(
         "created_at": now,
         "updated_at": now,
     }
-    return new_id(GROUP_ID_PREFIX), fields
+    return new_id(GROUP_ID_PREFIX, org_hash(org)), fields
 
 
 def group_record(group_id: str, fields: dict[str, str], sums: dict[str, str]) -> GroupRecord:

@@ -37,7 +37,15 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from core.store.fair_queue import DeadLetters, FairQueue, Lease, QueuedJob, new_token
+from core.store.fair_queue import (
+    DeadLetters,
+    FairQueue,
+    Lease,
+    QueuedJob,
+    ShardedDeadLetters,
+    ShardedQueue,
+    new_token,
+)
 from core.supervise import supervise, working_on
 from deployments.engine.governor import OrgCapGovernor
 
@@ -62,8 +70,8 @@ class Intake:
     def __init__(
         self,
         name: str,
-        queue: FairQueue,
-        dead: DeadLetters,
+        queue: FairQueue | ShardedQueue,
+        dead: DeadLetters | ShardedDeadLetters,
         limits: IntakeLimits,
         run: Callable[[QueuedJob], Awaitable[None]],
         exhausted: Callable[[QueuedJob], Awaitable[None]],

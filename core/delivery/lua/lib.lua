@@ -3,7 +3,7 @@
 -- (DeliveryStatus, EndpointState, DisabledReason, Outcome, RetryResult).
 --
 -- Every script is called with KEYS = {the ready index, the wake list} and one JSON table of
--- named arguments in ARGV[1] (decoded as A; A.prefix is the key prefix, P); data a script
+-- named arguments in ARGV[1] (decoded as A; A.prefix is the base of the call's shard, its keys' prefix and hash tag, P); data a script
 -- stores verbatim follows raw in ARGV[2..]. Times are Unix seconds.
 
 local A = cjson.decode(ARGV[1])

@@ -54,6 +54,10 @@ class DeadLetters:
         entries = await self._redis.xrevrange(self.keys.dead, max=end, min="-", count=count)
         return [_letter(entry, fields) for entry, fields in entries]
 
+    async def get(self, entry: str) -> DeadLetter | None:
+        letters = await self._redis.xrange(self.keys.dead, min=entry, max=entry)
+        return _letter(*letters[0]) if letters else None
+
     async def count(self) -> int:
         return int(await self._redis.xlen(self.keys.dead))
 

@@ -33,7 +33,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from core.keys import QueueKeys
+from core.keys import QueueKeys, org_hash
 from core.store.fair_queue.scripts import Scripts
 from core.tokens import new_id
 
@@ -120,7 +120,7 @@ class FairQueue:
         ids: list[str] = []
         batch = list(payloads)
         for start in range(0, len(batch), ENQUEUE_CHUNK):
-            jobs = [[new_id("job"), json.dumps(p)] for p in batch[start:start + ENQUEUE_CHUNK]]
+            jobs = [[new_id("job", org_hash(org)), json.dumps(p)] for p in batch[start:start + ENQUEUE_CHUNK]]
             Scripts.queue(pipe, "enqueue", [k.org_queue(org), k.ring, k.wake], base=k.base, org=org, jobs=jobs)
             ids += [job_id for job_id, _ in jobs]
         return ids

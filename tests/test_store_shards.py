@@ -1,0 +1,142 @@
+"""The store spread over several shards (hash tags) on one real redis-server: every org's keys
+in its own shard, and every consumer (job claims, leases, dead letters, deadlines, the outbox,
+idle waits) serving all the shards."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from core.delivery import SharedRoom
+from core.keys import Keys
+from core.schemas import ImageCreate, ModelResult, ModelStatus, utcnow
+from core.settings import Settings
+from core.store import Store
+from core.store.fair_queue import new_token
+from core.store.jobs import QueueName
+from core.tokens import new_id
+
+SHARDS = 4
+DONE = ModelResult(status=ModelStatus.COMPLETE, version="m@1", result={"ok": True})
+
+
+@pytest.fixture
+async def sharded(settings: Settings) -> AsyncIterator[Store]:
+    store = Store.from_settings(settings.model_copy(update={"key_prefix": new_id("swshard"), "store_shards": SHARDS}))
+    yield store
+    await store.close()
+
+
+def org_in_shard(keys: Keys, shard: int, stem: str = "org") -> str:
+    """An org name whose hash puts it in ``shard``."""
+    n = 0
+    while keys.shard_of_org(f"{stem}-{n}") != shard:
+        n += 1
+    return f"{stem}-{n}"
+
+
+def image(url: str = "http://example.com/a.png", **extra: object) -> ImageCreate:
+    return ImageCreate(url=url, models=["a"], **extra)
+
+
+async def test_an_orgs_records_and_jobs_live_under_its_shards_hash_tag(sharded: Store) -> None:
+    keys = sharded.keys
+    orgs = [org_in_shard(keys, shard) for shard in range(SHARDS)]
+    ids = [(await sharded.images.create(org, image())).id for org in orgs]
+    for shard, (org, image_id) in enumerate(zip(orgs, ids, strict=True)):
+        assert keys.shard_of_id(image_id) == shard
+        assert await sharded.redis.exists(f"{keys.prefix}:{{s{shard}}}:img:{image_id}")
+        assert await sharded.redis.zscore(keys.org_images(org), image_id) is not None
+        assert keys.org_images(org).startswith(keys.base(shard))
+        assert await sharded.images.get(image_id, org) is not None
+        assert await sharded.images.get(image_id, orgs[(shard + 1) % SHARDS]) is None
+    depth = await sharded.jobs.online.depth()
+    assert depth.queued == dict.fromkeys(orgs, 1)
+
+
+async def test_a_claim_serves_every_shard_and_each_lease_step_finds_its_shard(sharded: Store) -> None:
+    keys = sharded.keys
+    orgs = [org_in_shard(keys, shard) for shard in range(SHARDS)]
+    for org in orgs:
+        for _ in range(3):
+            await sharded.images.create(org, image())
+    queue, token = sharded.jobs.online, new_token()
+    first = await queue.claim(token, SHARDS, {}, 10)
+    assert sorted(job.org for job in first) == sorted(orgs)  # one of each shard, not three of one
+    rest = await queue.claim(token, 100, {}, 10)
+    assert len(rest) == 2 * SHARDS
+    jobs = first + rest
+    assert await queue.renew([job.lease for job in jobs]) == []
+    assert await queue.ack([job.lease for job in jobs]) == len(jobs)
+    assert (await queue.depth()).leased == 0 and (await queue.depth()).total == 0
+
+
+async def test_an_orgs_room_holds_across_the_claims_second_pass(sharded: Store) -> None:
+    """Shard 0's org fills its share, so the claim asks that shard again for what the empty shards
+    left: the org's room must count what the first pass already took."""
+    org = org_in_shard(sharded.keys, 0)
+    for _ in range(10):
+        await sharded.images.create(org, image())
+    jobs = await sharded.jobs.online.claim(new_token(), 8, {org: 3}, 10)
+    assert len(jobs) == 3
+
+
+async def test_dead_letters_name_their_shard_and_requeue_there(sharded: Store) -> None:
+    keys = sharded.keys
+    orgs = [org_in_shard(keys, 1), org_in_shard(keys, 3)]
+    for org in orgs:
+        await sharded.images.create(org, image())
+    queue, dead = sharded.jobs.online, sharded.jobs.dead[QueueName.ONLINE]
+    jobs = await queue.claim(new_token(), 10, {}, 10)
+    entries = [await dead.bury(job.lease, "attempts") for job in jobs]
+    assert sorted(e.split("/")[0] for e in entries) == ["1", "3"]
+    assert await dead.count() == 2
+    listed = await dead.list()
+    assert sorted(letter.entry for letter in listed) == sorted(entries)
+    assert [letter.entry for letter in await dead.list(1, before=listed[0].entry)] == [listed[1].entry]
+    assert (await dead.get(entries[0])).org == jobs[0].org
+    assert await sharded.jobs.requeue_dead(QueueName.ONLINE, entries[1]) is not None
+    assert await dead.count() == 1
+    assert [job.org for job in await queue.claim(new_token(), 10, {}, 10)] == [jobs[1].org]
+    with pytest.raises(ValueError, match="not a dead letter entry"):
+        await dead.requeue("1700000000000-0")
+
+
+async def test_the_deadline_sweep_covers_every_shard(sharded: Store) -> None:
+    orgs = [org_in_shard(sharded.keys, shard) for shard in (0, 2)]
+    past = utcnow() + timedelta(seconds=1)
+    ids = [(await sharded.images.create(org, image(deadline=past))).id for org in orgs]
+    assert sorted(await sharded.deadlines.due(past.timestamp() + 1)) == sorted(ids)
+    assert await sharded.deadlines.sweep(past.timestamp() + 1) == 2
+    assert await sharded.deadlines.due(past.timestamp() + 1) == []
+
+
+async def test_the_outbox_claims_every_shard_and_a_host_cap_spans_them(sharded: Store) -> None:
+    """Two orgs in two shards post to one host: each shard's deliveries are claimed, and a
+    host cap of 1 lets only one of them go at once, whichever shard it is in."""
+    orgs = [org_in_shard(sharded.keys, 0), org_in_shard(sharded.keys, 2)]
+    for org in orgs:
+        record = await sharded.images.create(org, image(webhook_url=f"http://hooks.example/{org}"))
+        await sharded.images.write_results(record.id, {"a": DONE}, (4, 4))
+        await sharded.images.finalize(record.id)
+    now = utcnow()
+    capped = await sharded.outbox.claim(now, 5.0, 10, 8, {}, SharedRoom(org_cap=10, host_cap=1))
+    assert len(capped.deliveries) == 1
+    rest = await sharded.outbox.claim(now, 5.0, 10, 8, {}, SharedRoom(org_cap=10, host_cap=10))
+    assert sorted(d.org_id for d in capped.deliveries + rest.deliveries) == sorted(orgs)
+    for d in capped.deliveries + rest.deliveries:
+        assert sharded.keys.shard_of_id(d.id) == sharded.keys.shard_of_org(d.org_id)
+
+
+async def test_an_idle_wait_wakes_on_any_shards_enqueue(sharded: Store) -> None:
+    queue = sharded.jobs.online
+    while await queue.wait(0.01):  # drop the tokens earlier enqueues left
+        pass
+    waiting = asyncio.ensure_future(queue.wait(5.0))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await sharded.images.create(org_in_shard(sharded.keys, 3), image())
+    assert await asyncio.wait_for(waiting, 2.0) is True
