@@ -168,3 +168,33 @@ async def test_the_engine_killed_with_images_in_flight_finishes_them_after_a_res
         finally:
             ray.kill(restarted, no_restart=True)
     assert {r.status for r in await cluster_store.images.get_many(ids)} == {ImageStatus.COMPLETE}
+
+
+async def test_a_bulk_group_runs_as_one_ray_data_pipeline_on_a_cluster(
+    cluster_settings: Settings, cluster_store: Store, counting_host: CountingHost, receiver: WebhookReceiver,
+) -> None:
+    """At the stack's bulk threshold the group is one Ray Data run, whose workers write the
+    results to the cluster; its ``group.completed`` webhook arrives once."""
+    org = new_id("org")
+    url = counting_host.put("/cl-bulk.png", png_bytes(seed=24))
+    size = cluster_settings.bulk_threshold
+    processor = Processor(cluster_settings, model_handles(MODEL))
+    processor.start()
+    try:
+        async with local_api(cluster_settings) as api, notifier_for(cluster_settings), httpx.AsyncClient(
+            base_url=api.url, timeout=30
+        ) as http:
+            auth = {"Authorization": f"Bearer {await api.ctx.store.accounts.create_api_key(org)}"}
+            created = await http.post("/v1/groups", headers=auth, json={
+                "images": [{"url": f"{url}?b={i}"} for i in range(size)], "models": [MODEL],
+                "webhookUrl": receiver.url("/bulk"), "webhookEvents": ["group.completed"]})
+            assert created.status_code == 202 and created.json()["bulk"] is True, created.text
+
+            async def completed() -> bool:
+                return any(p["type"] == "group.completed" for p in payloads(receiver, "/bulk"))
+
+            await until(completed, 120, "the bulk group's group.completed")
+    finally:
+        await processor.stop()
+    [payload] = payloads(receiver, "/bulk")
+    assert payload["data"]["id"] == created.json()["id"] and payload["data"]["counts"]["complete"] == size
