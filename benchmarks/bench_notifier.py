@@ -38,6 +38,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from core.events import Events
+from core.keys import org_hash
 from core.schemas import EventType, WebhookPayload, utcnow
 from core.settings import Settings
 from core.store import Store
@@ -129,8 +130,8 @@ async def until(check: Any, step: float = 0.005) -> None:
 
 def data_for(i: int, payload_bytes: int, enqueued: float | None = None) -> dict[str, Any]:
     """A record-like payload of about ``payload_bytes`` (detections are most of a real one)."""
-    data: dict[str, Any] = {"id": new_id("img"), "object": "image", "status": "complete", "sequence": 1, "n": i,
-                            "detections": "x" * max(0, payload_bytes - 160)}
+    data: dict[str, Any] = {"id": new_id("img", org_hash(ORG)), "object": "image", "status": "complete",
+                            "sequence": 1, "n": i, "detections": "x" * max(0, payload_bytes - 160)}
     if enqueued is not None:
         data["enq"] = enqueued
     return data

@@ -101,7 +101,9 @@ class Keys:
         return org_hash(org) % self.shards
 
     def shard_of_id(self, resource_id: str) -> int:
-        """The shard of a resource id minted for an org (``new_id(kind, org)``); 0 for any other."""
+        """The shard of a resource id minted for an org (``new_id(kind, org_hash(org))``). An id
+        minted without one (from before this layout) names whatever shard its first four hex
+        digits give: only ids minted this way may be mixed with their org's keys."""
         tag = org_tag_of(resource_id)
         return 0 if tag is None else tag % self.shards
 

@@ -66,8 +66,8 @@ class Settings(BaseModel):
     key_prefix: str = "sw"
     # Hash tags the tenants' data is spread over (``core.keys``): on a Redis Cluster, a few per
     # master, so every master holds some orgs' work. Fixed for the life of the data: an org's
-    # keys move with it.
-    store_shards: int = Field(1, ge=1, le=4096)
+    # keys move with it. An idle processor or notifier holds one blocking pop per shard.
+    store_shards: int = Field(1, ge=1, le=256)
     models: str = "tiny"
     models_dir: Path = Path.home() / ".cache" / "sightwire" / "models"
     data_dir: Path = Path.home() / ".local" / "share" / "sightwire"

@@ -1,9 +1,12 @@
 """Taking work from every shard of the store (``core.keys``) in one fair pass.
 
 A consumer (a processor's intake, the notifier) wants ``want`` items from ``n`` shards. It asks
-each for an even share, starting one shard further on each time so no shard is always first,
-then offers what is left to the shards that gave their whole share (they may have more). A
-shard with nothing costs one cheap script call; with one shard this is one call.
+each for an even share, then offers what is left to the shards that gave their whole share
+(they may have more). The next pass starts at the shard after the last one that gave work, so
+busy shards take turns however many empty ones lie between them (a claim for one item visits
+them in order). A shard that fails (a master away) is skipped: what the others gave is kept
+(their leases are live), and the error is raised only when no shard gave anything. A shard
+with nothing costs one cheap script call; with one shard this is one call.
 
 Idle, it waits on every shard's wake list at once (``pop_any``).
 """
@@ -11,9 +14,12 @@ Idle, it waits on every shard's wake list at once (``pop_any``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
+
+log = logging.getLogger("sightwire.shards")
 
 
 class ShardRotation:
@@ -26,22 +32,39 @@ class ShardRotation:
         it took) until ``want`` are taken or every shard is spent; returns how many were taken."""
         n = self.shards
         order = [(self._start + i) % n for i in range(n)]
-        self._start = (self._start + 1) % n
         share = -(-want // n)
-        taken = 0
+        taken, last = 0, None
         full = []  # shards that gave their whole share: they may have more
+        errors: list[Exception] = []
+
+        async def ask(shard: int, count: int) -> int:
+            nonlocal last
+            try:
+                got = await take(shard, count)
+            except Exception as exc:  # one shard's master away must not lose the others' leases
+                errors.append(exc)
+                return 0
+            if got:
+                last = shard
+            return got
+
         for shard in order:
-            ask = min(share, want - taken)
-            if ask <= 0:
+            count = min(share, want - taken)
+            if count <= 0:
                 break
-            got = await take(shard, ask)
+            got = await ask(shard, count)
             taken += got
-            if got == ask:
+            if got == count:
                 full.append(shard)
         for shard in full:
             if taken >= want:
                 break
-            taken += await take(shard, want - taken)
+            taken += await ask(shard, want - taken)
+        self._start = (order[0] + 1) % n if last is None else (last + 1) % n
+        if errors and not taken:
+            raise errors[0]
+        if errors:
+            log.warning("%d of %d shards failed a claim; kept what the others gave", len(errors), n)
         return taken
 
 

@@ -5,6 +5,7 @@ idle waits) serving all the shards."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from core.delivery import SharedRoom
 from core.keys import Keys
 from core.schemas import ImageCreate, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
+from core.shards import ShardRotation
 from core.store import Store
 from core.store.fair_queue import new_token
 from core.store.jobs import QueueName
@@ -101,8 +103,8 @@ async def test_dead_letters_name_their_shard_and_requeue_there(sharded: Store) -
     assert await sharded.jobs.requeue_dead(QueueName.ONLINE, entries[1]) is not None
     assert await dead.count() == 1
     assert [job.org for job in await queue.claim(new_token(), 10, {}, 10)] == [jobs[1].org]
-    with pytest.raises(ValueError, match="not a dead letter entry"):
-        await dead.requeue("1700000000000-0")
+    assert await dead.requeue("1700000000000-0") is None  # no shard named: no such entry
+    assert await dead.get("9/1700000000000-0") is None  # no such shard
 
 
 async def test_the_deadline_sweep_covers_every_shard(sharded: Store) -> None:
@@ -140,3 +142,66 @@ async def test_an_idle_wait_wakes_on_any_shards_enqueue(sharded: Store) -> None:
     assert not waiting.done()
     await sharded.images.create(org_in_shard(sharded.keys, 3), image())
     assert await asyncio.wait_for(waiting, 2.0) is True
+
+
+async def test_busy_shards_take_turns_however_many_empty_ones_lie_between() -> None:
+    """Shards 0 and 3 have work, 1 and 2 none; claims of one item alternate between 0 and 3
+    (a rotation that only stepped one on each time gave shard 3 three turns in four)."""
+    rotation, served = ShardRotation(4), Counter()
+
+    async def take(shard: int, n: int) -> int:
+        if shard in (0, 3):
+            served[shard] += 1
+            return 1
+        return 0
+
+    for _ in range(100):
+        assert await rotation.take(1, take) == 1
+    assert served == {0: 50, 3: 50}
+
+
+async def test_a_failing_shard_keeps_what_the_others_gave_and_fails_only_alone() -> None:
+    rotation = ShardRotation(3)
+
+    async def take(shard: int, n: int) -> int:
+        if shard == 1:
+            raise ConnectionError("master away")
+        return n
+
+    assert await rotation.take(6, take) == 6  # shards 0 and 2 fill in
+
+    async def away(shard: int, n: int) -> int:
+        raise ConnectionError("all away")
+
+    with pytest.raises(ConnectionError, match="all away"):
+        await rotation.take(6, away)
+
+
+async def test_the_outbox_keeps_an_endpoints_room_across_a_claims_second_pass(sharded: Store) -> None:
+    """One endpoint of shard 0 has 6 deliveries due, the other shards none: the claim asks shard 0
+    again for what they left, and the endpoint's room of 4 must count what the first pass took."""
+    org = org_in_shard(sharded.keys, 0)
+    for i in range(6):
+        record = await sharded.images.create(org, image(url=f"http://example.com/{i}.png",
+                                                        webhook_url="http://hooks.example/one"))
+        await sharded.images.write_results(record.id, {"a": DONE}, (4, 4))
+        await sharded.images.finalize(record.id)
+    claim = await sharded.outbox.claim(utcnow(), 5.0, 8, 4, {}, SharedRoom(org_cap=10, host_cap=10))
+    assert len(claim.deliveries) == 4
+
+
+async def test_dead_letter_pages_keep_entries_with_equal_stream_ids_in_other_shards(
+    sharded: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Separate streams mint equal ids (same millisecond): a page ending on one shard's entry
+    must not skip another shard's entry of the same id."""
+    dead = sharded.jobs.dead[QueueName.ONLINE]
+    for shard in range(SHARDS):
+        await sharded.redis.xadd(dead.shards[shard].keys.dead, {"job": f"job-{shard}", "org": "o", "payload": "{}",
+                                                                "attempts": 3, "reason": "attempts"}, id="1000-1")
+    seen = []
+    page = await dead.list(1)
+    while page:
+        seen += [letter.entry for letter in page]
+        page = await dead.list(1, before=page[-1].entry)
+    assert seen == [f"{shard}/1000-1" for shard in reversed(range(SHARDS))]

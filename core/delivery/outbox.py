@@ -161,24 +161,27 @@ class Outbox:
         and destination host (no such caps without it). Entries whose record is gone are dropped
         from the queue; waiting deliveries marked superseded are finished as such.
 
-        Every shard's index is claimed from (``core.shards.ShardRotation``); a destination host
-        is shared across shards, so what one shard's claim sends there leaves the next less."""
+        Every shard's index is claimed from (``core.shards.ShardRotation``), and what one pass
+        takes leaves the next pass less room: per endpoint and org (a shard can be asked twice)
+        and per destination host (shared across shards)."""
         if budget <= 0:
             return Claim([], 0, await self.next_due_at(), 0)
         shared = shared or SharedRoom(budget, budget)
-        hosts = dict(shared.hosts)
+        rooms, orgs, hosts = dict(busy), dict(shared.orgs), dict(shared.hosts)  # less what each pass takes
         total = Claim([], 0, None, 0)
 
         async def take(shard: int, n: int) -> int:
             claimed, superseded, nxt, missing = await self._scripts.run(scripts.CLAIM, Call(shard, {
                 "now": now.timestamp(), "lease_until": now.timestamp() + lease_s, "budget": n,
-                "endpoint_room": endpoint_room, "room": busy, "retention_s": self.retention_s,
-                "org_cap": shared.org_cap, "org_room": shared.orgs, "host_cap": shared.host_cap,
+                "endpoint_room": endpoint_room, "room": rooms, "retention_s": self.retention_s,
+                "org_cap": shared.org_cap, "org_room": orgs, "host_cap": shared.host_cap,
                 "host_room": hosts,
             }))
             leased = _leased(claimed)
             for d in leased:
-                host = destination_host(d.url)
+                eid, host = endpoint_of(d), destination_host(d.url)
+                rooms[eid] = rooms.get(eid, endpoint_room) - 1
+                orgs[d.org_id] = orgs.get(d.org_id, shared.org_cap) - 1
                 hosts[host] = hosts.get(host, shared.host_cap) - 1
             total.deliveries += leased
             total.superseded += int(superseded)

@@ -48,9 +48,9 @@ class DeadLetters:
                                         lease=lease.pair(), reason=reason)
         return entry.decode() if entry else None
 
-    async def list(self, count: int = 50, before: str = "+") -> list[DeadLetter]:
-        """Newest first; page on with ``before`` = the last entry's id (exclusive)."""
-        end = before if before == "+" else f"({before}"
+    async def list(self, count: int = 50, before: str = "+", inclusive: bool = False) -> list[DeadLetter]:
+        """Newest first; page on with ``before`` = the last entry's id (exclusive unless ``inclusive``)."""
+        end = before if before == "+" or inclusive else f"({before}"
         entries = await self._redis.xrevrange(self.keys.dead, max=end, min="-", count=count)
         return [_letter(entry, fields) for entry, fields in entries]
 

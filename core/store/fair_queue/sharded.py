@@ -128,23 +128,36 @@ class ShardedDeadLetters:
         return None if entry is None else f"{shard}/{entry}"
 
     async def list(self, count: int = 50, before: str = "+") -> list[DeadLetter]:
-        """Newest first across the shards; page on with ``before`` = the last entry's name."""
-        bound = "+" if before == "+" else parse_entry(before)[1]
-        letters = [(shard, letter) for shard, dead in enumerate(self.shards)
-                   for letter in await dead.list(count, bound)]
-        letters.sort(key=lambda pair: stream_order(pair[1].entry), reverse=True)
+        """Newest first across the shards (equal stream ids, which separate streams mint, in
+        falling shard order); page on with ``before`` = the last entry's name."""
+        cursor = (len(self.shards), "+") if before == "+" else parse_entry(before)
+        if cursor is None:
+            return []
+        letters = []
+        for shard, dead in enumerate(self.shards):
+            # a shard below the cursor's comes after it on an equal id: its bound is inclusive
+            page = await dead.list(count, cursor[1], inclusive=shard < cursor[0])
+            letters += [(shard, letter) for letter in page]
+        letters.sort(key=lambda pair: (stream_order(pair[1].entry), pair[0]), reverse=True)
         return [named(shard, letter) for shard, letter in letters[:count]]
 
     async def count(self) -> int:
         return sum([await dead.count() for dead in self.shards])
 
     async def requeue(self, entry: str) -> str | None:
-        shard, stream_id = parse_entry(entry)
-        return await self.shards[shard].requeue(stream_id) if shard < len(self.shards) else None
+        """The requeued job's id; None for an entry that names no dead letter (or is malformed)."""
+        found = self._find(entry)
+        return None if found is None else await found[0].requeue(found[1])
 
     async def get(self, entry: str) -> DeadLetter | None:
-        shard, stream_id = parse_entry(entry)
-        return await self.shards[shard].get(stream_id) if shard < len(self.shards) else None
+        found = self._find(entry)
+        return None if found is None else await found[0].get(found[1])
+
+    def _find(self, entry: str) -> tuple[DeadLetters, str] | None:
+        parsed = parse_entry(entry)
+        if parsed is None or parsed[0] >= len(self.shards):
+            return None
+        return self.shards[parsed[0]], parsed[1]
 
 
 def named(shard: int, letter: DeadLetter) -> DeadLetter:
@@ -152,11 +165,12 @@ def named(shard: int, letter: DeadLetter) -> DeadLetter:
                       letter.reason)
 
 
-def parse_entry(entry: str) -> tuple[int, str]:
-    """``<shard>/<stream id>`` as its two parts; ValueError for anything else."""
+def parse_entry(entry: str) -> tuple[int, str] | None:
+    """``<shard>/<stream id>`` as its two parts; None for anything else."""
     shard, sep, stream_id = entry.partition("/")
-    if not sep or not shard.isdigit():
-        raise ValueError(f"not a dead letter entry: {entry!r}")
+    ms, dash, seq = stream_id.partition("-")
+    if not sep or not shard.isdigit() or not ms.isdigit() or (dash and not seq.isdigit()):
+        return None
     return int(shard), stream_id
 
 
