@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from redis.asyncio import Redis
 
@@ -66,6 +66,15 @@ class ShardRotation:
         if errors:
             log.warning("%d of %d shards failed a claim; kept what the others gave", len(errors), n)
         return taken
+
+
+def room_left(room: Mapping[str, int], default: int, taken: Iterable[str]) -> dict[str, int]:
+    """Each holder's room (``room``, else ``default``) less one per item ``taken`` names it: what
+    a later pass of one claim may still give an org, endpoint or host."""
+    left = dict(room)
+    for holder in taken:
+        left[holder] = left.get(holder, default) - 1
+    return left
 
 
 async def pop_any(redis: Redis, keys: Sequence[str], timeout_s: float) -> bool:

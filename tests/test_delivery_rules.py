@@ -33,15 +33,14 @@ from core.settings import Settings
 from core.store import Store
 from core.tokens import new_id
 from notifier.lanes import Lanes
+from tests.support.shards import org_in_shard
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def test_scripts_build_the_keys_python_names_in_the_calls_shard(store: Store) -> None:
     keys = Keys("swtest-layout", shards=8)
-    org = "org-of-shard-5"
-    while keys.shard_of_org(org) != 5:
-        org += "x"
+    org = org_in_shard(keys, 5)
     resource_id = new_id("dlv", org_hash(org))
     per_org = {"org_endpoints"}
     body = "return {" + ", ".join(f"K.{name}(ARGV[{3 if name in per_org else 2}])" for name in SCRIPT_KEYS) + "}"

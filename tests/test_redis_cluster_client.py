@@ -196,6 +196,12 @@ async def finish_and_wait(waiters: Waiters, image: Image, publish: Callable[[], 
     return await waiting
 
 
+async def published(cluster: RedisCluster, waiters: Waiters, channel: str) -> float:
+    """A fresh image finished and published through the cluster client; the waiter's time."""
+    image = Image()
+    return await finish_and_wait(waiters, image, lambda: cluster.publish(channel, image.id))
+
+
 async def test_the_waiters_hear_a_publish_from_every_master(
     cluster: RedisCluster, redis_cluster: LocalRedisCluster
 ) -> None:
@@ -203,8 +209,7 @@ async def test_the_waiters_hear_a_publish_from_every_master(
     waiters = Waiters(cluster, channel)
     async with waiters.running():
         listening = await subscribed(redis_cluster, channel)
-        image = Image()
-        assert await finish_and_wait(waiters, image, lambda: cluster.publish(channel, image.id)) < 5
+        assert await published(cluster, waiters, channel) < 5
         for port, tag in tag_on_each_master(redis_cluster).items():  # as finalize.lua, on the image's master
             image = Image()
             key = f"{tag}{image.id}"
@@ -225,8 +230,7 @@ async def test_the_waiters_resubscribe_on_another_node_after_a_drop(
             assert node.client_kill_filter(_type="pubsub") >= 1
         second = await subscribed(redis_cluster, channel, not_on=first)
         assert second != first
-        image = Image()
-        assert await finish_and_wait(waiters, image, lambda: cluster.publish(channel, image.id)) < 5
+        assert await published(cluster, waiters, channel) < 5
 
 
 def test_the_store_uses_a_cluster_client_for_a_cluster_url(redis_cluster: LocalRedisCluster) -> None:

@@ -11,6 +11,7 @@ are the session stack's deployments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -26,7 +27,7 @@ from core.tokens import new_id
 from deployments.processor import Processor
 from serve_app.stack import LocalStack
 from tests.conftest import png_bytes
-from tests.support.asgi import local_api
+from tests.support.asgi import LocalApi, local_api
 from tests.support.engine import CountingHost, model_handles, notifier_for, start_replicas, until
 from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.servers import Route, WebhookReceiver
@@ -67,6 +68,20 @@ def image_at(url: str, i: int, hook: str) -> ImageCreate:
     return ImageCreate(url=f"{url}?i={i}", models=[MODEL], webhook_url=hook)
 
 
+@contextlib.asynccontextmanager
+async def running_on(settings: Settings) -> AsyncIterator[tuple[LocalApi, httpx.AsyncClient]]:
+    """The API app, a processor and a notifier on ``settings``, and a client of the API."""
+    processor = Processor(settings, model_handles(MODEL))
+    processor.start()
+    try:
+        async with local_api(settings) as api, notifier_for(settings), httpx.AsyncClient(
+            base_url=api.url, timeout=30
+        ) as http:
+            yield api, http
+    finally:
+        await processor.stop()
+
+
 def payloads(receiver: WebhookReceiver, path: str) -> list[dict]:
     return [json.loads(r.body) for r in list(receiver.received) if r.path == path]
 
@@ -77,38 +92,31 @@ async def test_images_groups_and_waits_through_the_api_on_a_cluster(
 ) -> None:
     orgs = orgs_on_two_masters(cluster_store, redis_cluster)
     url = counting_host.put("/cluster.png", png_bytes(seed=21))
-    processor = Processor(cluster_settings, model_handles(MODEL))
-    processor.start()
-    try:
-        async with local_api(cluster_settings) as api, notifier_for(cluster_settings), httpx.AsyncClient(
-            base_url=api.url, timeout=30
-        ) as http:
-            for org in orgs:
-                key = await api.ctx.store.accounts.create_api_key(org)
-                auth = {"Authorization": f"Bearer {key}"}
-                waited = await http.post("/v1/images", headers={**auth, "Prefer": "wait=20"}, json={
-                    "url": f"{url}?org={org}", "models": [MODEL], "webhookUrl": receiver.url(f"/img/{org}")})
-                assert waited.status_code == 200, waited.text  # finished within the wait
-                assert waited.json()["status"] == "complete"
-                image_id = waited.json()["id"]
-                created = await http.post("/v1/groups", headers=auth, json={
-                    "images": [{"url": f"{url}?g={i}&org={org}"} for i in range(3)], "models": [MODEL],
-                    "webhookUrl": receiver.url(f"/grp/{org}")})
-                assert created.status_code == 202, created.text
-                group_id = created.json()["id"]
+    async with running_on(cluster_settings) as (api, http):
+        for org in orgs:
+            key = await api.ctx.store.accounts.create_api_key(org)
+            auth = {"Authorization": f"Bearer {key}"}
+            waited = await http.post("/v1/images", headers={**auth, "Prefer": "wait=20"}, json={
+                "url": f"{url}?org={org}", "models": [MODEL], "webhookUrl": receiver.url(f"/img/{org}")})
+            assert waited.status_code == 200, waited.text  # finished within the wait
+            assert waited.json()["status"] == "complete"
+            image_id = waited.json()["id"]
+            created = await http.post("/v1/groups", headers=auth, json={
+                "images": [{"url": f"{url}?g={i}&org={org}"} for i in range(3)], "models": [MODEL],
+                "webhookUrl": receiver.url(f"/grp/{org}")})
+            assert created.status_code == 202, created.text
+            group_id = created.json()["id"]
 
-                async def group_done(group_id: str = group_id, path: str = f"/grp/{org}") -> bool:
-                    return any(p["type"] == "group.completed" and p["data"]["id"] == group_id
-                               for p in payloads(receiver, path))
+            async def group_done(group_id: str = group_id, path: str = f"/grp/{org}") -> bool:
+                return any(p["type"] == "group.completed" and p["data"]["id"] == group_id
+                           for p in payloads(receiver, path))
 
-                await until(group_done, 60, f"{org}'s group.completed webhook")
-                assert any(p["type"] == "image.completed" and p["data"]["id"] == image_id
-                           for p in payloads(receiver, f"/img/{org}"))
-                listed = (await http.get("/v1/images", headers=auth)).json()
-                assert {image_id} <= {item["id"] for item in listed["data"]}
-                assert (await http.get(f"/v1/groups/{group_id}", headers=auth)).json()["status"] == "complete"
-    finally:
-        await processor.stop()
+            await until(group_done, 60, f"{org}'s group.completed webhook")
+            assert any(p["type"] == "image.completed" and p["data"]["id"] == image_id
+                       for p in payloads(receiver, f"/img/{org}"))
+            listed = (await http.get("/v1/images", headers=auth)).json()
+            assert {image_id} <= {item["id"] for item in listed["data"]}
+            assert (await http.get(f"/v1/groups/{group_id}", headers=auth)).json()["status"] == "complete"
     shards = {cluster_store.keys.shard_of_org(org) for org in orgs}
     assert len(shards) == 2
 
@@ -120,22 +128,17 @@ async def test_a_webhook_refused_twice_is_retried_until_accepted_on_a_cluster(
     org = new_id("org")
     url = counting_host.put("/cl-retry.png", png_bytes(seed=22))
     record = await cluster_store.images.create(org, image_at(url, 0, receiver.url("/retry")))
-    processor = Processor(cluster_settings, model_handles(MODEL))
-    processor.start()
-    try:
-        async with notifier_for(cluster_settings):
-            async def accepted() -> bool:
-                return len([p for p in payloads(receiver, "/retry") if p["type"] == "image.completed"]) == 3
+    async with running_on(cluster_settings):
+        async def accepted() -> bool:
+            return len([p for p in payloads(receiver, "/retry") if p["type"] == "image.completed"]) == 3
 
-            await until(accepted, 60, "the third attempt, accepted")
-            [delivery] = await cluster_store.outbox.for_resource(record.id)
+        await until(accepted, 60, "the third attempt, accepted")
+        [delivery] = await cluster_store.outbox.for_resource(record.id)
 
-            async def recorded() -> bool:
-                return len(await cluster_store.outbox.attempts(delivery.id)) == 3
+        async def recorded() -> bool:
+            return len(await cluster_store.outbox.attempts(delivery.id)) == 3
 
-            await until(recorded, 10, "three attempts recorded")
-    finally:
-        await processor.stop()
+        await until(recorded, 10, "three attempts recorded")
     codes = [a.status_code for a in await cluster_store.outbox.attempts(delivery.id)]
     assert codes == [500, 503, 200]
 
@@ -178,23 +181,16 @@ async def test_a_bulk_group_runs_as_one_ray_data_pipeline_on_a_cluster(
     org = new_id("org")
     url = counting_host.put("/cl-bulk.png", png_bytes(seed=24))
     size = cluster_settings.bulk_threshold
-    processor = Processor(cluster_settings, model_handles(MODEL))
-    processor.start()
-    try:
-        async with local_api(cluster_settings) as api, notifier_for(cluster_settings), httpx.AsyncClient(
-            base_url=api.url, timeout=30
-        ) as http:
-            auth = {"Authorization": f"Bearer {await api.ctx.store.accounts.create_api_key(org)}"}
-            created = await http.post("/v1/groups", headers=auth, json={
-                "images": [{"url": f"{url}?b={i}"} for i in range(size)], "models": [MODEL],
-                "webhookUrl": receiver.url("/bulk"), "webhookEvents": ["group.completed"]})
-            assert created.status_code == 202 and created.json()["bulk"] is True, created.text
+    async with running_on(cluster_settings) as (api, http):
+        auth = {"Authorization": f"Bearer {await api.ctx.store.accounts.create_api_key(org)}"}
+        created = await http.post("/v1/groups", headers=auth, json={
+            "images": [{"url": f"{url}?b={i}"} for i in range(size)], "models": [MODEL],
+            "webhookUrl": receiver.url("/bulk"), "webhookEvents": ["group.completed"]})
+        assert created.status_code == 202 and created.json()["bulk"] is True, created.text
 
-            async def completed() -> bool:
-                return any(p["type"] == "group.completed" for p in payloads(receiver, "/bulk"))
+        async def completed() -> bool:
+            return any(p["type"] == "group.completed" for p in payloads(receiver, "/bulk"))
 
-            await until(completed, 120, "the bulk group's group.completed")
-    finally:
-        await processor.stop()
+        await until(completed, 120, "the bulk group's group.completed")
     [payload] = payloads(receiver, "/bulk")
     assert payload["data"]["id"] == created.json()["id"] and payload["data"]["counts"]["complete"] == size

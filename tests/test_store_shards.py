@@ -12,7 +12,6 @@ from datetime import timedelta
 import pytest
 
 from core.delivery import SharedRoom
-from core.keys import Keys
 from core.schemas import ImageCreate, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.shards import ShardRotation
@@ -20,6 +19,7 @@ from core.store import Store
 from core.store.fair_queue import new_token
 from core.store.jobs import QueueName
 from core.tokens import new_id
+from tests.support.shards import org_in_shard
 
 SHARDS = 4
 DONE = ModelResult(status=ModelStatus.COMPLETE, version="m@1", result={"ok": True})
@@ -30,14 +30,6 @@ async def sharded(settings: Settings) -> AsyncIterator[Store]:
     store = Store.from_settings(settings.model_copy(update={"key_prefix": new_id("swshard"), "store_shards": SHARDS}))
     yield store
     await store.close()
-
-
-def org_in_shard(keys: Keys, shard: int, stem: str = "org") -> str:
-    """An org name whose hash puts it in ``shard``."""
-    n = 0
-    while keys.shard_of_org(f"{stem}-{n}") != shard:
-        n += 1
-    return f"{stem}-{n}"
 
 
 def image(url: str = "http://example.com/a.png", **extra: object) -> ImageCreate:

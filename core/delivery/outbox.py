@@ -33,7 +33,7 @@ from core.events import Announcement, Events
 from core.keys import Keys, org_hash
 from core.lua import LuaScript
 from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryStatus, DeliveryView, EndpointState
-from core.shards import ShardRotation
+from core.shards import ShardRotation, room_left
 from core.tokens import new_id
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
@@ -167,22 +167,19 @@ class Outbox:
         if budget <= 0:
             return Claim([], 0, await self.next_due_at(), 0)
         shared = shared or SharedRoom(budget, budget)
-        rooms, orgs, hosts = dict(busy), dict(shared.orgs), dict(shared.hosts)  # less what each pass takes
         total = Claim([], 0, None, 0)
 
         async def take(shard: int, n: int) -> int:
+            taken = total.deliveries
             claimed, superseded, nxt, missing = await self._scripts.run(scripts.CLAIM, Call(shard, {
                 "now": now.timestamp(), "lease_until": now.timestamp() + lease_s, "budget": n,
-                "endpoint_room": endpoint_room, "room": rooms, "retention_s": self.retention_s,
-                "org_cap": shared.org_cap, "org_room": orgs, "host_cap": shared.host_cap,
-                "host_room": hosts,
+                "endpoint_room": endpoint_room, "room": room_left(busy, endpoint_room, map(endpoint_of, taken)),
+                "retention_s": self.retention_s, "org_cap": shared.org_cap,
+                "org_room": room_left(shared.orgs, shared.org_cap, (d.org_id for d in taken)),
+                "host_cap": shared.host_cap,
+                "host_room": room_left(shared.hosts, shared.host_cap, (destination_host(d.url) for d in taken)),
             }))
             leased = _leased(claimed)
-            for d in leased:
-                eid, host = endpoint_of(d), destination_host(d.url)
-                rooms[eid] = rooms.get(eid, endpoint_room) - 1
-                orgs[d.org_id] = orgs.get(d.org_id, shared.org_cap) - 1
-                hosts[host] = hosts.get(host, shared.host_cap) - 1
             total.deliveries += leased
             total.superseded += int(superseded)
             total.missing += int(missing)

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from core.keys import Keys
-from core.shards import ShardRotation, pop_any
+from core.shards import ShardRotation, pop_any, room_left
 from core.store.fair_queue.dead_letters import DeadLetter, DeadLetters
 from core.store.fair_queue.queue import Depth, FairQueue, Lease, QueuedJob, Reclaimed
 
@@ -62,7 +62,8 @@ class ShardedQueue:
         jobs: list[QueuedJob] = []
 
         async def take(shard: int, n: int) -> int:
-            got = await self.shards[shard].claim(token, n, room_left(room, default_room, jobs), default_room, weights)
+            left = room_left(room, default_room, (job.org for job in jobs))
+            got = await self.shards[shard].claim(token, n, left, default_room, weights)
             jobs.extend(got)
             return len(got)
 
@@ -104,14 +105,6 @@ class ShardedQueue:
     async def wait(self, timeout_s: float) -> bool:
         """Until some shard's enqueue leaves a wake token, or ``timeout_s``."""
         return await pop_any(self._redis, [queue.keys.wake for queue in self.shards], timeout_s)
-
-
-def room_left(room: Mapping[str, int], default_room: int, claimed: Sequence[QueuedJob]) -> dict[str, int]:
-    """Each org's room (``room``, else ``default_room``) less what ``claimed`` took of it."""
-    left = dict(room)
-    for job in claimed:
-        left[job.org] = left.get(job.org, default_room) - 1
-    return left
 
 
 class ShardedDeadLetters:
