@@ -15,7 +15,9 @@ measured the same way over ``--idle-seconds`` with no load, and its rate times t
 duration is subtracted. The benchmark's own ``INFO`` / ``CONFIG`` calls are left out.
 Targets: <= 20 commands and <= 0.4 ms Redis CPU per image. Last line: one JSON object.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.bench_store [--singles 50] [--group 100] [--bulk 150]
+    PYTHONPATH=. .venv/bin/python -m benchmarks.bench_store [--singles 50] [--group 100] [--bulk 150] [--top 8]
+
+A flow given 0 images is left out.
 """
 
 from __future__ import annotations
@@ -49,15 +51,20 @@ class Sample:
     """What the private redis-server did over ``seconds``: calls per command and CPU seconds."""
 
     calls: dict[str, int]
+    usec: dict[str, int]
     cpu_s: float
     seconds: float
 
     def minus(self, idle: Sample) -> Sample:
         """This sample less the idle rate over the same time."""
         scale = self.seconds / idle.seconds
-        calls = {k: v - idle.calls.get(k, 0) * scale for k, v in self.calls.items()}
-        return Sample({k: v for k, v in calls.items() if v > 0}, max(0.0, self.cpu_s - idle.cpu_s * scale),
-                      self.seconds)
+
+        def less(mine: dict[str, int], idles: dict[str, int]) -> dict[str, float]:
+            left = {k: v - idles.get(k, 0) * scale for k, v in mine.items()}
+            return {k: v for k, v in left.items() if v > 0}
+
+        return Sample(less(self.calls, idle.calls), less(self.usec, idle.usec),  # type: ignore[arg-type]
+                      max(0.0, self.cpu_s - idle.cpu_s * scale), self.seconds)
 
 
 class RedisMeter:
@@ -80,8 +87,10 @@ class RedisMeter:
         seconds = time.perf_counter() - self._started
         cpu = self._cpu_s() - self._cpu
         stats = self.client.info("commandstats")
-        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-        return Sample({k: v for k, v in calls.items() if k not in OWN}, cpu, seconds)
+        mine = {name.removeprefix("cmdstat_"): v for name, v in stats.items()
+                if name.removeprefix("cmdstat_") not in OWN}
+        return Sample({k: int(v["calls"]) for k, v in mine.items()}, {k: int(v["usec"]) for k, v in mine.items()},
+                      cpu, seconds)
 
 
 async def wait_terminal(receiver: Receiver, ids: list[str], timeout_s: float) -> None:
@@ -120,12 +129,15 @@ async def group(base: str, key: str, host: ImageHost, receiver: Receiver, count:
 def per_image(sample: Sample, images: int, top: int = 8) -> dict[str, object]:
     commands = sum(sample.calls.values()) / images
     ordered = sorted(sample.calls.items(), key=lambda kv: -kv[1])[:top]
+    costly = sorted(sample.usec.items(), key=lambda kv: -kv[1])[:top]
     return {
         "images": images,
         "commands_per_image": round(commands, 1),
         "redis_cpu_ms_per_image": round(sample.cpu_s * 1000 / images, 3),
         "seconds": round(sample.seconds, 2),
         "top_commands_per_image": {k: round(v / images, 2) for k, v in ordered},
+        # Redis's own time in each command (commandstats usec: a script's includes its inner calls)
+        "top_command_us_per_image": {k: round(v / images, 1) for k, v in costly},
     }
 
 
@@ -135,6 +147,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=100)
     parser.add_argument("--bulk", type=int, default=150)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--top", type=int, default=8, help="commands listed per flow")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     host = ImageHost(jpeg_variants(16)).start()
@@ -143,7 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings.from_env(
             models="tiny", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
-            bulk_threshold=args.bulk,
+            **({"bulk_threshold": args.bulk} if args.bulk else {}),
         )
         stack = LocalStack(settings, host=HOST, port=free_port(), embedded_redis=True, num_cpus=2).start()
         try:
@@ -163,9 +176,11 @@ def main() -> None:
                 flows = (("single", singles, args.singles), ("group", group, args.group),
                          ("bulk", group, args.bulk))
                 for offset, (name, flow, count) in enumerate(flows, start=1):
+                    if count == 0:  # a flow asked away: --bulk 0
+                        continue
                     meter.start()
                     await flow(stack.url, key, host, receiver, count, offset=offset * 10_000)
-                    results[name] = per_image(meter.stop().minus(idle), count)
+                    results[name] = per_image(meter.stop().minus(idle), count, args.top)
                     print(f"{name}: {results[name]}", flush=True)
                     await asyncio.sleep(2)
 
@@ -173,7 +188,7 @@ def main() -> None:
         finally:
             stack.stop()
             host.stop()
-    flows = [results[name] for name in ("single", "group", "bulk")]
+    flows = [results[name] for name in ("single", "group", "bulk") if name in results]
     worst_commands = max(float(f["commands_per_image"]) for f in flows)  # type: ignore[arg-type]
     worst_cpu = max(float(f["redis_cpu_ms_per_image"]) for f in flows)  # type: ignore[arg-type]
     summary = {

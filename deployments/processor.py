@@ -51,6 +51,7 @@ from core.store.deadlines import DEADLINE_ERROR
 from core.store.fair_queue import QueuedJob
 from core.store.groups import chunks
 from core.store.jobs import QueueName
+from core.store.records import Written
 from core.supervise import stop_steps, supervise
 from deployments.engine.intake import EXPECTED, Intake, IntakeLimits
 from deployments.engine.limits import OrgWeights, StageLimits, decode_threads, org_cap_governor
@@ -99,26 +100,49 @@ class ImageRun:
     still live as the job's own writes last said (each write reports whether it was dropped
     because the image was canceled or is gone). A model that had to wait for its slot reads it
     again (``refresh``): a cancel made meanwhile stops it before its call. Results of models
-    that finish together (the heads of one backbone) go to Redis in one write."""
+    that finish together (the heads of one backbone) go to Redis in one write.
 
-    def __init__(self, record: ImageRecord, store: Store) -> None:
+    The view also keeps the record's hash (``fields``) current through the job's own writes,
+    for as long as each lands one sequence step past the last (else another writer came in
+    between and the view is dropped). While it is current, the job's last result is not written
+    on its own: ``finalize`` writes it with the announcement, without reading the image again."""
+
+    def __init__(self, record: ImageRecord, fields: dict[str, str], store: Store, models: int) -> None:
         self.record = record
+        self.fields: dict[str, str] | None = dict(fields)
         self.live = True
+        self.last: dict[str, ModelResult] = {}  # the job's last results, held for finalize
+        self._left = models
         self._store = store
         self._writer: Coalescer[tuple[str, ModelResult], bool] = Coalescer(self._write_many, max_in_flight=1)
 
     async def refresh(self) -> None:
-        current = await self._store.images.get(self.record.id)
-        if current is None:
-            self.live = False
+        found = await self._store.images.read(self.record.id)
+        if found is None:
+            self.live, self.fields = False, None
         else:
-            self.record = current
+            self.record, self.fields = found
+
+    def track(self, written: Written | None) -> bool:
+        """Take in one of the job's writes; returns whether it was applied."""
+        if written is None:
+            self.live, self.fields = False, None
+            return False
+        if self.fields is not None and written.seq == int(self.fields["seq"]) + 1:
+            self.fields.update(written.fields)
+        else:
+            self.fields = None
+        return True
 
     async def write(self, model: str, result: ModelResult) -> None:
+        self._left -= 1
+        if self._left == 0 and self.fields is not None and self.live:
+            self.last[model] = result
+            return
         self.live = await self._writer.submit((model, result)) and self.live
 
     async def _write_many(self, results: list[tuple[str, ModelResult]]) -> list[bool]:
-        written = await self._store.images.write_results(self.record.id, dict(results))
+        written = self.track(await self._store.images.write_results(self.record.id, dict(results)))
         return [written] * len(results)
 
 
@@ -268,15 +292,21 @@ class Processor:
 
     async def process_image(self, org: str, image_id: str, models: list[str]) -> None:
         """Run the image's still-queued ``models`` and announce the result; idempotent."""
-        record = await self.store.images.get(image_id)
-        if record is None:
+        found = await self.store.images.read(image_id)
+        if found is None:
             return
+        record, fields = found
+        run: ImageRun | None = None
         if await self._admit(record) and record.error is None:
             queued = {name for name, m in record.models.items() if m.status is ModelStatus.QUEUED}
             pending = [name for name in models if name in queued]
             if pending:
-                await self._run_models(org, ImageRun(record, self.store), pending)
-        await self.store.images.finalize(image_id)
+                run = ImageRun(record, fields, self.store, len(pending))
+                await self._run_models(org, run, pending)
+        if run is None:
+            await self.store.images.finalize(image_id)
+        else:  # what the job's writes left, and its last results, go with the announcement
+            await self.store.images.finalize(image_id, run.fields, run.last)
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -312,10 +342,10 @@ class Processor:
             self.metrics.fetch_error(failure.code)
             log.info("image %s failed: %s", record.id, failure.code.value,
                      extra={"org": org, "image_id": record.id, "code": failure.code.value})
-            await self.store.images.write_image_error(record.id, failure.info())
+            run.track(await self.store.images.write_image_error(record.id, failure.info()))
             return
         try:
-            if not await self.store.images.mark_started(record.id, image.width, image.height):
+            if not run.track(await self.store.images.mark_started(record.id, image.width, image.height)):
                 return  # canceled (or gone) while it loaded: no model is called
             shared = ray.put(image)  # one object-store copy, read by every model
             await asyncio.gather(*(self._run_model(org, run, name, shared) for name in models))

@@ -54,6 +54,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
+def quiet_redis() -> Iterator[RedisServer]:
+    """A redis-server no stack or loop uses, for tests that count the commands of one step
+    (``tests.support.commands``): commandstats count every client of a server, and the session's
+    is shared with the stack's loops (a claim or renew landing inside a count failed it)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[LocalRedisCluster]:
     """A real three-master Redis Cluster on loopback (``redis+cluster://`` in ``.url``)."""
     with LocalRedisCluster() as cluster:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import Counter
-from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from core.schemas import (
+    ErrorCode,
+    ErrorInfo,
     EventType,
     GroupCreate,
     GroupImage,
@@ -27,17 +27,10 @@ from core.settings import Settings
 from core.store import Store
 from core.tokens import new_id
 from serve_app.local import RedisServer
+from tests.support.commands import commands
 
 DONE = ModelResult(status=ModelStatus.COMPLETE, version="v@1", result={"score": 4, "confidence": 0.5})
 SCORES = ["condition_score", "quality_score"]
-
-
-@pytest.fixture(scope="module")
-def quiet_redis() -> Iterator[RedisServer]:
-    """A redis-server of this module's own: commandstats count every client of a server, and the
-    session's is shared with the stack's loops (a claim or renew landing inside a count failed it)."""
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +38,6 @@ def settings(settings: Settings, quiet_redis: RedisServer) -> Settings:
     """The session's settings on the quiet server (the conftest's ``group_store`` and ``redis``
     build on them)."""
     return settings.model_copy(update={"redis_url": quiet_redis.url})
-
-
-async def commands(redis: Redis, work: Awaitable[Any]) -> Counter[str]:
-    """The commands Redis ran for ``work`` (those inside scripts too), this test's own left out."""
-    await redis.config_resetstat()
-    await work
-    stats = await redis.info("commandstats")
-    calls = Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
-    for own in ("config|resetstat", "info"):
-        calls.pop(own, None)
-    # A script new to this Redis answers NOSCRIPT once, is loaded and run again: one call.
-    calls["evalsha"] -= calls.pop("script|load", 0)
-    return calls
 
 
 async def test_finalize_is_one_read_and_one_script(group_store: Store, redis: Redis, org: str) -> None:
@@ -112,6 +92,61 @@ async def test_finalize_reads_again_when_the_image_moved_after_its_read(group_st
     assert stored.status is ImageStatus.COMPLETE and finished.sequence == stored.sequence
     assert finished.models["quality_score"].version == "v@2"
     assert [d.sequence for d in await outbox.for_resource(record.id)] == [stored.sequence]
+
+
+async def engine_view(store: Store, org: str) -> tuple[str, dict[str, str]]:
+    """An image with a webhook, one of its two models done, and the hash as the engine holds it:
+    its read, then its own write (``Written``) taken in."""
+    record = await store.images.create(org, ImageCreate(url="https://example.com/v.png", models=SCORES,
+                                                       webhook_url="https://example.com/hook"))
+    _, fields = await store.images.read(record.id)
+    written = await store.images.write_results(record.id, {SCORES[0]: DONE}, (4, 4))
+    assert written is not None and written.seq == int(fields["seq"]) + 1
+    return record.id, fields | written.fields
+
+
+async def test_the_engines_last_results_go_in_the_announcement_unread(
+    group_store: Store, redis: Redis, org: str
+) -> None:
+    image_id, view = await engine_view(group_store, org)
+    calls = await commands(redis, group_store.images.finalize(image_id, view, {SCORES[1]: DONE}))
+    assert calls["evalsha"] == 1 and "hgetall" not in calls, calls  # before: a write, a read, the script
+    stored = await group_store.images.get(image_id)
+    assert stored.status is ImageStatus.COMPLETE and stored.models[SCORES[1]] == DONE
+    assert stored.sequence == int(view["seq"]) + 1
+    [delivery] = await group_store.outbox.for_resource(image_id)
+    assert delivery.event_type is EventType.IMAGE_COMPLETED and delivery.sequence == stored.sequence
+
+
+async def test_results_held_on_a_view_another_write_made_stale_are_written_and_announced(
+    group_store: Store, org: str
+) -> None:
+    image_id, view = await engine_view(group_store, org)
+    await group_store.images.add_models(image_id, org, ["object_detection"])  # moves the image
+    finished, deliveries = await group_store.images.finalize(image_id, view, {SCORES[1]: DONE})
+    stored = await group_store.images.get(image_id)
+    assert stored.models[SCORES[1]] == DONE  # written alone, then read again
+    assert finished.sequence == stored.sequence and stored.status is ImageStatus.PROCESSING
+    assert deliveries == []  # a new model is queued: nothing finished to announce
+
+
+async def test_a_view_that_shows_nothing_to_announce_is_checked_by_a_read(group_store: Store, org: str) -> None:
+    """A view that missed a write (here, the image's error) shows an unfinished image: that is
+    not taken as "announced already", the image is read and its failure announced."""
+    image_id, view = await engine_view(group_store, org)
+    await group_store.images.write_image_error(image_id, ErrorInfo(code=ErrorCode.HTTP_ERROR, message="HTTP 404"))
+    finished, [delivery] = await group_store.images.finalize(image_id, view)
+    assert finished.status is ImageStatus.FAILED and delivery.event_type is EventType.IMAGE_FAILED
+
+
+async def test_results_held_for_an_image_canceled_meanwhile_are_dropped(group_store: Store, org: str) -> None:
+    image_id, view = await engine_view(group_store, org)
+    await group_store.images.cancel(image_id, org)
+    await group_store.images.finalize(image_id, view, {SCORES[1]: DONE})
+    stored = await group_store.images.get(image_id)
+    assert stored.status is ImageStatus.CANCELED and stored.models[SCORES[1]].status is ModelStatus.QUEUED
+    [canceled] = await group_store.outbox.for_resource(image_id)  # the cancel's; no second one
+    assert canceled.sequence == stored.sequence
 
 
 async def test_a_group_image_with_nothing_due_is_not_settled_again(group_store: Store, redis: Redis, org: str) -> None:

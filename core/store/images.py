@@ -38,7 +38,16 @@ from core.schemas import (
 )
 from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
-from core.store.records import MODEL_FIELD, deadline_field, decode, flat_hash, image_record, new_image_fields
+from core.store.records import (
+    MODEL_FIELD,
+    Written,
+    deadline_field,
+    decode,
+    flat_hash,
+    image_record,
+    new_image_fields,
+    result_fields,
+)
 from core.store.transactions import watched
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -79,10 +88,16 @@ class ImageStore:
 
     async def get(self, image_id: str, org: str | None = None) -> ImageRecord | None:
         """The record, or ``None`` when it does not exist or belongs to another org."""
+        found = await self.read(image_id, org)
+        return None if found is None else found[0]
+
+    async def read(self, image_id: str, org: str | None = None) -> tuple[ImageRecord, dict[str, str]] | None:
+        """``get``, with the hash it was read from: the engine's view of the image, which its
+        own writes keep current (``Written``) so that ``finalize`` need not read it again."""
         fields = decode(await self._redis.hgetall(self._keys.image(image_id)))
         if not fields or (org is not None and fields["org"] != org):
             return None
-        return image_record(image_id, fields)
+        return image_record(image_id, fields), fields
 
     async def get_many(self, image_ids: list[str]) -> list[ImageRecord]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -182,69 +197,89 @@ class ImageStore:
             self._ledger.uncount(pipe, record.group_id, image_id, fields)
         return models
 
-    async def _update(self, image_id: str, mapping: dict[str, Any]) -> bool:
+    async def _update(self, image_id: str, mapping: dict[str, Any]) -> Written | None:
         """An engine write: applied atomically unless the image is gone or canceled. Returns
-        whether it was applied, which is also the engine's fresh read of that state (a dropped
-        write means no more work is worth doing on the image)."""
-        args = [str(part) for item in {**mapping, "updated_at": utcnow().isoformat()}.items() for part in item]
-        return bool(await self._update_script(keys=[self._keys.image(image_id)], args=args))
+        what it wrote, or ``None`` when it was dropped, which is also the engine's fresh read of
+        that state (a dropped write means no more work is worth doing on the image)."""
+        fields = {name: str(value) for name, value in {**mapping, "updated_at": utcnow().isoformat()}.items()}
+        args = [part for item in fields.items() for part in item]
+        seq = int(await self._update_script(keys=[self._keys.image(image_id)], args=args))
+        return Written(seq, fields | {"seq": str(seq)}) if seq else None
 
-    async def mark_started(self, image_id: str, width: int, height: int) -> bool:
-        """The started mark and size; ``False``: the image is gone or canceled (nothing written)."""
+    async def mark_started(self, image_id: str, width: int, height: int) -> Written | None:
+        """The started mark and size; ``None``: the image is gone or canceled (nothing written)."""
         return await self._update(image_id, {"started": "1", "width": width, "height": height})
 
-    async def write_model_result(self, image_id: str, model: str, result: ModelResult) -> bool:
+    async def write_model_result(self, image_id: str, model: str, result: ModelResult) -> Written | None:
         return await self.write_results(image_id, {model: result})
 
     async def write_results(
         self, image_id: str, results: dict[str, ModelResult], size: tuple[int, int] | None = None
-    ) -> bool:
+    ) -> Written | None:
         """Several model results at once (a bulk run has them together; the engine's models
         that finish together), with the started mark and the image's ``size`` when given: one
-        round trip and one sequence step. Returns whether they were written (see ``_update``)."""
-        mapping: dict[str, Any] = {MODEL_FIELD + name: result.to_json() for name, result in results.items()}
-        if size is not None:
-            mapping.update(started="1", width=size[0], height=size[1])
-        if not mapping:  # nothing to write: the sequence stays
-            return True
-        return await self._update(image_id, mapping)
+        round trip and one sequence step. ``None`` when dropped (see ``_update``) or when there
+        is nothing to write."""
+        mapping = result_fields(results, size)
+        return await self._update(image_id, mapping) if mapping else None
 
-    async def write_image_error(self, image_id: str, error: ErrorInfo) -> None:
-        await self._update(image_id, {"started": "1", "error": error.to_json()})
+    async def write_image_error(self, image_id: str, error: ErrorInfo) -> Written | None:
+        return await self._update(image_id, {"started": "1", "error": error.to_json()})
 
-    async def finalize(self, image_id: str) -> tuple[ImageRecord, list[Delivery]]:
+    async def finalize(
+        self, image_id: str, known: dict[str, str] | None = None, results: dict[str, ModelResult] | None = None
+    ) -> tuple[ImageRecord, list[Delivery]]:
         """Announce a finished image once per state (``core.events`` decides what).
 
         One read, then one script (``lua/finalize.lua``) that applies only if the image is still
         as read: it marks the state notified, puts the image's webhook in the outbox and, for a
         group image, moves it into its count and aggregates; if the image moved meanwhile, it is
         read again. Then the group is settled, which announces the group's own events. Safe to
-        repeat: an announced state adds nothing."""
+        repeat: an announced state adds nothing.
+
+        The engine passes what it knows: ``known``, the hash as its own writes left it (no read
+        then), and ``results``, its last models' results, which the same script writes with the
+        announcement (one write fewer). If the image moved since, the results are written as
+        any write is and the image is read again."""
         key = self._keys.image(image_id)
         group: dict[str, str] | None = None  # the group as the script left it; None: read it again
+        fields, pending = known, result_fields(results or {})
         while True:
-            fields = decode(await self._redis.hgetall(key))
-            record = image_record(image_id, fields)
+            told = fields is not None  # the caller's view, not a read of this loop
+            if fields is None:
+                if pending:  # the view the results were to go with is stale: write them alone
+                    await self._update(image_id, pending)
+                    pending = {}
+                fields = decode(await self._redis.hgetall(key))
+            writes = {} if not pending else {
+                **{name: str(value) for name, value in pending.items()},
+                "seq": str(int(fields["seq"]) + 1), "updated_at": utcnow().isoformat()}
+            record = image_record(image_id, fields | writes)
             event = image_event(record, int(fields["notified_seq"]))
             if event is None:  # announced already (a repeat after a crash): settle from a fresh read
+                if pending or told:  # only a read says so (the results, if any, written alone first)
+                    fields = None
+                    continue
                 deliveries: list[Delivery] = []
                 break
-            call, keys, deliveries = self._announcement(record, fields, event)
+            call, keys, deliveries = self._announcement(record, fields, event, writes)
             applied = await self._outbox.run_with(FINALIZE, call, keys)
             if applied:
                 group = flat_hash(applied) if isinstance(applied, list) else None
                 break
+            fields = None
         if record.group_id and record.status.is_terminal:
             deliveries += await self._ledger.settle(record.group_id, seen=group)
         return record, deliveries
 
     def _announcement(
-        self, record: ImageRecord, fields: dict[str, str], event: EventType
+        self, record: ImageRecord, fields: dict[str, str], event: EventType, writes: dict[str, str] | None = None
     ) -> tuple[Call, list[str], list[Delivery]]:
         """The finalize script's call and keys that announce ``record``'s state (``fields``: the
-        hash it was read from), and the delivery it queues, if any."""
+        hash as the script will find it; ``writes``: fields the script sets with the marks, which
+        ``record`` already shows), and the delivery it queues, if any."""
         group, marks = (None, {}) if not record.group_id else self._ledger.count(record, fields)
-        marks["notified_seq"] = str(record.sequence)
+        marks = {**(writes or {}), **marks, "notified_seq": str(record.sequence)}
         image = {"id": record.id, "seq": fields["seq"], "notified": fields["notified_seq"],
                  "marks": [part for item in marks.items() for part in item], "channel": self._keys.images_finished,
                  "deadline": bool(fields.get("deadline"))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,23 @@ from core.wire_json import dumps, stored_json
 
 MODEL_FIELD = "m:"
 GROUP_ID_PREFIX = "grp"  # a group id is ``grp_…``, an image id ``img_…``
+
+
+@dataclass(frozen=True)
+class Written:
+    """An engine write that was applied: the record's new sequence and every field it set, as
+    stored, so a writer that saw the sequence just before holds the whole hash again."""
+
+    seq: int
+    fields: dict[str, str]
+
+
+def result_fields(results: dict[str, ModelResult], size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The fields that store model results and, with the image's ``size``, its started mark."""
+    mapping: dict[str, Any] = {MODEL_FIELD + name: result.to_json() for name, result in results.items()}
+    if size is not None:
+        mapping.update(started="1", width=size[0], height=size[1])
+    return mapping
 
 
 def decode(raw: dict[bytes, bytes]) -> dict[str, str]:

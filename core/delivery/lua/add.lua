@@ -7,11 +7,12 @@ local function add_delivery()
   redis.call('HSET', K.delivery(A.id), unpack(ARGV, 2))
   redis.call('RPUSH', K.resource_deliveries(A.resource_id), A.id)
   local ek, latest = K.endpoint(A.eid), K.endpoint_latest(A.eid)
-  if redis.call('HSETNX', ek, 'state', EndpointState.CLOSED) == 1 then
-    redis.call('HSET', ek, 'org', A.org, 'url', A.url, 'created_at', A.now)
+  local e = redis.call('HMGET', ek, unpack(SCHEDULE))  -- also what the index placement needs
+  if not e[1] then
+    e = {EndpointState.CLOSED, false, false, false}
+    redis.call('HSET', ek, 'state', e[1], 'org', A.org, 'url', A.url, 'host', A.host, 'created_at', A.now)
     redis.call('SADD', K.org_endpoints(A.org), A.eid)
   end
-  redis.call('HSETNX', ek, 'host', A.host)  -- also on endpoints made before hosts were recorded
   local old = redis.call('HGET', latest, A.resource_id)
   if old and old ~= A.id then
     local o = redis.call('HMGET', K.delivery(old), 'status', 'lease_until')
@@ -29,6 +30,12 @@ local function add_delivery()
   if num(A.retention_s) > 0 then
     redis.call('ZREMRANGEBYSCORE', K.endpoint_log(A.eid), '-inf', A.now - A.retention_s)
   end
-  reindex(A.eid, A.now)
+  if e[1] == EndpointState.CLOSED and num(e[3]) <= A.now then
+    -- free to send: its first due delivery is this one or an earlier one, so the index entry
+    -- only ever moves earlier (what reindex would compute, without reading the queue)
+    redis.call('ZADD', INDEX, 'LT', A.now, A.eid)
+  else
+    reindex(A.eid, A.now, e)
+  end
   wake()
 end

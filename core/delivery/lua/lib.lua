@@ -16,10 +16,14 @@ local function num(x)
   return 0
 end
 
+-- The endpoint fields that say when it may next send, in the order `reindex` takes them.
+local SCHEDULE = {'state', 'open_until', 'slow_until', 'probe_until'}
+
 -- Place the endpoint in the ready index at the time it can next send (its first due delivery,
 -- not before its breaker or slow-down allows); absent while disabled or with nothing queued.
-local function reindex(eid, now)
-  local e = redis.call('HMGET', K.endpoint(eid), 'state', 'open_until', 'slow_until', 'probe_until')
+-- `e`: its SCHEDULE fields as the caller holds them now (read here when nil).
+local function reindex(eid, now, e)
+  e = e or redis.call('HMGET', K.endpoint(eid), unpack(SCHEDULE))
   local state = e[1]
   if (not state) or state == EndpointState.DISABLED then redis.call('ZREM', INDEX, eid) return end
   local first = redis.call('ZRANGE', K.endpoint_due(eid), 0, 0, 'WITHSCORES')
@@ -74,15 +78,18 @@ end
 -- breaker probe, the first one whatever its due time. Waiting deliveries found superseded are
 -- finished as such and ids without a record are dropped from the queue. Appends each leased
 -- record, as one JSON object (one string parses much faster than the hash's many fields), to
--- `out`; returns the leased, superseded and missing counts. Each record is read once, whole:
--- the one read decides and is what is returned.
+-- `out`; returns the leased, superseded and missing counts, and whether due deliveries may be
+-- left unread (it read as many ids as it asks for at once, yet leased fewer than `take`). Each
+-- record is read once, whole: the one read decides and is what is returned.
 local function take_due(eid, now, lease, take, probing, out)
   local due = K.endpoint_due(eid)
-  local ids
+  local ids, limit
   if probing then
-    ids = redis.call('ZRANGE', due, 0, 15)
+    limit = 16
+    ids = redis.call('ZRANGE', due, 0, limit - 1)
   else
-    ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, take + 16)
+    limit = take + 16
+    ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
   end
   local n, superseded, missing = 0, 0, 0
   for _, id in ipairs(ids) do
@@ -109,5 +116,5 @@ local function take_due(eid, now, lease, take, probing, out)
       end
     end
   end
-  return n, superseded, missing
+  return n, superseded, missing, n < take and #ids >= limit
 end

@@ -25,17 +25,22 @@ local function put(t, ...)
   for _, v in ipairs({...}) do t[#t + 1] = v end
 end
 local e = redis.call('HMGET', ek, 'state', 'failing_since', 'trips', 'probe', 'slow_until',
-  'consecutive_failures', 'delivered', 'failed')
+  'consecutive_failures', 'delivered', 'failed', 'open_until', 'probe_until')
 local state = e[1] or EndpointState.CLOSED
-local slow_until = num(e[5])
+local stored = e[1]  -- the state field as stored after this step (unset: the endpoint is gone)
+local slow_until, open_until, probe_until = num(e[5]), num(e[9]), num(e[10])
 local was_probe = e[4] == id
-if was_probe then put(eset, 'probe', '', 'probe_until', '') end
+if was_probe then
+  put(eset, 'probe', '', 'probe_until', '')
+  probe_until = 0
+end
 local outcome, released, disabled_now = nil, false, 0
 if A.succeeded then
   put(eset, 'consecutive_failures', 0, 'failing_since', '', 'last_success_at', now, 'delivered', num(e[7]) + 1)
   if state == EndpointState.OPEN or state == EndpointState.HALF_OPEN then
     put(eset, 'state', EndpointState.CLOSED, 'open_until', '', 'trips', 0)
-    state = EndpointState.CLOSED
+    state, open_until = EndpointState.CLOSED, 0
+    stored = state
     released = true
   end
   put(dset, 'status', DeliveryStatus.DELIVERED, 'delivered_at', now, 'next_attempt_at', '')
@@ -55,15 +60,17 @@ else
     elseif now - since >= A.breaker.disable_after_s then reason = DisabledReason.FAILING end
     if reason then
       put(eset, 'state', EndpointState.DISABLED, 'disabled_at', now, 'disabled_reason', reason, 'open_until', '')
-      state = EndpointState.DISABLED
+      state, open_until = EndpointState.DISABLED, 0
+      stored = state
       disabled_now = 1
     elseif (state == EndpointState.HALF_OPEN and was_probe)
         or (state == EndpointState.CLOSED and fails >= A.breaker.failure_threshold) then
       local trips = num(e[3]) + 1
       local cool = math.min(A.breaker.cooldown_s * 2 ^ (trips - 1), A.breaker.max_cooldown_s)
-      put(eset, 'state', EndpointState.OPEN, 'trips', trips, 'open_until', now + cool)
+      open_until = now + cool
+      put(eset, 'state', EndpointState.OPEN, 'trips', trips, 'open_until', open_until)
       if state == EndpointState.CLOSED then put(eset, 'opened_at', now) end
-      state = EndpointState.OPEN
+      state, stored = EndpointState.OPEN, EndpointState.OPEN
     end
   end
   if A.slowdown_s > 0 and now + A.slowdown_s > slow_until then
@@ -103,5 +110,5 @@ local nxt = {}
 if A.take_next > 0 and state == EndpointState.CLOSED and slow_until <= now then
   take_due(eid, now, A.lease_until, A.take_next, false, nxt)
 end
-reindex(eid, now)
+reindex(eid, now, {stored, open_until, slow_until, probe_until})  -- the fields as this attempt left them
 return {outcome, state, redis.call('ZCARD', due), nxt, disabled_now}

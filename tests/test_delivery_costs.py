@@ -1,0 +1,117 @@
+"""What a webhook's steps cost Redis (issue 11): queueing it, claiming it and recording its
+attempt each read the endpoint's record once, and queueing one for a healthy endpoint places it
+in the ready index without reading the endpoint's queue. Each step's command count is a budget:
+the figure it had before, less what was cut, so a step that grows again fails here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from core.delivery import AttemptRecord, BreakerPolicy
+from core.events import Events
+from core.schemas import Attempt, Delivery, DeliveryStatus, EndpointState, EventType, utcnow
+from core.settings import Settings
+from core.store import Store
+from core.tokens import new_id
+from serve_app.local import RedisServer
+from tests.support.commands import commands
+
+URL = "http://127.0.0.1:9/hook"
+
+
+@pytest.fixture(scope="module")
+def settings(settings: Settings, quiet_redis: RedisServer) -> Settings:
+    return settings.model_copy(update={"redis_url": quiet_redis.url})
+
+
+@pytest.fixture
+async def own(settings: Settings) -> AsyncIterator[Store]:
+    """A store on a key prefix of its own: a claim sees only this test's deliveries."""
+    store = Store.from_settings(settings.model_copy(update={"key_prefix": new_id("dc")}))
+    yield store
+    await store.close()
+
+
+async def queue(store: Store, org: str, resource: str, url: str = URL) -> Delivery:
+    async with store.redis.pipeline(transaction=True) as pipe:
+        delivery = store.outbox.add(pipe, Events().announcement(
+            org, url, EventType.IMAGE_COMPLETED, resource, 1, {"id": resource}))
+        await pipe.execute()
+    return delivery
+
+
+async def test_queueing_a_webhook_to_a_healthy_endpoint_reads_it_once_and_not_its_queue(
+    own: Store, org: str
+) -> None:
+    await queue(own, org, "img_first")  # the endpoint exists, and a wake token waits
+    calls = await commands(own.redis, queue(own, org, "img_second"))
+    # before: HSETNX twice (state, host) and reindex's HMGET and ZRANGE of the queue: 16 in all
+    assert "hsetnx" not in calls and "zrange" not in calls and calls["hmget"] == 1, calls
+    assert sum(calls.values()) <= 13, calls  # MULTI, EVAL, EXEC and ten inside the script
+
+
+async def test_a_webhook_queued_behind_a_leased_one_is_due_at_once(own: Store, org: str) -> None:
+    """The index entry of a healthy endpoint only moves earlier when a delivery is queued: one
+    leased delivery put the endpoint at its lease's end, the new one brings it back to now."""
+    first = await queue(own, org, "img_a")
+    now = utcnow()
+    claim = await own.outbox.claim(now, 60.0, 10, 8, {})
+    assert [d.id for d in claim.deliveries] == [first.id]
+    eid = first.endpoint_id or ""
+    assert await own.redis.zscore(own.keys.outbox(0), eid) == pytest.approx(now.timestamp() + 60.0)
+    second = await queue(own, org, "img_b")
+    assert await own.redis.zscore(own.keys.outbox(0), eid) == pytest.approx(second.created_at.timestamp())
+    assert [d.id for d in (await own.outbox.claim(utcnow(), 60.0, 10, 8, {})).deliveries] == [second.id]
+
+
+async def test_a_webhook_queued_for_an_open_endpoint_waits_for_its_cool_down(own: Store, org: str) -> None:
+    """The other placement: an endpoint whose breaker is open is indexed at its cool-down's end."""
+    first = await queue(own, org, "img_a")
+    eid = first.endpoint_id or ""
+    until = utcnow() + timedelta(seconds=30)
+    await own.redis.hset(own.keys.endpoint(eid), mapping={"state": EndpointState.OPEN.value,
+                                                          "open_until": until.timestamp()})
+    await queue(own, org, "img_b")
+    assert await own.redis.zscore(own.keys.outbox(0), eid) == pytest.approx(until.timestamp())
+    assert (await own.outbox.claim(utcnow(), 60.0, 10, 8, {})).deliveries == []
+
+
+async def test_claiming_a_delivery_reads_its_endpoint_once_in_one_pass(own: Store, org: str) -> None:
+    queued = await queue(own, org, "img_c")
+    calls = await commands(own.redis, own.outbox.claim(utcnow(), 60.0, 10, 8, {}))
+    # before: the endpoint read three times (owner, breaker, reindex) and a second pass: 14 in all
+    assert calls["hmget"] == 1 and calls["zrangebyscore"] == 2, calls
+    assert sum(calls.values()) <= 10, calls
+    leased = await own.outbox.get(queued.id)
+    assert leased is not None and leased.status is DeliveryStatus.PENDING
+
+
+async def test_a_claim_reads_past_superseded_deliveries_in_another_pass(own: Store, org: str) -> None:
+    """A pass reads at most ``take + 16`` ids of an endpoint; when those were all finished ones,
+    the claim passes again instead of leaving the due delivery behind them."""
+    stale = [await queue(own, org, f"img_s{i}") for i in range(20)]
+    for delivery in stale:  # finished outside the scripts: the queue still lists them
+        await own.redis.hset(own.keys.delivery(delivery.id), "status", DeliveryStatus.DELIVERED.value)
+    wanted = await queue(own, org, "img_live")
+    claim = await own.outbox.claim(utcnow(), 60.0, 1, 8, {})
+    assert [d.id for d in claim.deliveries] == [wanted.id]
+
+
+async def test_recording_a_delivered_attempt_reads_the_endpoint_once(own: Store, org: str) -> None:
+    await queue(own, org, "img_d")
+    await queue(own, org, "img_e")
+    warm, claimed = (await own.outbox.claim(utcnow(), 60.0, 10, 8, {})).deliveries
+
+    def done(delivery: Delivery) -> AttemptRecord:
+        return AttemptRecord(delivery, Attempt(at=utcnow(), status_code=200, latency_ms=1.0, succeeded=True), None)
+
+    await own.outbox.record([done(warm)], BreakerPolicy())  # Redis loads the script: not counted
+    calls = await commands(own.redis, own.outbox.record([done(claimed)], BreakerPolicy()))
+    assert calls["hmget"] == 2, calls  # the delivery and the endpoint; before, reindex read it again
+    assert sum(calls.values()) <= 14, calls
+    delivered = await own.outbox.get(claimed.id)
+    assert delivered is not None and delivered.status is DeliveryStatus.DELIVERED
+    assert await own.redis.zscore(own.keys.outbox(0), claimed.endpoint_id or "") is None  # nothing left
