@@ -266,3 +266,16 @@ async def test_a_large_group_is_queued_in_chunks_in_one_transaction(redis: Redis
     assert (await jobs.depth()).queued == {"org_a": 2_500}
     first = await jobs.claim(new_token(), 3, {}, BIG)
     assert [j.id for j in first] == ids[:3] and [j.payload["image"] for j in first] == ["img_0", "img_1", "img_2"]
+
+
+async def test_an_org_alone_takes_a_whole_claim_and_shares_the_moment_another_comes(
+    redis: Redis, queue_keys: QueueKeys
+) -> None:
+    """Alone in the round an org takes all the claim wants in one visit (no turn of the ring per
+    job); once a second org queues, the next claim alternates as ever."""
+    jobs = queue(redis, queue_keys)
+    await fill(redis, jobs, "org_a", 20)
+    assert [j.org for j in await jobs.claim(new_token(), 8, {}, BIG)] == ["org_a"] * 8
+    await fill(redis, jobs, "org_b", 3)
+    orgs = [j.org for j in await jobs.claim(new_token(), 6, {}, BIG)]
+    assert orgs.count("org_b") == 3 and orgs[:2].count("org_b") == 1, orgs

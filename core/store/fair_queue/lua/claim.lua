@@ -1,13 +1,14 @@
 -- KEYS: ring, deficit, leases, visiting, wake.
 -- A: base, want, room ({org: n}), default_room, weights ({org: w}; absent: 1), quantum, lease_ms, token
--- (the claimant's; each job's lease owner is the token and the job's fence, lib.lease_to).
+-- (the claimant's; each job's lease owner is the token and the job's fence, lib.owner_of).
 -- The weights come from the caller (its cached copy of core.store.weights): that hash lives
 -- outside the queue's hash tag, so the script cannot read it in a cluster.
 -- Deficit round-robin over the orgs in the ring: the org at the head is on its visit; a visit
 -- starts by adding quantum x weight to the org's credit, and the org takes whole jobs while its
 -- credit, its room (what this replica may still hold of that org) and `want` allow. An org
 -- that has run out of credit keeps the fraction and goes to the back; one that is at its room
--- goes to the back with no credit banked; one whose queue is empty leaves the round. A claim
+-- goes to the back with no credit banked; one whose queue is empty leaves the round. An org alone
+-- in the round takes what its room and `want` allow in one visit, its credit untouched. A claim
 -- that took jobs and left work queued passes the wake token on to the next idle replica.
 -- Returns JSON: [[id, org, payload, attempts, enqueued_ms, owner], ...].
 local ring, deficits, leases, visiting_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -16,6 +17,9 @@ local out = {}
 local capped = 0  -- visits in a row that found the org at its room
 local given = {}  -- jobs of each org in this claim: its room shrinks by them
 local visiting = redis.call('GET', visiting_key)
+local was_visiting = visiting
+local size = redis.call('LLEN', ring)  -- kept here as the loop pops orgs off the ring
+local leased = {}  -- ZADD arguments: every lease of this claim in one call
 
 local function rotate(org, credit)
   redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
@@ -24,7 +28,6 @@ local function rotate(org, credit)
 end
 
 for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earns credit
-  local size = redis.call('LLEN', ring)
   if #out >= A.want or size == 0 or capped >= size then break end
   local org = redis.call('LINDEX', ring, 0)
   local credit = tonumber(redis.call('HGET', deficits, org) or '0')
@@ -33,24 +36,29 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
     visiting = org
   end
   local room = (A.room[org] or A.default_room) - (given[org] or 0)
-  local take = math.min(math.floor(credit), room, A.want - #out)
+  -- an org alone in the round has no one to share with: its visit takes what room and want allow
+  local alone = size == 1
+  local take = math.min(alone and room or math.floor(credit), room, A.want - #out)
   local ids = {}
   if take > 0 then ids = redis.call('LPOP', K.org_queue(org), take) or {} end
   for _, id in ipairs(ids) do
     local job = K.job(id)
-    local fields = redis.call('HMGET', job, 'payload', 'attempts', 'enq')
+    local fields = redis.call('HMGET', job, 'payload', 'attempts', 'enq', 'fence')
     if fields[1] then  -- a job whose record is gone (deleted by an operator) is dropped
       local attempts = tonumber(fields[2]) + 1
-      local owner = lease_to(job, A.token)
-      redis.call('HSET', job, 'attempts', attempts, 'owner', owner)
-      redis.call('ZADD', leases, now + A.lease_ms, id)
+      local fence = (tonumber(fields[4]) or 0) + 1  -- lib.lease_to's step, in the same HSET
+      local owner = owner_of(A.token, fence)
+      redis.call('HSET', job, 'attempts', attempts, 'owner', owner, 'fence', fence)
+      leased[#leased + 1], leased[#leased + 2] = now + A.lease_ms, id
       out[#out + 1] = {id, org, fields[1], attempts, tonumber(fields[3]), owner}
     end
   end
-  credit = credit - #ids
+  if not alone then credit = credit - #ids end
   given[org] = (given[org] or 0) + #ids
-  if redis.call('LLEN', K.org_queue(org)) == 0 then
+  -- LPOP gives fewer than asked only when the queue ran out
+  if (take > 0 and #ids < take) or redis.call('LLEN', K.org_queue(org)) == 0 then
     redis.call('LPOP', ring)
+    size = size - 1
     redis.call('HDEL', deficits, org)
     visiting = false
     capped = 0
@@ -64,7 +72,10 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
     redis.call('HSET', deficits, org, credit)  -- `want` is met: the visit goes on next claim
   end
 end
-if visiting then redis.call('SET', visiting_key, visiting) else redis.call('DEL', visiting_key) end
+if visiting ~= was_visiting then  -- written only when it changed
+  if visiting then redis.call('SET', visiting_key, visiting) else redis.call('DEL', visiting_key) end
+end
+if #leased > 0 then redis.call('ZADD', leases, unpack(leased)) end
 if #out == 0 then return '[]' end
-if redis.call('LLEN', ring) > 0 then wake(KEYS[5]) end
+if size > 0 then wake(KEYS[5]) end
 return cjson.encode(out)

@@ -26,8 +26,12 @@ end
 -- lease granted (a claim, or a reclaim of an exhausted job) moves on, so no two leases of a job
 -- share an owner and a lease taken over is lost to its old holder for good, even when the same
 -- replica took the job again.
+local function owner_of(token, fence)
+  return token .. ':' .. fence
+end
+
 local function lease_to(job, token)
-  return token .. ':' .. redis.call('HINCRBY', job, 'fence', 1)
+  return owner_of(token, redis.call('HINCRBY', job, 'fence', 1))
 end
 
 -- Whether the lease [id, owner] is still the job's current one.

@@ -1,7 +1,9 @@
-"""What a webhook's steps cost Redis (issue 11): queueing it, claiming it and recording its
-attempt each read the endpoint's record once, and queueing one for a healthy endpoint places it
-in the ready index without reading the endpoint's queue. Each step's command count is a budget:
-the figure it had before, less what was cut, so a step that grows again fails here."""
+"""What a job's claim and a webhook's steps cost Redis (issue 11): a claim leases its jobs with
+one write each and one ZADD for all, an org alone in the round in one visit; queueing a
+webhook, claiming it and recording its attempt each read the endpoint's record once, and
+queueing one for a healthy endpoint places it in the ready index without reading the
+endpoint's queue. Each step's command count is a budget: the figure it had before, less what
+was cut, so a step that grows again fails here."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from core.events import Events
 from core.schemas import Attempt, Delivery, DeliveryStatus, EndpointState, EventType, utcnow
 from core.settings import Settings
 from core.store import Store
+from core.store.fair_queue import FairQueue, QueueKeys, new_token
 from core.tokens import new_id
 from serve_app.local import RedisServer
 from tests.support.commands import commands
+from tests.support.queues import fill
 
 URL = "http://127.0.0.1:9/hook"
 
@@ -33,6 +37,24 @@ async def own(settings: Settings) -> AsyncIterator[Store]:
     store = Store.from_settings(settings.model_copy(update={"key_prefix": new_id("dc")}))
     yield store
     await store.close()
+
+
+async def test_a_claim_leases_each_job_with_one_write_and_all_in_one_zadd(own: Store, org: str) -> None:
+    jobs = FairQueue(own.redis, QueueKeys(prefix=own.keys.prefix, queue="online"), lease_s=15.0, max_attempts=3)
+    await fill(own.redis, jobs, org, 1)
+    await jobs.claim(new_token(), 8, {}, 100)  # Redis loads the script: not counted
+    await fill(own.redis, jobs, org, 8)
+    claimed: list[object] = []
+
+    async def claim() -> None:
+        claimed.extend(await jobs.claim(new_token(), 8, {}, 100))
+
+    calls = await commands(own.redis, claim())
+    assert len(claimed) == 8
+    # before, 94 in all: a visit (and a turn of the ring) per job for an org alone in the round,
+    # a fence HINCRBY and a ZADD per job, the ring's length read on every visit
+    assert "hincrby" not in calls and "lmove" not in calls and calls["zadd"] == 1 and calls["llen"] <= 2, calls
+    assert sum(calls.values()) <= 27, calls
 
 
 async def queue(store: Store, org: str, resource: str, url: str = URL) -> Delivery:
