@@ -105,7 +105,9 @@ class ImageRun:
     The view also keeps the record's hash (``fields``) current through the job's own writes,
     for as long as each lands one sequence step past the last (else another writer came in
     between and the view is dropped). While it is current, the job's last result is not written
-    on its own: ``finalize`` writes it with the announcement, without reading the image again."""
+    on its own: ``finalize`` writes it with the announcement, without reading the image again.
+    A job stopped between that model's answer and its finalize loses the result, and the job's
+    retry runs the model again (work is at least once; nothing announced is lost)."""
 
     def __init__(self, record: ImageRecord, fields: dict[str, str], store: Store, models: int) -> None:
         self.record = record

@@ -279,3 +279,13 @@ async def test_an_org_alone_takes_a_whole_claim_and_shares_the_moment_another_co
     await fill(redis, jobs, "org_b", 3)
     orgs = [j.org for j in await jobs.claim(new_token(), 6, {}, BIG)]
     assert orgs.count("org_b") == 3 and orgs[:2].count("org_b") == 1, orgs
+
+
+async def test_a_claim_of_thousands_of_jobs_leases_every_one(redis: Redis, queue_keys: QueueKeys) -> None:
+    """A claim's leases go to Redis in batches: one ZADD of them all would pass Lua's unpack limit
+    (~8,000 values) past ~4,000 jobs, failing the script after it had popped them (lost)."""
+    jobs = queue(redis, queue_keys)
+    await fill(redis, jobs, "org_a", 4_500)
+    claimed = await jobs.claim(new_token(), 4_500, {}, 10_000)
+    assert len(claimed) == 4_500
+    assert await redis.zcard(queue_keys.leases) == 4_500

@@ -19,7 +19,13 @@ local given = {}  -- jobs of each org in this claim: its room shrinks by them
 local visiting = redis.call('GET', visiting_key)
 local was_visiting = visiting
 local size = redis.call('LLEN', ring)  -- kept here as the loop pops orgs off the ring
-local leased = {}  -- ZADD arguments: every lease of this claim in one call
+local leased = {}  -- ZADD arguments: the leases of this claim, in one call per LEASE_BATCH
+local LEASE_BATCH = 1000  -- pairs per ZADD: Lua's unpack fails near 8,000 values
+
+local function add_leases()
+  if #leased > 0 then redis.call('ZADD', leases, unpack(leased)) end
+  leased = {}
+end
 
 local function rotate(org, credit)
   redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
@@ -50,6 +56,7 @@ for _ = 1, 100000 do  -- a bound, never reached: every visit takes, caps or earn
       local owner = owner_of(A.token, fence)
       redis.call('HSET', job, 'attempts', attempts, 'owner', owner, 'fence', fence)
       leased[#leased + 1], leased[#leased + 2] = now + A.lease_ms, id
+      if #leased >= 2 * LEASE_BATCH then add_leases() end
       out[#out + 1] = {id, org, fields[1], attempts, tonumber(fields[3]), owner}
     end
   end
@@ -75,7 +82,7 @@ end
 if visiting ~= was_visiting then  -- written only when it changed
   if visiting then redis.call('SET', visiting_key, visiting) else redis.call('DEL', visiting_key) end
 end
-if #leased > 0 then redis.call('ZADD', leases, unpack(leased)) end
+add_leases()
 if #out == 0 then return '[]' end
 if size > 0 then wake(KEYS[5]) end
 return cjson.encode(out)
