@@ -1,25 +1,33 @@
 """Images/s from ``POST /v1/images`` to the received webhook vs the same models in a bare loop.
 
-The whole stack runs locally with the ``bench`` profile (real architectures at mid-size shapes,
-random weights, built here; one replica per model with 1 CPU, so 1 torch thread each), a
-private redis-server, a loopback image host serving JPEG photos (640x480 and 800x533) and a
-loopback webhook receiver. Every image asks for ``--models`` (default: all four).
+Measured as shipped (issue 16): each stack round is a fresh process in which ``LocalStack``
+starts Ray itself (every CPU it detects, Serve in the ingress mode of ``--serve-ingress``:
+HAProxy, the default, or Serve's Python proxy), default settings, the ``bench`` profile (real
+architectures at mid-size shapes, random weights, built here; its deployments as the profile
+ships them), a private redis-server, a loopback image host serving JPEG photos (640x480 and
+800x533) and a loopback webhook receiver. Every image asks for ``--models`` (default: all four).
 
-* throughput: ``--images`` images are posted as fast as the API takes them; images/s is counted
-  from the first POST to the last webhook received (every webhook must say ``complete``);
-* latency at half load: images are posted open-loop at half that rate for ``--latency-seconds``;
-  each image's latency is POST sent -> its webhook received; p50 and p99 are reported;
-* bare, two limits, each measured before and after the stack runs (``--threads`` torch threads,
-  pre-decoded images, the registry's batch sizes), the loops one after the other on the same
-  batches, images/s with every model done:
-  - naive: ``benchmarks.common.BareLoop`` per model, each model alone (its own CLIP forward);
+* throughput: ``--images`` images are posted, ``--concurrency`` at a time (the client's load, not
+  a product setting); images/s from the first POST to the last webhook (each must say
+  ``complete``);
+* latency at half load: images posted open-loop at half that rate for ``--latency-seconds``;
+  POST sent -> its webhook received; p50 and p99;
+* bare, the limits, with the same cores: one bare worker per core (single-threaded processes
+  started together, ``benchmarks.common.side_by_side``), each running the units one after the
+  other on pre-decoded images at the registry's batch sizes; images/s with every model done,
+  summed over the workers:
+  - naive: ``BareLoop`` per model, each model alone (its own CLIP forward);
   - shared: ``BareLoop`` per serving group (``core.registry.serving_groups``): the three CLIP
     models as one backbone, one forward per image and a head per model, as the stack serves them.
 
-ratio = end-to-end images/s / shared bare images/s; target >= 0.90. ratio_naive = end-to-end /
+Rounds are interleaved (bare, each Serve mode; the order reversed every other round). Every
+figure is the median of the rounds with min-max; a ratio is the median of the rounds' ratios
+(each round's stack against that round's bare workers).
+
+ratio = end to end (shipped mode) / shared bare; target >= 0.90. ratio_naive = end to end /
 naive bare; target >= 1.5 (the shared backbone must beat running the models one by one).
 
-    .venv/bin/python -m benchmarks.bench_e2e [--images 240] [--models a,b] [--concurrency 48]
+    .venv/bin/python -m benchmarks.bench_e2e [--images 240] [--repeats 3] [--serve-ingress both]
 """
 
 from __future__ import annotations
@@ -28,14 +36,16 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import ray
+from typing import Any
 
 from benchmarks.common import (
     HOST,
+    READY,
     BareLoop,
     ImageHost,
     Receiver,
@@ -43,21 +53,70 @@ from benchmarks.common import (
     cpu_by_process,
     cpu_delta,
     decoded_images,
+    interleaved,
     jpeg_variants,
     machine,
+    median,
     open_loop,
     percentile,
+    run_child,
+    side_by_side,
+    spread,
+    spread_of,
     throughput,
-    tree_cpu_seconds,
 )
 from core.registry import ModelGroup, ModelSpec, serving_groups
-from core.settings import RAY_NAMESPACE, Settings
+from core.settings import ServeIngress, Settings
 from core.store import Store
 from serve_app.local import free_port
 from serve_app.stack import LocalStack
 
 TARGET = 0.90
 TARGET_NAIVE = 1.5
+BARE = "bare"
+MODULE = "benchmarks.bench_e2e"
+
+
+def units_of(models: list[str]) -> dict[str, dict[str, ModelSpec | ModelGroup]]:
+    """The two limits' units: each model alone (naive), and each serving group (shared)."""
+    specs = bench_registry()
+    return {"naive": {name: specs[name] for name in models},
+            "shared": {"+".join(g.names): g for g in serving_groups(specs[name] for name in models)}}
+
+
+def bare_worker(models: list[str], seconds: float) -> dict[str, Any]:
+    """One bare worker (one thread): every unit of both limits on the same images, one after
+    the other, once the parent says go; images/s and CPU ms per image of each unit."""
+    images = decoded_images(16)
+    loops = {kind: {name: BareLoop(unit, images, threads=1) for name, unit in units.items()}
+             for kind, units in units_of(models).items()}
+    print(READY, flush=True)
+    sys.stdin.readline()
+    out: dict[str, Any] = {}
+    for kind, by_name in loops.items():
+        for name, loop in by_name.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            rate = loop.predict_rate(seconds)
+            out[f"{kind}:{name}"] = {"ips": rate, "cpu_ms": (time.process_time() - cpu) * 1000
+                                     / (rate * (time.perf_counter() - wall))}
+    return out
+
+
+def bare_round(args: argparse.Namespace) -> dict[str, Any]:
+    """The limits with the same cores as the stack: one bare worker per core, side by side."""
+    cores = os.cpu_count() or 1
+    workers = side_by_side(MODULE, ["--child", BARE, "--models", args.models,
+                                    "--bare-seconds", str(args.bare_seconds)], cores)
+    figures: dict[str, Any] = {"workers": cores}
+    for kind in ("naive", "shared"):
+        names = [k for k in workers[0] if k.startswith(f"{kind}:")]
+        # a worker does every unit on each image: its all-models rate is the harmonic sum
+        per_worker = [1.0 / sum(1.0 / w[name]["ips"] for name in names) for w in workers]
+        figures[f"{kind}_ips"] = sum(per_worker)
+        figures[f"{kind}_cpu_ms"] = median([sum(w[name]["cpu_ms"] for name in names) for w in workers])
+        figures[f"{kind}_per_unit_ips"] = {name.split(":", 1)[1]: round(sum(w[name]["ips"] for w in workers), 2)
+                                           for name in names}
+    return figures
 
 
 async def latency(base: str, key: str, host: ImageHost, receiver: Receiver, models: list[str], rate: float,
@@ -67,18 +126,44 @@ async def latency(base: str, key: str, host: ImageHost, receiver: Receiver, mode
     return [receiver.arrived[i] - t for i, t in sent]
 
 
-def bare_rate(units: dict[str, ModelSpec | ModelGroup], seconds: float, threads: int
-              ) -> tuple[float, dict[str, float], float]:
-    """Each of ``units`` (a model, or a serving group) on the same images, one after the other:
-    images/s with every unit done, images/s per unit, and CPU seconds per image (all units)."""
-    images = decoded_images(16)
-    per_model, cpu_per_image = {}, 0.0
-    for name, unit in units.items():
-        loop = BareLoop(unit, images, threads)
-        wall, cpu = time.perf_counter(), tree_cpu_seconds()
-        per_model[name] = loop.predict_rate(seconds)
-        cpu_per_image += (tree_cpu_seconds() - cpu) / (per_model[name] * (time.perf_counter() - wall))
-    return 1.0 / sum(1.0 / r for r in per_model.values()), per_model, cpu_per_image
+def stack_round(args: argparse.Namespace, ingress: ServeIngress) -> dict[str, Any]:
+    """One fresh stack as shipped (Ray started by ``LocalStack``) in Serve mode ``ingress``."""
+    models = [m for m in args.models.split(",") if m]
+    host = ImageHost(jpeg_variants(16)).start()
+    receiver = Receiver()
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings.from_env(
+            models="bench", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
+            serve_ingress=ingress,
+        )
+        stack = LocalStack(settings, host=HOST, port=free_port(), embedded_redis=True).start()
+        try:
+            async def run() -> dict[str, Any]:
+                store = Store.from_settings(stack.settings)
+                key = await store.accounts.create_api_key("bench-e2e")
+                await store.close()
+                await throughput(stack.url, key, [host.url(i) for i in range(32)], receiver, models,
+                                 args.concurrency)  # warm-up: connections, replicas, caches
+                before = cpu_by_process()
+                urls = [host.url(1000 + i) for i in range(args.images)]
+                rate = await throughput(stack.url, key, urls, receiver, models, args.concurrency)
+                cpu = cpu_delta(before, cpu_by_process())
+                lat = await latency(stack.url, key, host, receiver, models, rate / 2, args.latency_seconds,
+                                    offset=100_000)
+                return {"e2e_ips": rate, "cpu_ms_per_image": sum(cpu.values()) * 1000 / args.images,
+                        "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000,
+                        "latency_samples": len(lat),
+                        "cpu_ms_by_process": {k: round(v * 1000 / args.images, 2)
+                                              for k, v in sorted(cpu.items(), key=lambda x: -x[1])}}
+
+            return asyncio.run(run())
+        finally:
+            stack.stop()
+            host.stop()
+
+
+STACK_FIGURES = ("e2e_ips", "cpu_ms_per_image", "p50_ms", "p99_ms")
+BARE_FIGURES = ("naive_ips", "shared_ips", "naive_cpu_ms", "shared_cpu_ms")
 
 
 def main() -> None:
@@ -88,99 +173,69 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=48, help="POSTs in flight in the throughput phase")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--bare-seconds", type=float, default=4.0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (bare, each Serve mode)")
+    parser.add_argument("--serve-ingress", default="both", choices=["both", *(m.value for m in ServeIngress)])
+    parser.add_argument("--child", choices=[BARE, *(m.value for m in ServeIngress)], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    models = [m for m in args.models.split(",") if m]
+    if args.child == BARE:
+        print(json.dumps(bare_worker([m for m in args.models.split(",") if m], args.bare_seconds)))
+        return
+    if args.child:
+        print(json.dumps({"round": stack_round(args, ServeIngress(args.child))}))
+        return
     print(f"machine: {machine()}")
-    specs = bench_registry()
-    naive: dict[str, ModelSpec | ModelGroup] = {name: specs[name] for name in models}
-    shared: dict[str, ModelSpec | ModelGroup] = {
-        "+".join(group.names): group for group in serving_groups(specs[name] for name in models)}
+    bench_registry()  # built once here, before workers that would each build it at once
+    modes = [m.value for m in ServeIngress] if args.serve_ingress == "both" else [args.serve_ingress]
+    child_args = ["--images", str(args.images), "--models", args.models, "--concurrency", str(args.concurrency),
+                  "--latency-seconds", str(args.latency_seconds)]
 
-    bare_before, per_model_before, bare_cpu_before = bare_rate(naive, args.bare_seconds, args.threads)
-    rounded = {k: round(v, 1) for k, v in per_model_before.items()}
-    print(f"bare loop (naive) before: {bare_before:.2f} img/s (per model {rounded})", flush=True)
-    shared_before, per_group_before, shared_cpu_before = bare_rate(shared, args.bare_seconds, args.threads)
-    rounded = {k: round(v, 1) for k, v in per_group_before.items()}
-    print(f"bare loop (shared backbone) before: {shared_before:.2f} img/s (per group {rounded})", flush=True)
+    def one(variant: str) -> dict[str, Any]:
+        if variant == BARE:
+            return {"round": bare_round(args)}
+        return run_child(MODULE, [*child_args, "--child", variant])
 
-    host = ImageHost(jpeg_variants(16)).start()
-    receiver = Receiver()
-    ray.init(address="local", num_cpus=len(models) + 1, include_dashboard=False, log_to_driver=False,
-             namespace=RAY_NAMESPACE)
-    with tempfile.TemporaryDirectory() as data_dir:
-        settings = Settings.from_env(
-            models="bench", data_dir=Path(data_dir), allow_private_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
-        )
-        stack = LocalStack(settings, host=HOST, port=free_port(), embedded_redis=True).start()
-        try:
-            async def run() -> tuple[float, list[float]]:
-                store = Store.from_settings(stack.settings)
-                key = await store.accounts.create_api_key("bench-e2e")
-                await store.close()
-                warm_up = [host.url(i) for i in range(32)]
-                await throughput(stack.url, key, warm_up, receiver, models, args.concurrency)
-                before = cpu_by_process()
-                urls = [host.url(1000 + i) for i in range(args.images)]
-                rate = await throughput(stack.url, key, urls, receiver, models, args.concurrency)
-                cpu.update(cpu_delta(before, cpu_by_process()))
-                print(f"end to end: {rate:.2f} img/s ({args.images} images, every model complete)", flush=True)
-                lat = await latency(stack.url, key, host, receiver, models, rate / 2, args.latency_seconds,
-                                    offset=100_000)
-                return rate, lat
-
-            cpu: dict[str, float] = {}
-            e2e, latencies = asyncio.run(run())
-        finally:
-            stack.stop()
-            ray.shutdown()
-            host.stop()
-    bare_after, per_model_after, bare_cpu_after = bare_rate(naive, args.bare_seconds, args.threads)
-    shared_after, per_group_after, shared_cpu_after = bare_rate(shared, args.bare_seconds, args.threads)
-    bare = (bare_before + bare_after) / 2
-    bare_shared = (shared_before + shared_after) / 2
-    bare_cpu_ms = (bare_cpu_before + bare_cpu_after) / 2 * 1000
-    shared_cpu_ms = (shared_cpu_before + shared_cpu_after) / 2 * 1000
-    e2e_cpu_ms = sum(cpu.values()) * 1000 / args.images
-    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    runs = {k: [r["round"] for r in v] for k, v in interleaved([BARE, *modes], args.repeats, one).items()}
+    bare = {k: spread_of(runs[BARE], k) for k in BARE_FIGURES}
+    per_mode = {mode: {k: spread_of(runs[mode], k) for k in STACK_FIGURES} for mode in modes}
+    for mode in modes:  # each round's stack against that round's limits
+        for kind in ("shared", "naive"):
+            per_mode[mode][f"ratio_{kind}"] = spread([s["e2e_ips"] / b[f"{kind}_ips"]
+                                                      for s, b in zip(runs[mode], runs[BARE], strict=True)])
+        per_mode[mode]["ratio_cpu"] = spread([b["shared_cpu_ms"] / s["cpu_ms_per_image"]
+                                              for s, b in zip(runs[mode], runs[BARE], strict=True)])
+    shipped = Settings().serve_ingress.value
+    headline_mode = shipped if shipped in per_mode else modes[0]
+    headline = per_mode[headline_mode]
     summary = {
         "benchmark": "e2e",
-        "ratio": round(e2e / bare_shared, 3),
+        "ratio": headline["ratio_shared"]["median"],
         "target": TARGET,
-        "ratio_naive": round(e2e / bare, 3),
+        "ratio_naive": headline["ratio_naive"]["median"],
         "target_naive": TARGET_NAIVE,
-        "e2e_ips": round(e2e, 2),
-        "bare_shared_ips": round(bare_shared, 2),
-        "bare_shared_runs": [round(shared_before, 2), round(shared_after, 2)],
-        "bare_ips": round(bare, 2),
-        "bare_runs": [round(bare_before, 2), round(bare_after, 2)],
-        "ratio_cpu": round(shared_cpu_ms / e2e_cpu_ms, 3),
-        "cpu_ms_per_image": round(e2e_cpu_ms, 1),
-        "bare_shared_cpu_ms_per_image": round(shared_cpu_ms, 1),
-        "bare_cpu_ms_per_image": round(bare_cpu_ms, 1),
-        "bare_per_model_ips": {k: round((per_model_before[k] + per_model_after[k]) / 2, 2) for k in models},
-        "bare_shared_per_group_ips": {k: round((per_group_before[k] + per_group_after[k]) / 2, 2) for k in shared},
-        "half_load_per_s": round(e2e / 2, 2),
-        "p50_ms": round(p50, 1),
-        "p99_ms": round(p99, 1),
-        "latency_samples": len(latencies),
-        "cpu_ms_per_image_by_process": {
-            k: round(v * 1000 / args.images, 2) for k, v in sorted(cpu.items(), key=lambda x: -x[1])
-        },
-        "models": models,
+        "serve_ingress": headline_mode,
+        "e2e_ips": headline["e2e_ips"]["median"],
+        "cpu_ms_per_image": headline["cpu_ms_per_image"]["median"],
+        "bare": bare,
+        "bare_workers": runs[BARE][0]["workers"],
+        "bare_per_unit_ips": [r["shared_per_unit_ips"] | r["naive_per_unit_ips"] for r in runs[BARE]],
+        "by_serve_ingress": per_mode,
+        "cpu_ms_by_process": {mode: sorted(runs[mode], key=lambda r: r["e2e_ips"])[len(runs[mode]) // 2][
+            "cpu_ms_by_process"] for mode in modes},  # of the median round
+        "models": args.models.split(","),
         "images": args.images,
-        "threads": args.threads,
+        "concurrency": args.concurrency,
+        "repeats": args.repeats,
         "machine": machine(),
     }
-    print(f"bare loop after: naive {bare_after:.2f} img/s, shared backbone {shared_after:.2f} img/s")
-    print(f"CPU per image in the throughput phase ({sum(cpu.values()) * 1000 / args.images:.1f} ms in all):")
-    for label, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-        print(f"  {seconds * 1000 / args.images:7.2f} ms  {label}")
-    print(f"latency at half load ({e2e / 2:.1f} img/s, {len(latencies)} images): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-    print(f"CPU per image: end to end {e2e_cpu_ms:.1f} ms, bare loop: shared backbone {shared_cpu_ms:.1f} ms, "
-          f"naive {bare_cpu_ms:.1f} ms (ratio_cpu {summary['ratio_cpu']}, against the shared loop)")
-    print(f"ratio_naive (end-to-end / naive bare loop) = {summary['ratio_naive']} (target >= {TARGET_NAIVE})")
-    print(f"ratio (end-to-end / shared-backbone bare loop) = {summary['ratio']} (target >= {TARGET})")
+    if len(modes) == 2:
+        summary["e2e_ips_haproxy_over_proxy"] = round(
+            per_mode["haproxy"]["e2e_ips"]["median"] / per_mode["proxy"]["e2e_ips"]["median"], 2)
+    for name, figures in [(BARE, bare), *per_mode.items()]:
+        print(f"{name}: " + ", ".join(f"{k} {v['median']} ({v['min']}-{v['max']})" for k, v in figures.items()))
+    print(f"ratio_naive (end to end, {headline_mode} / naive bare, {summary['bare_workers']} workers) = "
+          f"{summary['ratio_naive']} (target >= {TARGET_NAIVE})")
+    print(f"ratio (end to end, {headline_mode} / shared-backbone bare, median of {args.repeats} rounds) = "
+          f"{summary['ratio']} (target >= {TARGET})")
     print(json.dumps(summary))
 
 

@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -442,17 +443,54 @@ def replica_pids(deployment: str) -> list[int]:
                   if "ServeReplica:" in command and _replica_deployment(command) == deployment)
 
 
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+
+
 def run_child(module: str, args: list[str], timeout_s: float = 1800) -> dict[str, Any]:
     """``python -m module args`` in a fresh process (a Ray of its own, so a Serve mode read from
     the environment at start-up can differ between runs); its last output line, a JSON object."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", module, *args], env=_child_env(), capture_output=True, text=True,
                           timeout=timeout_s, check=False)
     if done.returncode:
         raise RuntimeError(f"{module} {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}"
                            f"\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+READY = "ready"  # what a child of ``side_by_side`` prints once set up; it then waits for a line on stdin
+
+
+def side_by_side(module: str, args: list[str], count: int, timeout_s: float = 900) -> list[dict[str, Any]]:
+    """``count`` copies of ``python -m module args`` measuring at the same moment (one bare
+    worker per core): each sets up, prints ``READY`` and waits; once all are ready, all are told
+    to go. Their last output lines, JSON objects."""
+    with contextlib.ExitStack() as cleanup:
+        children = []
+        for _ in range(count):
+            errors = cleanup.enter_context(tempfile.TemporaryFile(mode="w+"))
+            child = cleanup.enter_context(subprocess.Popen(
+                [sys.executable, "-m", module, *args], env=_child_env(), text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors))
+            cleanup.callback(lambda c=child: c.poll() is None and c.kill())  # runs before its Popen's exit
+            children.append((child, errors))
+        for child, _ in children:
+            assert child.stdout is not None
+            while (line := child.stdout.readline()) and line.strip() != READY:
+                pass
+        for child, _ in children:
+            assert child.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it died setting up: its exit code says why
+                child.stdin.write("go\n")
+                child.stdin.flush()
+        outputs = [child.communicate(timeout=timeout_s)[0] for child, _ in children]
+        for (child, errors), output in zip(children, outputs, strict=True):
+            if child.returncode:
+                errors.seek(0)
+                raise RuntimeError(f"{module} {' '.join(args)} failed ({child.returncode}):\n{output[-3000:]}"
+                                   f"\n{errors.read()[-3000:]}")
+        return [json.loads(output.strip().splitlines()[-1]) for output in outputs]
 
 
 def interleaved(variants: list[str], repeats: int, run: Callable[[str], dict[str, Any]]) -> dict[str, list[dict]]:
