@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 
 from core.store.accounts import Caller
-from core.store.ratelimit import LimitKind, Verdict
+from core.store.ratelimit import Charge, LimitKind, Verdict
 from serve_app.context import context
 from serve_app.problems import Problem
 
@@ -38,7 +38,18 @@ async def charge(request: Request, response: Response, kind: LimitKind, cost: in
     """Take ``cost`` from the caller's ``kind`` bucket: 429 when it is empty, else the
     ``RateLimit`` headers go on the response."""
     caller: Caller = request.state.caller
-    verdict = await context(request).store.limits.charge(caller.key_id, caller.org, kind, cost)
+    apply_verdict(response, await context(request).store.limits.charge(caller.key_id, caller.org, kind, cost))
+
+
+def bucket(request: Request, kind: LimitKind, cost: int = 1) -> Charge:
+    """The charge of ``cost`` to the caller's ``kind`` bucket, for a store write that takes it
+    in its own script (the verdict then goes to ``apply_verdict``)."""
+    caller: Caller = request.state.caller
+    return context(request).store.limits.bucket(caller.key_id, caller.org, kind, cost)
+
+
+def apply_verdict(response: Response, verdict: Verdict) -> None:
+    """A refused charge is a 429; an allowed one puts its ``RateLimit`` headers on the response."""
     if not verdict.allowed:
         raise rate_limited(verdict)
     for name, value in verdict.headers().items():  # one list item per policy (requests, images)

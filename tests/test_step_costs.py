@@ -1,4 +1,6 @@
-"""What a job's claim and a webhook's steps cost Redis (issue 11): a claim leases its jobs with
+"""What an image's submission, a job's claim and a webhook's steps cost Redis (issue 11): a
+POST of an image is its key's lookup, its request charge and one script (the images charge,
+the record, its job and deadline: refused, nothing is written); a claim leases its jobs with
 one write each and one ZADD for all, an org alone in the round in one visit; queueing a
 webhook, claiming it and recording its attempt each read the endpoint's record once, and
 queueing one for a healthy endpoint places it in the ready index without reading the
@@ -10,16 +12,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from core.delivery import AttemptRecord, BreakerPolicy
 from core.events import Events
-from core.schemas import Attempt, Delivery, DeliveryStatus, EndpointState, EventType, utcnow
+from core.schemas import Attempt, Delivery, DeliveryStatus, EndpointState, EventType, ImageCreate, utcnow
 from core.settings import Settings
 from core.store import Store
 from core.store.fair_queue import FairQueue, QueueKeys, new_token
+from core.store.ratelimit import LimitKind
 from core.tokens import new_id
 from serve_app.local import RedisServer
+from tests.support.asgi import local_api
 from tests.support.commands import commands
 from tests.support.queues import fill
 
@@ -55,6 +60,43 @@ async def test_a_claim_leases_each_job_with_one_write_and_all_in_one_zadd(own: S
     # a fence HINCRBY and a ZADD per job, the ring's length read on every visit
     assert "hincrby" not in calls and "lmove" not in calls and calls["zadd"] == 1 and calls["llen"] <= 2, calls
     assert sum(calls.values()) <= 27, calls
+
+
+async def test_posting_an_image_is_its_key_lookup_its_request_charge_and_one_script(
+    settings: Settings, org: str
+) -> None:
+    """Before: the images charge in a script of its own, then a MULTI of the record's HSET, the
+    listing's ZADD, the deadline's ZADD and the enqueue as EVAL with its source: 8 calls."""
+    quiet = settings.model_copy(update={"key_prefix": new_id("dc"), "readiness_interval_s": 3600.0,
+                                        "rate_limit_images_per_min": 600.0, "rate_limit_requests_per_s": 100.0})
+    async with local_api(quiet) as api:
+        key = await api.ctx.store.accounts.create_api_key(org)
+        body = {"url": "http://127.0.0.1:9/a.png", "models": ["object_detection"], "deadline": 60}
+        async with httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {key}"}) as client:
+            async def post() -> None:
+                answer = await client.post("/v1/images", json=body)
+                assert answer.status_code == 202, answer.text
+                assert answer.headers["ratelimit-policy"] == '"requests";q=100;w=1, "images";q=600;w=60'
+
+            await post()  # Redis loads the scripts: not counted
+            calls = await commands(api.ctx.store.redis, post())
+    # the client's calls: GET (the key), EVALSHA (requests), EVALSHA (the image and its charge)
+    assert not {"multi", "exec", "eval"} & set(calls), calls
+    assert calls["evalsha"] == 2 and calls["get"] == 1, calls
+
+
+async def test_a_refused_images_charge_writes_no_image(own: Store, org: str) -> None:
+    await own.limits.configure(org, {LimitKind.IMAGES: 1})
+    request = ImageCreate(url="http://127.0.0.1:9/a.png", models=["object_detection"], deadline=60)
+    first, allowed = await own.images.create_charged(org, request, own.limits.bucket("key_a", org, LimitKind.IMAGES))
+    second, refused = await own.images.create_charged(org, request, own.limits.bucket("key_a", org, LimitKind.IMAGES))
+    assert first is not None and allowed.allowed and allowed.remaining == 0
+    assert second is None and not refused.allowed and refused.retry_after_s > 59
+    assert await own.redis.zrange(own.keys.org_images(org), 0, -1) == [first.id.encode()]
+    assert (await own.jobs.online.depth()).total == 1
+    assert [m.decode() for m in await own.redis.zrange(own.keys.deadlines(0), 0, -1)] == [first.id]
+    stored = await own.images.get(first.id, org)
+    assert stored == first and stored.deadline is not None
 
 
 async def queue(store: Store, org: str, resource: str, url: str = URL) -> Delivery:

@@ -36,8 +36,10 @@ from core.schemas import (
     ModelStatus,
     utcnow,
 )
+from core.store.fair_queue.scripts import with_queue
 from core.store.jobs import Jobs
 from core.store.ledger import GroupLedger
+from core.store.ratelimit import BUCKET_LIB, Charge, Verdict
 from core.store.records import (
     MODEL_FIELD,
     Written,
@@ -53,6 +55,7 @@ from core.store.transactions import watched
 LUA_DIR = Path(__file__).with_name("lua")
 UPDATE_SCRIPT = (LUA_DIR / "update_image.lua").read_text()
 FINALIZE = with_delivery("finalize", (LUA_DIR / "finalize.lua").read_text())
+CREATE = with_queue("create_image", BUCKET_LIB + (LUA_DIR / "create_image.lua").read_text())
 
 
 class ImageStore:
@@ -66,25 +69,40 @@ class ImageStore:
         self._ledger = ledger
         self._events = events
         self._update_script = redis.register_script(UPDATE_SCRIPT)
-
-    def index(self, pipe: Pipeline, org: str, image_id: str, fields: dict[str, Any]) -> None:
-        """Write a new image and its place in the org's listing (inside the caller's pipeline)."""
-        pipe.hset(self._keys.image(image_id), mapping=fields)
-        score = datetime.fromisoformat(fields["created_at"]).timestamp()
-        pipe.zadd(self._keys.org_images(org), {image_id: score})
+        self._create_script = redis.register_script(CREATE.source)
 
     async def create(self, org: str, request: ImageCreate) -> ImageRecord:
-        """Write the record and its job in one transaction: durable before the caller answers."""
+        """Write the record and its job in one script: durable before the caller answers."""
+        image_id, written, _ = await self._create(org, request, None)
+        return image_record(image_id, written)
+
+    async def create_charged(
+        self, org: str, request: ImageCreate, charge: Charge
+    ) -> tuple[ImageRecord | None, Verdict]:
+        """``create``, taking ``charge`` from the API key's bucket in the same script: one round
+        trip for both, and a refused charge writes nothing (the record is then ``None``)."""
+        image_id, written, reply = await self._create(org, request, charge)
+        verdict = Verdict.of(charge.kind, reply)
+        return (image_record(image_id, written) if verdict.allowed else None), verdict
+
+    async def _create(self, org: str, request: ImageCreate, charge: Charge | None) -> tuple[str, dict[str, str], Any]:
+        """The create script (``lua/create_image.lua``): record, listing, job, deadline and the
+        charge if any. Returns the id, the fields written and the script's answer."""
         image_id, fields = new_image_fields(
             org, request.url, request.models, metadata=request.metadata, external_id=request.external_id,
             webhook_url=request.webhook_url, webhook_events=request.webhook_events, deadline=request.deadline,
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            self.index(pipe, org, image_id, fields)
-            self._jobs.add(pipe, org, image_id, request.models)
-            self.set_deadline(pipe, image_id, request.deadline)
-            await pipe.execute()
-        return image_record(image_id, {k: str(v) for k, v in fields.items()})
+        written = {k: str(v) for k, v in fields.items()}
+        job = self._jobs.add_step(org, image_id, request.models)
+        args: dict[str, Any] = {**job.args, "id": image_id, "fields": [x for kv in written.items() for x in kv],
+                                "score": datetime.fromisoformat(fields["created_at"]).timestamp()}
+        if request.deadline is not None:
+            args["deadline"] = request.deadline.timestamp()
+        keys = [self._keys.image(image_id), self._keys.org_images(org), *job.keys, self._deadlines(image_id)]
+        if charge is not None:
+            keys += charge.keys
+            args["charge"] = charge.args
+        return image_id, written, await self._create_script(keys=keys, args=[json.dumps(args)])
 
     async def get(self, image_id: str, org: str | None = None) -> ImageRecord | None:
         """The record, or ``None`` when it does not exist or belongs to another org."""

@@ -23,6 +23,7 @@ from core.keys import Keys
 from core.schemas import ErrorCode
 from core.settings import Settings
 from core.store.fair_queue import ShardedDeadLetters, ShardedQueue
+from core.store.fair_queue.queue import EnqueueStep
 
 
 class QueueName(StrEnum):
@@ -79,6 +80,10 @@ class Jobs:
     def add(self, pipe: Pipeline, org: str, image_id: str, models: list[str]) -> None:
         """Queue an image's job inside the caller's transaction, so it commits with the record."""
         self.online.enqueue(pipe, org, Job(models=models, image_id=image_id).payload())
+
+    def add_step(self, org: str, image_id: str, models: list[str]) -> EnqueueStep:
+        """An image's job for a script that writes it with the record (``ImageStore.create``)."""
+        return self.online.of_org(org).enqueue_step(org, [Job(models=models, image_id=image_id).payload()])
 
     def add_many(self, pipe: Pipeline, org: str, image_ids: list[str], models: list[str]) -> None:
         """Queue one job per image (a small group's), in few script calls."""

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.schemas import ImageCreate, ImageRecord, ImageStatus, ModelsAdd, Wire
 from core.store.ratelimit import LimitKind
-from serve_app.auth import Org, charge
+from serve_app.auth import Org, apply_verdict, bucket
 from serve_app.lookups import Ctx, FoundImage, group_or_404
 from serve_app.problems import Problem, not_found, problem_responses
 from serve_app.routes.validation import check_metadata, check_models, check_urls
@@ -73,8 +73,11 @@ async def create_image(
     check_models(ctx, body.models)
     check_urls(ctx, url=body.url, webhookUrl=body.webhook_url)
     check_metadata(ctx, body.metadata)
-    await charge(request, response, LimitKind.IMAGES)
-    record = await ctx.store.images.create(org, body)
+    # the image's charge and its record in one script: refused, nothing is written
+    created, verdict = await ctx.store.images.create_charged(org, body, bucket(request, LimitKind.IMAGES))
+    apply_verdict(response, verdict)  # refused: a 429
+    assert created is not None
+    record = created
     log.info("image %s queued", record.id, extra={"org": org, "image_id": record.id})
     response.headers["Location"] = f"/v1/images/{record.id}"
     wait_s = preferred_wait(prefer)

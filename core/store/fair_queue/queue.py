@@ -75,6 +75,18 @@ class Reclaimed:
 
 
 @dataclass(frozen=True)
+class EnqueueStep:
+    """An enqueue to run inside another script: its queue keys and named arguments."""
+
+    keys: list[str]
+    args: dict[str, Any]
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job_id for job_id, _ in self.args["jobs"]]
+
+
+@dataclass(frozen=True)
 class Depth:
     queued: dict[str, int]  # per org, orgs with queued jobs only
     leased: int
@@ -116,14 +128,21 @@ class FairQueue:
     def enqueue_many(self, pipe: Pipeline, org: str, payloads: Iterable[Mapping[str, Any]]) -> list[str]:
         """Queue many jobs of one org inside the caller's transaction (a group's images): one
         script call per ``ENQUEUE_CHUNK`` jobs; returns their ids, in order."""
-        k = self.keys
         ids: list[str] = []
         batch = list(payloads)
         for start in range(0, len(batch), ENQUEUE_CHUNK):
-            jobs = [[new_id("job", org_hash(org)), json.dumps(p)] for p in batch[start:start + ENQUEUE_CHUNK]]
-            Scripts.queue(pipe, "enqueue", [k.org_queue(org), k.ring, k.wake], base=k.base, org=org, jobs=jobs)
-            ids += [job_id for job_id, _ in jobs]
+            step = self.enqueue_step(org, batch[start:start + ENQUEUE_CHUNK])
+            Scripts.queue(pipe, "enqueue", step.keys, **step.args)
+            ids += step.job_ids
         return ids
+
+    def enqueue_step(self, org: str, payloads: Sequence[Mapping[str, Any]]) -> EnqueueStep:
+        """The keys and named arguments of an ``enqueue(...)`` of ``payloads`` (at most
+        ``ENQUEUE_CHUNK``), for a script composed on the queue's library (``with_queue``) that
+        writes the jobs with what needs them."""
+        k = self.keys
+        jobs = [[new_id("job", org_hash(org)), json.dumps(p)] for p in payloads]
+        return EnqueueStep([k.org_queue(org), k.ring, k.wake], {"base": k.base, "org": org, "jobs": jobs})
 
     async def claim(self, token: str, want: int, room: Mapping[str, int], default_room: int,
                     weights: Mapping[str, float] | None = None) -> list[QueuedJob]:

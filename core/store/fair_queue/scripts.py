@@ -9,6 +9,7 @@ named arguments as one JSON table in ``ARGV[1]``.
 from __future__ import annotations
 
 import json
+from hashlib import sha1
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ LUA_DIR = Path(__file__).with_name("lua")
 LOADER = LuaLoader(LUA_DIR, base="A.base", layout=queue_script_layout())
 NAMES = ("enqueue", "claim", "renew", "ack", "release", "reclaim", "depth", "bury", "requeue")
 SCRIPTS: dict[str, LuaScript] = {name: LOADER.load(name) for name in NAMES}
+
+
+def with_queue(name: str, body: str) -> LuaScript:
+    """A script of another family composed on the queue's library (``lib.lua``), so a record and
+    its job are written in one script: ``enqueue(...)`` and the ``K.job`` / ``K.org_queue`` keys
+    are there, built on ``A.base``, the queue's key prefix."""
+    source = LOADER.compose(body)
+    return LuaScript(name, source, sha1(source.encode()).hexdigest())
 
 
 class Scripts:

@@ -22,6 +22,22 @@ local function wake(key)
   redis.call('LTRIM', key, 0, 0)
 end
 
+-- Queue jobs ([[id, payload JSON], ...], at most ~1,000) of one org: the org joins the round if
+-- its queue was empty, and an idle replica is woken. Returns how many were queued.
+local function enqueue(queue, ring, wake_key, org, jobs)
+  local now = now_ms()
+  local ids = {}
+  for i, job in ipairs(jobs) do
+    redis.call('HSET', K.job(job[1]), 'org', org, 'payload', job[2], 'attempts', 0, 'enq', now)
+    ids[i] = job[1]
+  end
+  if redis.call('RPUSH', queue, unpack(ids)) == #ids then  -- the queue was empty: join the round
+    redis.call('RPUSH', ring, org)
+  end
+  wake(wake_key)
+  return #ids
+end
+
 -- A new lease on the job: its owner names the claimant and the job's fence, a counter that every
 -- lease granted (a claim, or a reclaim of an exhausted job) moves on, so no two leases of a job
 -- share an owner and a lease taken over is lost to its old holder for good, even when the same
