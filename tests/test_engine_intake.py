@@ -7,12 +7,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from redis.asyncio import Redis
 
-from core.store.fair_queue import DeadLetters, FairQueue, QueuedJob, QueueKeys, new_token
+from core.store.fair_queue import DeadLetters, FairQueue, Lease, QueuedJob, QueueKeys, new_token
 from core.tokens import new_id
 from deployments.engine.intake import Intake, IntakeLimits
 from serve_app.local import RedisServer
@@ -82,6 +82,61 @@ async def test_a_replica_holds_no_more_than_its_credit_and_the_backlog_stays_que
         assert set(work.runs.values()) == {1}
         depth = await intake.queue.depth()
         assert depth.total == 0 and depth.leased == 0  # every job acked
+    finally:
+        await intake.stop()
+
+
+class CountingAcks(FairQueue):
+    """The real queue, recording how many leases each ack call carried."""
+
+    calls: list[int]
+    fail_first = False
+
+    async def ack(self, leases: Sequence[Lease]) -> int:
+        self.calls.append(len(leases))
+        if self.fail_first and len(self.calls) == 1:
+            raise ConnectionError("Redis went away")
+        return await super().ack(leases)
+
+
+async def test_jobs_that_finish_together_are_acked_in_one_call(redis: Redis, queue_keys: QueueKeys) -> None:
+    """Before: one ack round trip per job, eight for eight jobs ending at once."""
+    work = Work()
+    work.gate.clear()
+    queue = CountingAcks(redis, queue_keys, lease_s=5.0, max_attempts=3)
+    queue.calls = []
+    intake = Intake("test", queue, DeadLetters(redis, queue_keys), limits(), work.run, work.on_exhausted)
+    await fill(redis, queue, "org_a", 8)
+    intake.start()
+    try:
+        await until(lambda: len(intake.held) == 8)
+        work.gate.set()  # all eight end in the same turn of the loop
+        await until(lambda: not intake.held)
+        assert sum(queue.calls) == 8 and len(queue.calls) <= 2, queue.calls
+        depth = await queue.depth()
+        assert depth.total == 0 and depth.leased == 0  # every job acked
+    finally:
+        await intake.stop()
+
+
+async def test_the_jobs_of_a_failed_ack_call_come_back_and_are_acked_later(
+    redis: Redis, queue_keys: QueueKeys
+) -> None:
+    work = Work()
+    work.gate.clear()
+    queue = CountingAcks(redis, queue_keys, lease_s=5.0, max_attempts=3)
+    queue.calls, queue.fail_first = [], True
+    intake = Intake("test", queue, DeadLetters(redis, queue_keys), limits(), work.run, work.on_exhausted)
+    await fill(redis, queue, "org_a", 4)
+    intake.start()
+    try:
+        await until(lambda: len(intake.held) == 4)
+        work.gate.set()
+        await until(lambda: bool(queue.calls) and sum(queue.calls) >= 4 + queue.calls[0] and not intake.held)
+        depth = await queue.depth()
+        assert depth.total == 0 and depth.leased == 0
+        # each job of the failed call ran again (its retry), the others once
+        assert sorted(work.runs.values()) == [1] * (4 - queue.calls[0]) + [2] * queue.calls[0]
     finally:
         await intake.stop()
 
