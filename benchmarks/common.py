@@ -464,14 +464,16 @@ READY = "ready"  # what a child of ``side_by_side`` prints once set up; it then 
 
 def side_by_side(module: str, args: list[str], count: int, timeout_s: float = 900) -> list[dict[str, Any]]:
     """``count`` copies of ``python -m module args`` measuring at the same moment (one bare
-    worker per core): each sets up, prints ``READY`` and waits; once all are ready, all are told
-    to go. Their last output lines, JSON objects."""
+    worker per core; ``{worker}`` in an argument becomes the child's index): each sets up, prints
+    ``READY`` and waits; once all are ready, all are told to go. Their last output lines, JSON
+    objects."""
     with contextlib.ExitStack() as cleanup:
         children = []
-        for _ in range(count):
+        for index in range(count):
             errors = cleanup.enter_context(tempfile.TemporaryFile(mode="w+"))
             child = cleanup.enter_context(subprocess.Popen(
-                [sys.executable, "-m", module, *args], env=_child_env(), text=True,
+                [sys.executable, "-m", module, *(a.replace("{worker}", str(index)) for a in args)],
+                env=_child_env(), text=True,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors))
             cleanup.callback(lambda c=child: c.poll() is None and c.kill())  # runs before its Popen's exit
             children.append((child, errors))
