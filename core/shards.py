@@ -6,7 +6,9 @@ each for an even share, then offers what is left to the shards that gave their w
 busy shards take turns however many empty ones lie between them (a claim for one item visits
 them in order). A shard that fails (a master away) is skipped: what the others gave is kept
 (their leases are live), and the error is raised only when no shard gave anything. A shard
-with nothing costs one cheap script call; with one shard this is one call.
+with nothing costs one cheap script call; with one shard this is one call. The steps that go to
+every shard a consumer holds work in (renewing, acking, releasing leases, reclaiming expired
+ones) follow the same rule (``on_every_shard``): a failing shard does not stop the others.
 
 Idle, it waits on every shard's wake list at once (``pop_any``).
 """
@@ -16,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from redis.asyncio import Redis
 
 log = logging.getLogger("sightwire.shards")
+T = TypeVar("T")
 
 
 class ShardRotation:
@@ -66,6 +70,25 @@ class ShardRotation:
         if errors:
             log.warning("%d of %d shards failed a claim; kept what the others gave", len(errors), n)
         return taken
+
+
+async def on_every_shard(what: str, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Each shard's ``call``, the later ones made even when an earlier one failed (one master
+    away must not keep the other shards' leases from being renewed, acked or reclaimed): the
+    results of those that answered, the failures logged; raised only when every call failed."""
+    results: list[T] = []
+    errors: list[Exception] = []
+    for call in calls:
+        try:
+            results.append(await call())
+        except Exception as exc:
+            errors.append(exc)
+    if errors and not results:
+        raise errors[0]
+    if errors:
+        log.warning("%d of %d shards failed to %s: %s; the others were done", len(errors), len(calls), what,
+                    errors[0])
+    return results
 
 
 def room_left(room: Mapping[str, int], default: int, taken: Iterable[str]) -> dict[str, int]:

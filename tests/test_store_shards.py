@@ -10,15 +10,20 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.delivery import SharedRoom
 from core.schemas import ImageCreate, ModelResult, ModelStatus, utcnow
 from core.settings import Settings
 from core.shards import ShardRotation
 from core.store import Store
-from core.store.fair_queue import new_token
+from core.store.fair_queue import FairQueue, new_token
 from core.store.jobs import QueueName
 from core.tokens import new_id
+from serve_app.local import free_port
 from tests.support.shards import org_in_shard
 
 SHARDS = 4
@@ -66,6 +71,36 @@ async def test_a_claim_serves_every_shard_and_each_lease_step_finds_its_shard(sh
     assert await queue.renew([job.lease for job in jobs]) == []
     assert await queue.ack([job.lease for job in jobs]) == len(jobs)
     assert (await queue.depth()).leased == 0 and (await queue.depth()).total == 0
+
+
+async def test_a_shard_whose_master_is_away_does_not_stop_the_others_lease_steps(sharded: Store) -> None:
+    """Before, renew, ack, release and reclaim went shard by shard and stopped at the first that
+    failed: the later shards' leases went unrenewed (and were taken over) while one master was away."""
+    keys, queue = sharded.keys, sharded.jobs.online
+    for shard in (0, 1):
+        await sharded.images.create(org_in_shard(keys, shard), image())
+    jobs = await queue.claim(new_token(), 10, {}, 10)
+    assert sorted(keys.shard_of_id(job.lease.job_id) for job in jobs) == [0, 1]
+    live = next(job for job in jobs if keys.shard_of_id(job.lease.job_id) == 1)
+    # nothing listens there: every command is refused at once (no retries: a lease is 3 s here)
+    away = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    healthy = queue.shards[0]
+    queue.shards[0] = FairQueue(away, healthy.keys, lease_s=healthy.lease_ms / 1000, max_attempts=3)
+    try:
+        leases = [job.lease for job in jobs]
+        expiry = await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id)
+        await asyncio.sleep(0.05)
+        assert await queue.renew(leases) == []
+        assert await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) > expiry
+        assert (await queue.reclaim(new_token())).requeued == 0  # shard 1 swept, shard 0 skipped
+        assert await queue.ack(leases) == 1  # shard 1's job done
+        assert await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) is None
+        queue.shards[1] = queue.shards[0]
+        with pytest.raises(RedisConnectionError):  # every shard away: the caller hears of it
+            await queue.renew(leases)
+    finally:
+        queue.shards[0] = healthy
+        await away.aclose()
 
 
 async def test_an_orgs_room_holds_across_the_claims_second_pass(sharded: Store) -> None:

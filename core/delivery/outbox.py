@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -33,7 +34,7 @@ from core.events import Announcement, Events
 from core.keys import Keys, org_hash
 from core.lua import LuaScript
 from core.schemas import Attempt, Delivery, DeliveryLog, DeliveryStatus, DeliveryView, EndpointState
-from core.shards import ShardRotation, room_left
+from core.shards import ShardRotation, on_every_shard, room_left
 from core.tokens import new_id
 
 DEFAULT_RETENTION_S = 30 * 24 * 3600.0
@@ -277,8 +278,9 @@ class Outbox:
 
     async def next_due_at(self) -> datetime | None:
         """When the first endpoint of any shard has something due (its breaker and slow-down applied)."""
-        firsts = [await self._redis.zrange(self._keys.outbox(shard), 0, 0, withscores=True)
-                  for shard in self._keys.all_shards]
+        firsts = await on_every_shard("read the next due delivery", [
+            partial(self._redis.zrange, self._keys.outbox(shard), 0, 0, withscores=True)
+            for shard in self._keys.all_shards])
         scores = [first[0][1] for first in firsts if first]
         return _moment(min(scores)) if scores else None
 

@@ -8,10 +8,13 @@ is swept as one entry (its images share its deadline); an image that finishes le
 
 from __future__ import annotations
 
+from functools import partial
+
 from redis.asyncio import Redis
 
 from core.keys import Keys
 from core.schemas import ErrorCode, ErrorInfo
+from core.shards import on_every_shard
 from core.store.groups import GroupStore
 from core.store.images import ImageStore
 from core.store.records import GROUP_ID_PREFIX
@@ -29,11 +32,9 @@ class Deadlines:
     async def due(self, now: float, limit: int = 100) -> list[str]:
         """Ids of the images and groups whose deadline is at or before ``now`` (Unix s), up to
         ``limit`` from each shard's sweep."""
-        due = []
-        for shard in self._keys.all_shards:
-            rows = await self._redis.zrangebyscore(self._keys.deadlines(shard), "-inf", now, start=0, num=limit)
-            due += [row.decode() for row in rows]
-        return due
+        reads = [partial(self._redis.zrangebyscore, self._keys.deadlines(shard), "-inf", now, start=0, num=limit)
+                 for shard in self._keys.all_shards]
+        return [row.decode() for rows in await on_every_shard("read due deadlines", reads) for row in rows]
 
     async def expire(self, resource_id: str) -> None:
         """Cancel what is left of an image or group with code ``deadline`` (a finished one is

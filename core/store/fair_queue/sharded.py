@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from core.keys import Keys
-from core.shards import ShardRotation, pop_any, room_left
+from core.shards import ShardRotation, on_every_shard, pop_any, room_left
 from core.store.fair_queue.dead_letters import DeadLetter, DeadLetters
 from core.store.fair_queue.queue import Depth, FairQueue, Lease, QueuedJob, Reclaimed
 
@@ -71,27 +72,29 @@ class ShardedQueue:
         return jobs
 
     async def renew(self, leases: Sequence[Lease], lease_s: float | None = None) -> list[Lease]:
-        lost: list[Lease] = []
-        for queue, own in self._by_shard(leases).items():
-            lost += await queue.renew(own, lease_s)
-        return lost
+        """The leases found lost, from every shard that answered (a shard that failed renews
+        nothing this time: its leases run on until the next heartbeat)."""
+        parts = await on_every_shard("renew leases", [
+            partial(queue.renew, own, lease_s) for queue, own in self._by_shard(leases).items()])
+        return [lease for lost in parts for lease in lost]
 
     async def retry_later(self, lease: Lease, delay_s: float) -> bool:
         return await self.shards[self.shard_of_job(lease.job_id)].retry_later(lease, delay_s)
 
     async def ack(self, leases: Sequence[Lease]) -> int:
-        return sum([await queue.ack(own) for queue, own in self._by_shard(leases).items()])
+        """Acked in every shard that answers (a failing shard's jobs run again once their
+        leases expire: at least once)."""
+        return sum(await on_every_shard("ack jobs", [partial(queue.ack, own)
+                                                      for queue, own in self._by_shard(leases).items()]))
 
     async def release(self, leases: Sequence[Lease]) -> int:
-        return sum([await queue.release(own) for queue, own in self._by_shard(leases).items()])
+        return sum(await on_every_shard("release jobs", [partial(queue.release, own)
+                                                          for queue, own in self._by_shard(leases).items()]))
 
     async def reclaim(self, token: str, limit: int = 256) -> Reclaimed:
-        requeued, exhausted = 0, []
-        for queue in self.shards:
-            reclaimed = await queue.reclaim(token, limit)
-            requeued += reclaimed.requeued
-            exhausted += reclaimed.exhausted
-        return Reclaimed(requeued, exhausted)
+        parts = await on_every_shard("reclaim expired leases", [partial(queue.reclaim, token, limit)
+                                                                 for queue in self.shards])
+        return Reclaimed(sum(r.requeued for r in parts), [job for r in parts for job in r.exhausted])
 
     async def depth(self) -> Depth:
         queued: dict[str, int] = {}
