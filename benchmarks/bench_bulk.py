@@ -26,8 +26,9 @@ the median of the rounds' ratios.
 
 The machine may be shared, so the benchmark also accounts for CPU, from /proc: the machine's busy
 CPU seconds per image from the first to the last result, less what other users' processes took
-(their share is printed), against the bare workers' own CPU per image; ``cpu_cost_ratio`` is the
-second over the first.
+(their share is printed), against the bare workers' own CPU per image (their processes only:
+the image server's work for them is not counted, so the ratio leans against the pipeline);
+``cpu_cost_ratio`` is the second over the first.
 
 Model: the ``bench`` profile's ``object_detection`` (DETR, mid-size shapes, random weights:
 tens of ms per image on a laptop CPU), built locally on first use.
@@ -59,7 +60,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import descendants, interleaved, median, process_table, side_by_side, spread, spread_of
-from core.registry import Autoscaling, Resources, decode_min_side, load_registry
+from core.registry import Autoscaling, ModelSpec, Resources, decode_min_side, load_registry
 from core.settings import Settings
 from imaging import decode_image
 from models.families import load_runner
@@ -280,7 +281,7 @@ def bare_workers(server: ImageServer, images: int, models_dir: Path) -> dict[str
             "cpu_ms_per_image": sum(w["cpu_ms_per_image"] * w["images"] for w in workers) / images}
 
 
-def pipeline_round(spec, urls: list[str], settings: Settings, server: ImageServer, show_stats: bool
+def pipeline_round(spec: ModelSpec, urls: list[str], settings: Settings, server: ImageServer, show_stats: bool
                    ) -> dict[str, Any]:
     """One pipeline run on a fresh Ray, started as the product starts one."""
     server.fetched_at.clear()

@@ -8,7 +8,8 @@ them in order). A shard that fails (a master away) is skipped: what the others g
 (their leases are live), and the error is raised only when no shard gave anything. A shard
 with nothing costs one cheap script call; with one shard this is one call. The steps that go to
 every shard a consumer holds work in (renewing, acking, releasing leases, reclaiming expired
-ones) follow the same rule (``on_every_shard``): a failing shard does not stop the others.
+ones) go to all shards at once (``on_every_shard``): a failing shard neither stops nor delays
+the others, and its failure is raised once they are done (or, for a sweep, logged).
 
 Idle, it waits on every shard's wake list at once (``pop_any``).
 """
@@ -72,23 +73,25 @@ class ShardRotation:
         return taken
 
 
-async def on_every_shard(what: str, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Each shard's ``call``, the later ones made even when an earlier one failed (one master
-    away must not keep the other shards' leases from being renewed, acked or reclaimed): the
-    results of those that answered, the failures logged; raised only when every call failed."""
-    results: list[T] = []
-    errors: list[Exception] = []
-    for call in calls:
-        try:
-            results.append(await call())
-        except Exception as exc:
-            errors.append(exc)
-    if errors and not results:
-        raise errors[0]
-    if errors:
-        log.warning("%d of %d shards failed to %s: %s; the others were done", len(errors), len(calls), what,
-                    errors[0])
-    return results
+async def on_every_shard(
+    what: str, calls: Sequence[Callable[[], Awaitable[T]]], *, partial_ok: bool = False
+) -> list[T]:
+    """Each shard's ``call``, all at once, so one master away (or slow) neither stops nor
+    delays the other shards' renewals, acks and sweeps. A failure is logged and, once every
+    call has ended, the first one is raised, so the caller retries soon; with ``partial_ok``
+    the results of the shards that answered are returned instead (raised only when none did)."""
+    answers = await asyncio.gather(*(call() for call in calls), return_exceptions=True)
+    errors = [a for a in answers if isinstance(a, BaseException)]
+    if not errors:
+        return list(answers)  # type: ignore[arg-type]  # no exception among them
+    for error in errors:
+        if not isinstance(error, Exception):
+            raise error  # a cancellation or exit reaches the caller as it is
+    log.warning("%d of %d shards failed to %s: %s", len(errors), len(calls), what, errors[0])
+    results = [a for a in answers if not isinstance(a, BaseException)]
+    if partial_ok and results:
+        return results
+    raise errors[0]
 
 
 def room_left(room: Mapping[str, int], default: int, taken: Iterable[str]) -> dict[str, int]:

@@ -93,6 +93,8 @@ async def test_a_refused_images_charge_writes_no_image(own: Store, org: str) -> 
     assert first is not None and allowed.allowed and allowed.remaining == 0
     assert second is None and not refused.allowed and refused.retry_after_s > 59
     assert await own.redis.zrange(own.keys.org_images(org), 0, -1) == [first.id.encode()]
+    assert [k async for k in own.redis.scan_iter(match=f"{own.keys.prefix}:*:img:*")] == [
+        own.keys.image(first.id).encode()]  # no record of the refused one
     assert (await own.jobs.online.depth()).total == 1
     assert [m.decode() for m in await own.redis.zrange(own.keys.deadlines(0), 0, -1)] == [first.id]
     stored = await own.images.get(first.id, org)

@@ -90,17 +90,50 @@ async def test_a_shard_whose_master_is_away_does_not_stop_the_others_lease_steps
         leases = [job.lease for job in jobs]
         expiry = await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id)
         await asyncio.sleep(0.05)
-        assert await queue.renew(leases) == []
-        assert await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) > expiry
-        assert (await queue.reclaim(new_token())).requeued == 0  # shard 1 swept, shard 0 skipped
-        assert await queue.ack(leases) == 1  # shard 1's job done
-        assert await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) is None
-        queue.shards[1] = queue.shards[0]
-        with pytest.raises(RedisConnectionError):  # every shard away: the caller hears of it
+        with pytest.raises(RedisConnectionError):  # the caller hears of it, once the others are done
             await queue.renew(leases)
+        assert await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) > expiry
+        assert (await queue.reclaim(new_token())).requeued == 0  # a sweep: shard 1 swept, shard 0 logged
+        with pytest.raises(RedisConnectionError):
+            await queue.ack(leases)
+        assert await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) is None  # acked
     finally:
         queue.shards[0] = healthy
         await away.aclose()
+
+
+async def test_a_master_that_hangs_does_not_hold_up_the_other_shards_renewals(sharded: Store) -> None:
+    """Shard 0's master accepts and never answers; shard 1's lease is renewed meanwhile."""
+    keys, queue = sharded.keys, sharded.jobs.online
+    for shard in (0, 1):
+        await sharded.images.create(org_in_shard(keys, shard), image())
+    jobs = await queue.claim(new_token(), 10, {}, 10)
+    live = next(job for job in jobs if keys.shard_of_id(job.lease.job_id) == 1)
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client goes
+
+    silent = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    hanging = Redis(port=silent.sockets[0].getsockname()[1], retry=Retry(NoBackoff(), 0))
+    healthy = queue.shards[0]
+    queue.shards[0] = FairQueue(hanging, healthy.keys, lease_s=healthy.lease_ms / 1000, max_attempts=3)
+    renewal = None
+    try:
+        expiry = await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id)
+        await asyncio.sleep(0.05)
+        renewal = asyncio.ensure_future(queue.renew([job.lease for job in jobs]))
+        for _ in range(100):
+            if await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) > expiry:
+                break
+            await asyncio.sleep(0.02)
+        assert await sharded.redis.zscore(queue.shards[1].keys.leases, live.lease.job_id) > expiry
+        assert not renewal.done()  # shard 0's answer never comes
+    finally:
+        if renewal is not None:
+            renewal.cancel()
+        queue.shards[0] = healthy
+        await hanging.aclose()
+        silent.close()
 
 
 async def test_an_orgs_room_holds_across_the_claims_second_pass(sharded: Store) -> None:

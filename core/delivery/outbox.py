@@ -280,7 +280,7 @@ class Outbox:
         """When the first endpoint of any shard has something due (its breaker and slow-down applied)."""
         firsts = await on_every_shard("read the next due delivery", [
             partial(self._redis.zrange, self._keys.outbox(shard), 0, 0, withscores=True)
-            for shard in self._keys.all_shards])
+            for shard in self._keys.all_shards], partial_ok=True)
         scores = [first[0][1] for first in firsts if first]
         return _moment(min(scores)) if scores else None
 

@@ -23,9 +23,10 @@ supervised loops (``core.supervise``) run beside the jobs, four with a governor:
   buried as dead letters. It also refreshes the backlog figure reported for autoscaling.
 
 A job's task runs ``run(job)`` and acks. Acks of jobs that finish while one is on its way to
-Redis leave together, in one call (``core.coalesce``: none waits when the replica is idle, a busy
-one acks many jobs per round trip). An unexpected exception is logged with the job and the
-job comes back after ``retry_delay_s`` (bounded by its attempts). ``stop`` gives the jobs it
+their shard leave together, in one call (``core.coalesce``, one per shard: none waits when the
+replica is idle, a busy one acks many jobs per round trip, a slow master delays only its own).
+An unexpected exception is logged with the job and the job comes back after ``retry_delay_s``
+(bounded by its attempts). ``stop`` gives the jobs it
 still holds back at once (no attempt counted), so another replica need not wait out a lease.
 """
 
@@ -98,7 +99,7 @@ class Intake:
         self._claimed_at: dict[str, float] = {}  # org -> when this replica last claimed one of its jobs
         self._room = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._acks: Coalescer[Lease, None] = Coalescer(self._ack_many, max_in_flight=1)
+        self._acks: dict[int, Coalescer[Lease, None]] = {}  # one per shard: a slow master holds up only its own
         self.backlog = 0  # jobs queued in Redis, as last seen by the reclaimer
 
     def start(self) -> None:
@@ -124,7 +125,8 @@ class Intake:
                 await asyncio.gather(*self._loops, *self.held.values(), return_exceptions=True)
         except TimeoutError:  # something awaited a reply that never came: say so, and go on
             self.log.error("%s: loops or jobs still running %gs after stop", self.name, STOP_TIMEOUT_S)
-        await self._acks.aclose()
+        for acks in self._acks.values():
+            await acks.aclose()
         if jobs:
             await self.queue.release(jobs)
 
@@ -231,7 +233,7 @@ class Intake:
         try:
             with working_on(job=job.id, org=job.org, attempt=job.attempts):
                 await self._run(job)
-            await self._acks.submit(job.lease)
+            await self._acker(job.lease).submit(job.lease)
         except asyncio.CancelledError:
             raise  # lease lost, or the replica is stopping (``stop`` gives the job back)
         except Exception:
@@ -242,6 +244,12 @@ class Intake:
                 self.log.warning("%s: could not schedule the retry of %s: %s", self.name, job.id, exc)
         finally:
             self._forget(job.lease)
+
+    def _acker(self, lease: Lease) -> Coalescer[Lease, None]:
+        shard = self.queue.shard_of_job(lease.job_id) if isinstance(self.queue, ShardedQueue) else 0
+        if shard not in self._acks:
+            self._acks[shard] = Coalescer(self._ack_many, max_in_flight=1)
+        return self._acks[shard]
 
     async def _ack_many(self, leases: list[Lease]) -> list[None]:
         await self.queue.ack(leases)

@@ -72,8 +72,8 @@ class ShardedQueue:
         return jobs
 
     async def renew(self, leases: Sequence[Lease], lease_s: float | None = None) -> list[Lease]:
-        """The leases found lost, from every shard that answered (a shard that failed renews
-        nothing this time: its leases run on until the next heartbeat)."""
+        """The leases found lost. Every shard is renewed even when one fails; the failure is
+        then raised (the heartbeat retries after a short backoff)."""
         parts = await on_every_shard("renew leases", [
             partial(queue.renew, own, lease_s) for queue, own in self._by_shard(leases).items()])
         return [lease for lost in parts for lease in lost]
@@ -82,8 +82,8 @@ class ShardedQueue:
         return await self.shards[self.shard_of_job(lease.job_id)].retry_later(lease, delay_s)
 
     async def ack(self, leases: Sequence[Lease]) -> int:
-        """Acked in every shard that answers (a failing shard's jobs run again once their
-        leases expire: at least once)."""
+        """Acked in every shard that answers; a failure is raised after the others were acked
+        (the caller's jobs come back: an acked job's retry does nothing)."""
         return sum(await on_every_shard("ack jobs", [partial(queue.ack, own)
                                                       for queue, own in self._by_shard(leases).items()]))
 
@@ -93,7 +93,7 @@ class ShardedQueue:
 
     async def reclaim(self, token: str, limit: int = 256) -> Reclaimed:
         parts = await on_every_shard("reclaim expired leases", [partial(queue.reclaim, token, limit)
-                                                                 for queue in self.shards])
+                                                                 for queue in self.shards], partial_ok=True)
         return Reclaimed(sum(r.requeued for r in parts), [job for r in parts for job in r.exhausted])
 
     async def depth(self) -> Depth:
