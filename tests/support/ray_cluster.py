@@ -29,6 +29,23 @@ import psutil
 from serve_app.local import free_port
 
 BIN = Path(sys.executable).parent
+# Ports Ray takes by default when not told otherwise (autoscaler and dashboard metrics, the
+# dashboard, the client server, Serve's HTTP): never handed to a cluster for anything else.
+RAY_DEFAULT_PORTS = frozenset({44217, 44227, 8265, 10001, 8000, 6379})
+
+
+@dataclass
+class Ports:
+    """Free loopback ports for one cluster, none handed out twice (``free_port`` alone may give
+    the same port to two calls in a row, and two of a node's servers then fight over it)."""
+
+    taken: set[int] = field(default_factory=set)
+
+    def take(self) -> int:
+        while (port := free_port()) in self.taken or port in RAY_DEFAULT_PORTS:
+            pass
+        self.taken.add(port)
+        return port
 STOP_GRACE_S = 5.0
 
 
@@ -55,8 +72,12 @@ class RayCluster:
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
+        self.ports = Ports()
+        self.gcs_port = self.ports.take()
+        self.dashboard_port = self.ports.take()
+        # the head's own metrics servers, on ports of this cluster's rather than Ray's fixed ones
+        self.env = {"AUTOSCALER_METRIC_PORT": str(self.ports.take()),
+                    "DASHBOARD_METRIC_PORT": str(self.ports.take()), **self.env}
 
     @property
     def gcs_address(self) -> str:
@@ -82,10 +103,10 @@ class RayCluster:
     def _node_args(self) -> list[str]:
         return [
             "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
-            "--object-store-memory=100000000", f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            "--object-store-memory=100000000", f"--node-manager-port={self.ports.take()}",
+            f"--object-manager-port={self.ports.take()}", f"--dashboard-agent-listen-port={self.ports.take()}",
+            f"--dashboard-agent-grpc-port={self.ports.take()}", f"--metrics-export-port={self.ports.take()}",
+            f"--runtime-env-agent-port={self.ports.take()}",
         ]
 
     def _start_node(self, name: str, args: list[str]) -> None:
@@ -101,7 +122,7 @@ class RayCluster:
         self._start_node("head", [
             "--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}", "--include-dashboard=true",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}", *self.head_args,
+            f"--ray-client-server-port={self.ports.take()}", *self.head_args,
         ])
         deadline = time.monotonic() + timeout_s
         self.wait_for_nodes(1, deadline)
