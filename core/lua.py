@@ -80,6 +80,10 @@ class LuaLoader:
             raise ValueError("a K.<key>(...) call the loader cannot expand (its argument has parentheses?)")
         return source
 
-    def load(self, name: str) -> LuaScript:
-        source = self.compose((self.directory / f"{name}.lua").read_text())
+    def script(self, name: str, body: str) -> LuaScript:
+        """``body`` composed on the family's library, as a named script with its SHA."""
+        source = self.compose(body)
         return LuaScript(name, source, sha1(source.encode()).hexdigest())
+
+    def load(self, name: str) -> LuaScript:
+        return self.script(name, (self.directory / f"{name}.lua").read_text())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from hashlib import sha1
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,7 @@ def with_delivery(name: str, body: str) -> LuaScript:
     """A script that may queue a delivery (``add_delivery()``): the library, ``add.lua``, then
     ``body``. The store's finalize is one, so an image's marks, its group's count and its
     webhook commit in one script."""
-    source = compose(_ADD + body)
-    return LuaScript(name, source, sha1(source.encode()).hexdigest())
+    return _LOADER.script(name, _ADD + body)
 
 
 ENQUEUE = with_delivery("enqueue", (LUA_DIR / "enqueue.lua").read_text())

@@ -9,7 +9,6 @@ named arguments as one JSON table in ``ARGV[1]``.
 from __future__ import annotations
 
 import json
-from hashlib import sha1
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,7 @@ def with_queue(name: str, body: str) -> LuaScript:
     """A script of another family composed on the queue's library (``lib.lua``), so a record and
     its job are written in one script: ``enqueue(...)`` and the ``K.job`` / ``K.org_queue`` keys
     are there, built on ``A.base``, the queue's key prefix."""
-    source = LOADER.compose(body)
-    return LuaScript(name, source, sha1(source.encode()).hexdigest())
+    return LOADER.script(name, body)
 
 
 class Scripts:
