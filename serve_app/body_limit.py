@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import tempfile
+from collections.abc import Sequence
+from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,6 +35,7 @@ from serve_app.problems import Problem
 
 DRAIN_FACTOR = 4  # a body up to this many times the cap is read to its end before the 413
 DRAIN_S = 5.0  # and for at most this long
+SPOOL_IN_MEMORY = 256 * 1024  # body bytes a spool keeps in memory before it moves to disk
 
 
 class BodyTooLarge(Exception):
@@ -66,13 +71,27 @@ async def drain(receive: Receive, received: int, budget: int) -> None:
                 received += len(message.get("body", b""))
 
 
-class BodyLimit:
-    """ASGI middleware: at most ``max_bytes`` of request body reach the app."""
+def body_spool() -> IO[bytes]:
+    """Where a layer that must read a body more than once keeps it: in memory up to
+    ``SPOOL_IN_MEMORY`` bytes, then in a temporary file (a group's body may be megabytes)."""
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimit:
+    """ASGI middleware: at most ``max_bytes`` of request body reach the app, or for a POST whose
+    path matches one of ``larger``'s patterns, its cap (the routes that stream their body)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: Sequence[tuple[re.Pattern[str], int]] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.drain_budget = DRAIN_FACTOR * max_bytes
+        self.larger = tuple(larger)
+
+    def cap(self, scope: Scope) -> int:
+        if scope["method"] == "POST":
+            for pattern, cap in self.larger:
+                if pattern.fullmatch(scope["path"]):
+                    return cap
+        return self.max_bytes
 
     def _drains(self, scope: Scope) -> bool:
         """Whether to read the rest of an over-cap body before the 413: not for a client that
@@ -84,11 +103,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        problem = too_large(self.max_bytes)
+        max_bytes = self.cap(scope)
+        drain_budget = DRAIN_FACTOR * max_bytes
+        problem = too_large(max_bytes)
         length = declared_length(scope)
-        if length is not None and length > self.max_bytes:
-            if length <= self.drain_budget and self._drains(scope):
-                await drain(receive, 0, self.drain_budget)
+        if length is not None and length > max_bytes:
+            if length <= drain_budget and self._drains(scope):
+                await drain(receive, 0, drain_budget)
             await problem.response(scope["path"])(scope, receive, send)
             return
 
@@ -101,13 +122,13 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     if not started and not answered:
                         answered = True
                         if message.get("more_body", False):
-                            await drain(receive, received, self.drain_budget)
+                            await drain(receive, received, drain_budget)
                         await problem.response(scope["path"])(scope, receive, send)
-                    raise BodyTooLarge(f"request body over {self.max_bytes} bytes")
+                    raise BodyTooLarge(f"request body over {max_bytes} bytes")
             return message
 
         async def guarded_send(message: Message) -> None:

@@ -10,21 +10,26 @@ A POST with the header and a valid API key claims the key for its org
   replays it, or gets 409 with ``Retry-After``; it never runs alongside it.
 
 A request without a valid key passes through (the route answers 401). Only a 2xx response is
-kept; an error frees the key so a corrected retry runs.
+kept; an error frees the key so a corrected retry runs. The body is spooled (``body_spool``),
+fingerprinted from the spool and replayed to the app a block at a time: a group's body is
+never held whole here either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import IO
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.json_stream import READ_BLOCK
 from core.store import Store
 from core.store.idempotency import Begin, StoredResponse, fingerprint
 from serve_app.auth import bearer_key
+from serve_app.body_limit import body_spool
 from serve_app.problems import STORE_UNREACHABLE, Problem
 
 HEADER = "idempotency-key"
@@ -37,15 +42,15 @@ def _problem(status: int, type_: str, title: str, detail: str, headers: dict[str
     return Problem(status, type_, title, detail, headers=headers).response()
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
+async def _spool_body(receive: Receive, spool: IO[bytes]) -> None:
+    """The request's body into ``spool``, as it arrives (a group's may be megabytes)."""
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks)
-        chunks.append(message.get("body", b""))
+            return
+        spool.write(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return
 
 
 class Idempotency:
@@ -78,7 +83,12 @@ class Idempotency:
                            {"Retry-After": "1"})(scope, receive, send)
 
     async def _run_once(self, scope: Scope, receive: Receive, send: Send, org: str, key: str) -> None:
-        body = await _read_body(receive)
+        with body_spool() as body:
+            await _spool_body(receive, body)
+            await self._run_spooled(scope, receive, send, body, org, key)
+
+    async def _run_spooled(self, scope: Scope, receive: Receive, send: Send, body: IO[bytes], org: str,
+                           key: str) -> None:
         fp = fingerprint(scope["method"], scope["path"], body)
         idem = self.store.idempotency
         deadline = time.monotonic() + self.wait_s
@@ -101,20 +111,23 @@ class Idempotency:
         assert begun.token is not None
         await self._run_first(scope, receive, send, body, org, key, fp, begun.token)
 
-    async def _run_first(self, scope: Scope, receive: Receive, send: Send, body: bytes, org: str, key: str,
+    async def _run_first(self, scope: Scope, receive: Receive, send: Send, body: IO[bytes], org: str, key: str,
                          fp: str, token: str) -> None:
-        """Run the request, forwarding its response as it goes, and keep it if it succeeded."""
+        """Run the request, its body replayed from the spool a block at a time, forwarding its
+        response as it goes, and keep it if it succeeded."""
         replayed = False
         status = 500
         kept: dict[str, str] = {}
         chunks: list[bytes] = []
+        body.seek(0)
 
         async def body_once() -> Message:
             nonlocal replayed
             if replayed:
                 return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            block = body.read(READ_BLOCK)
+            replayed = len(block) < READ_BLOCK
+            return {"type": "http.request", "body": block, "more_body": not replayed}
 
         async def capture(message: Message) -> None:
             nonlocal status

@@ -13,13 +13,16 @@ import base64
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import IO, Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from core.json_stream import READ_BLOCK, Field, Item, Utf8ObjectStream, read_file
 from core.keys import Keys
 from core.store.transactions import watched
 
@@ -63,14 +66,51 @@ class Begun:
     response: StoredResponse | None = None  # with REPLAY
 
 
-def fingerprint(method: str, path: str, body: bytes) -> str:
-    """What "the same request" means: method, path and body (JSON compared by value, so key order
-    and whitespace do not make a retry "another body")."""
+STREAMED = "images"  # the member read item by item: a group's images
+
+
+def fingerprint(method: str, path: str, body: IO[bytes]) -> str:
+    """What "the same request" means: method, path and body (a JSON object compared by value, so
+    key order and whitespace do not make a retry "another body"; any other body by its bytes).
+
+    The body is read from a file, a block at a time, never whole (a group may carry 10,000
+    images): once for its members other than ``images``, once more for the images, hashing the
+    canonical text in key order as it goes. That text is exactly
+    ``json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))``."""
+    start = method.encode() + b" " + path.encode() + b"\n"
     try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
-        canonical = body
-    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
+        digest = hashlib.sha256(start)
+        for part in _canonical_parts(body):
+            digest.update(part.encode())
+    except (ValueError, RecursionError):  # not a JSON object: its bytes
+        digest = hashlib.sha256(start)
+        body.seek(0)
+        while block := body.read(READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _canonical_parts(body: IO[bytes]) -> Iterator[str]:
+    """The canonical text of the JSON object in ``body``, piece by piece."""
+    members = Utf8ObjectStream(STREAMED, sys.maxsize)
+    fields = {e.name: e.value for e in read_file(body, members) if isinstance(e, Field)}
+    names = sorted([*fields, STREAMED] if members.array_seen and STREAMED not in fields else fields)
+    yield "{"
+    for n, name in enumerate(names):
+        yield ("," if n else "") + json.dumps(name) + ":"
+        if name in fields:
+            yield _canonical(fields[name])
+            continue
+        items = (e.value for e in read_file(body, Utf8ObjectStream(STREAMED, sys.maxsize)) if isinstance(e, Item))
+        yield "["
+        for i, item in enumerate(items):
+            yield ("," if i else "") + _canonical(item)
+        yield "]"
+    yield "}"
 
 
 class IdempotencyStore:
