@@ -16,7 +16,9 @@ special-purpose range with its RFC. Non-global ranges pass only through ``allow_
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,15 @@ from core.settings import IPNetwork, Settings
 from core.special_addresses import IPV6_GLOBAL_UNICAST, IPAddress, special_range
 
 ALLOWED_SCHEMES = ("http", "https")
+# The plainest URL: a lower-case scheme, an ASCII host name of LDH labels (or a dotted address),
+# an optional port, and a path and query of RFC 3986 characters (``%`` only before two hex
+# digits). No credentials, no fragment, nothing httpx would re-encode.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+PLAIN_URL = re.compile(
+    rf"(?P<scheme>https?)://(?P<host>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?"
+    r"(?:[/?](?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*)?"
+)
+DOTTED_QUAD = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 
 # host, port → the addresses to check and connect to. The seam for DNS: tests inject one.
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
@@ -62,6 +73,10 @@ def parse_address_literal(host: str) -> IPAddress | None:
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:
         return None
+
+
+# A group's URLs mostly share a few hosts: each host's literal check is made once.
+cached_address_literal = functools.lru_cache(maxsize=4096)(parse_address_literal)
 
 
 @dataclass(frozen=True)
@@ -101,10 +116,43 @@ class UrlPolicy:
         if reason is not None:
             raise UrlRejected(f"{host} resolves to {ip}, a non-public address ({reason}) that is not allowlisted")
 
-    def check_url(self, url: str) -> httpx.URL:
-        """Validate a URL without touching the network; raise ``UrlRejected`` with the reason."""
+    def check_url(self, url: str) -> None:
+        """Validate a URL without touching the network; raise ``UrlRejected`` with the reason.
+
+        A URL in the plainest form (``PLAIN_URL``) is checked from its parts; any other is parsed
+        by httpx, as the fetcher will parse it. The plain form is a subset that httpx parses to
+        the same scheme, host and no credentials (``tests/test_urlpolicy.py`` holds the two ways
+        to the same verdicts), and it is about ten times cheaper: a group checks 10,000 URLs
+        before it is accepted."""
         if len(url) > self.max_length:
             raise UrlRejected(f"URL is longer than {self.max_length} characters")
+        host = self._plain_host(url)
+        if host is None:
+            host = self._parsed_host(url)
+        literal = cached_address_literal(host)
+        if literal is not None:
+            self.check_address(literal, host)
+
+    def _plain_host(self, url: str) -> str | None:
+        """The host of a plain URL with an allowed scheme and a valid port (lower-cased, as
+        httpx gives it); ``None`` for any other URL."""
+        plain = PLAIN_URL.fullmatch(url)
+        if plain is None or plain["scheme"] not in self.allowed_schemes:
+            return None
+        if plain["port"] is not None and int(plain["port"]) > 65535:
+            return None
+        host = plain["host"].lower()
+        if "xn--" in host:  # httpx gives an IDNA host decoded
+            return None
+        if DOTTED_QUAD.fullmatch(host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:  # httpx refuses it; let it say why
+                return None
+        return host
+
+    def _parsed_host(self, url: str) -> str:
+        """The host of ``url`` as httpx parses it, once scheme, host and credentials pass."""
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, ValueError) as exc:
@@ -115,10 +163,7 @@ class UrlPolicy:
             raise UrlRejected("URL has no host")
         if parsed.userinfo:
             raise UrlRejected("credentials in URLs are not allowed")
-        literal = parse_address_literal(parsed.host)
-        if literal is not None:
-            self.check_address(literal, parsed.host)
-        return parsed
+        return parsed.host
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
         """Resolve ``host`` once and check every address it has; all must pass, in resolver

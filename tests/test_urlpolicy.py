@@ -5,6 +5,7 @@ and a connection goes to the address that was checked."""
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -314,3 +315,29 @@ async def test_rebinding_to_metadata_after_the_check_is_not_followed(image_host)
     assert response.request.headers["host"] == f"rebind.test:{image_host.port}"
     assert network.connects == ["127.0.0.1"]
     assert dns.lookups == ["rebind.test"]
+
+
+PLAIN_HOSTS = ["example.com", "EXAMPLE.Com", "a-b.c", "127.0.0.1", "1.2.3.999", "010.0.0.1", "2130706433", "0x7f.1",
+               "0X7F.1", "xn--bcher-kva.example", "1e100", "a.b.c.d.e", "localhost", "8.8.8.8", "255.255.255.255"]
+PLAIN_PORTS = ["", ":0", ":80", ":65535", ":65536", ":99999"]
+PLAIN_PATHS = ["", "/", "/a/b.jpg", "?x=1&y=2", "/a%20b", "/a%zz", "/p@x:1", "/a;b=c,d", "/'()*!$~", "/a?b?c//d"]
+
+
+def test_a_plain_url_has_the_host_httpx_gives_it() -> None:
+    """``check_url``'s fast way (``_plain_host``) and httpx's parse agree on every plain URL:
+    the same host, and no refusal of scheme, host or credentials by the parse."""
+    urls = [f"{scheme}://{host}{port}{path}" for scheme in ("http", "https") for host in PLAIN_HOSTS
+            for port in PLAIN_PORTS for path in PLAIN_PATHS]
+    rng = random.Random(7)
+    alphabet = "abcxyzAZ019-._~!$&'()*+,;=:@/?%"
+    urls += ["http://" + "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(20_000)]
+    plain = [url for url in urls if LOOPBACK_ALLOWED._plain_host(url) is not None]
+    assert len(plain) > 1_500
+    for url in plain:
+        assert LOOPBACK_ALLOWED._plain_host(url) == LOOPBACK_ALLOWED._parsed_host(url), url
+
+
+@pytest.mark.parametrize("url", ["http://1.2.3.999/", "http://example.com:65536/", "ftp://example.com/",
+                                 "HTTP://example.com/", "http://a..b/", "http://exa mple.com/", "http://ex_ample.com/#f"])
+def test_what_is_not_plain_goes_to_httpx(url: str) -> None:
+    assert LOOPBACK_ALLOWED._plain_host(url) is None
