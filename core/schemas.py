@@ -210,19 +210,31 @@ class GroupImage(Wire):
     external_id: Text | None = Field(default=None, max_length=256)
 
 
-class GroupImagesAdd(Wire):
-    """Body of ``POST /v1/groups/{id}/images``."""
+class GroupImagesAddFields(Wire):
+    """``POST /v1/groups/{id}/images`` without its images, which are read as a stream
+    (``serve_app.group_body``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    images: list[GroupImage] = Field(min_length=1)
     deadline: Deadline | None = None
 
 
-class GroupCreate(Submission, GroupImagesAdd):
-    """Body of ``POST /v1/groups``: many images, one set of models, one webhook for the group."""
+class GroupImagesAdd(GroupImagesAddFields):
+    """Body of ``POST /v1/groups/{id}/images``."""
+
+    images: list[GroupImage] = Field(min_length=1)
+
+
+class GroupCreateFields(Submission):
+    """``POST /v1/groups`` without its images, which are read as a stream (``serve_app.group_body``)."""
 
     webhook_events: GroupEvents | None = None
+
+
+class GroupCreate(GroupCreateFields):
+    """Body of ``POST /v1/groups``: many images, one set of models, one webhook for the group."""
+
+    images: list[GroupImage] = Field(min_length=1)
 
 
 class GroupCounts(Wire):

@@ -76,6 +76,9 @@ class Settings(BaseModel):
     allow_private_cidrs: tuple[IPNetwork, ...] = ()
     max_url_length: int = 2048
     max_body_bytes: int = Field(1_048_576, ge=1)  # request body, counted as it arrives (any framing)
+    # the body of POST /v1/groups and /v1/groups/{id}/images, read as a stream: 10,000 images with
+    # URLs and some metadata each (the API's memory does not grow with it)
+    max_group_body_bytes: int = Field(32 * 1_048_576, ge=1)
     max_metadata_bytes: int = 16_384
 
     max_image_bytes: int = 20 * 1024 * 1024

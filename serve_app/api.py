@@ -44,5 +44,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
         app.include_router(router)
     install_openapi(app)
     app.add_middleware(Idempotency, store=ctx.store, wait_s=ctx.settings.idempotency_wait_s)
-    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes)  # outermost: caps what Idempotency reads
+    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_body_bytes,  # outermost: caps what Idempotency reads
+                       larger=[(groups.STREAMED_BODIES, ctx.settings.max_group_body_bytes)])
     return app

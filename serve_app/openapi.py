@@ -37,6 +37,7 @@ from fastapi.staticfiles import StaticFiles
 
 from core.schemas import EndpointHealth, EventType, GroupCounts, GroupRecord, ImageRecord, ImageStatus, Wire
 from serve_app.auth import current_operator, current_org
+from serve_app.group_body import DOCUMENTED_BODIES
 from serve_app.problems import MEDIA_TYPE, STATUS_TITLES, ProblemDocument
 
 SCHEME = "bearer"
@@ -69,7 +70,7 @@ def shared_statuses(route: APIRoute) -> set[int]:
         statuses.add(403)  # an org's key
     if "POST" in route.methods:
         statuses |= {409, 422}  # Idempotency-Key: in progress, or reused with another body
-    if route.body_field is not None:
+    if route.body_field is not None or "requestBody" in (route.openapi_extra or {}):
         statuses |= {400, 413, 422}
     if route.dependant.query_params or _path_params(route.dependant):
         statuses.add(422)
@@ -114,9 +115,10 @@ def document(app: FastAPI) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, never sent
         schemas.pop(name, None)
-    problem = ProblemDocument.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(problem.pop("$defs", {}))
-    schemas["ProblemDocument"] = problem
+    for name, model in {"ProblemDocument": ProblemDocument, **DOCUMENTED_BODIES}.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
     components["securitySchemes"] = {
         SCHEME: {"type": "http", "scheme": "bearer",
                  "description": "an API key (`sightwire keys create --org ORG`); on the admin routes an "

@@ -98,7 +98,7 @@ class ImageStore:
                                 "score": datetime.fromisoformat(fields["created_at"]).timestamp()}
         if request.deadline is not None:
             args["deadline"] = request.deadline.timestamp()
-        keys = [self._keys.image(image_id), self._keys.org_images(org), *job.keys, self._deadlines(image_id)]
+        keys = [self._keys.image(image_id), self._keys.org_images(org), *job.keys, self.deadlines_key(image_id)]
         if charge is not None:
             keys += charge.keys
             args["charge"] = charge.args
@@ -132,13 +132,13 @@ class ImageStore:
         )
         return [(member.decode(), score) for member, score in rows]
 
-    def _deadlines(self, resource_id: str) -> str:
+    def deadlines_key(self, resource_id: str) -> str:
         return self._keys.deadlines(self._keys.shard_of_id(resource_id))
 
     def set_deadline(self, pipe: Pipeline, resource_id: str, deadline: datetime | None) -> None:
         """Put an image (or group) on the deadline sweep (inside the caller's transaction)."""
         if deadline is not None:
-            pipe.zadd(self._deadlines(resource_id), {resource_id: deadline.timestamp()})
+            pipe.zadd(self.deadlines_key(resource_id), {resource_id: deadline.timestamp()})
 
     async def add_models(
         self, image_id: str, org: str, models: list[str], deadline: datetime | None = None
@@ -191,7 +191,7 @@ class ImageStore:
             mapping["deadline"] = deadline_field(deadline)
         elif fields.get("deadline"):
             pipe.hdel(key, "deadline")
-            pipe.zrem(self._deadlines(image_id), image_id)
+            pipe.zrem(self.deadlines_key(image_id), image_id)
         pipe.hset(key, mapping=mapping)
         pipe.hincrby(key, "seq", 1)
         if fields.get("group"):
@@ -301,7 +301,7 @@ class ImageStore:
         image = {"id": record.id, "seq": fields["seq"], "notified": fields["notified_seq"],
                  "marks": [part for item in marks.items() for part in item], "channel": self._keys.images_finished,
                  "deadline": bool(fields.get("deadline"))}
-        keys = [self._keys.image(record.id), self._deadlines(record.id)]
+        keys = [self._keys.image(record.id), self.deadlines_key(record.id)]
         if group is not None:  # absent, not null: cjson's null is true in Lua
             image["group"] = group
             keys += [self._keys.group(record.group_id), self._keys.group_sums(record.group_id)]

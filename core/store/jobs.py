@@ -23,7 +23,7 @@ from core.keys import Keys
 from core.schemas import ErrorCode
 from core.settings import Settings
 from core.store.fair_queue import ShardedDeadLetters, ShardedQueue
-from core.store.fair_queue.queue import EnqueueStep
+from core.store.fair_queue.queue import ENQUEUE_CHUNK, EnqueueStep
 
 
 class QueueName(StrEnum):
@@ -41,7 +41,7 @@ class Job:
     image_ids: tuple[str, ...] = field(default=())
 
     def payload(self) -> dict[str, Any]:
-        if self.group_id:
+        if self.group_id:  # lua/link_group.lua writes this payload too, for a new bulk group
             return {"group": self.group_id, "images": list(self.image_ids), "models": self.models}
         return {"image": self.image_id, "models": self.models}
 
@@ -84,6 +84,19 @@ class Jobs:
     def add_step(self, org: str, image_id: str, models: list[str]) -> EnqueueStep:
         """An image's job for a script that writes it with the record (``ImageStore.create``)."""
         return self.online.of_org(org).enqueue_step(org, [Job(models=models, image_id=image_id).payload()])
+
+    def group_steps(self, org: str, image_ids: list[str], models: list[str]) -> list[EnqueueStep]:
+        """A new small group's jobs, one per image, in steps of at most ``ENQUEUE_CHUNK``, for
+        its link script (``lua/link_group.lua``). Every step names the same queue keys."""
+        queue = self.online.of_org(org)
+        payloads = [Job(models=models, image_id=i).payload() for i in image_ids]
+        return [queue.enqueue_step(org, payloads[start:start + ENQUEUE_CHUNK])
+                for start in range(0, len(payloads), ENQUEUE_CHUNK)]
+
+    def bulk_group_step(self, org: str) -> EnqueueStep:
+        """The queue keys and the job id of a new bulk group's job, whose payload its link
+        script writes from the group's image list (``lua/link_group.lua``)."""
+        return self.bulk.of_org(org).enqueue_step(org, [{}])
 
     def add_many(self, pipe: Pipeline, org: str, image_ids: list[str], models: list[str]) -> None:
         """Queue one job per image (a small group's), in few script calls."""

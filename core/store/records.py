@@ -105,13 +105,32 @@ def new_image_fields(
     deadline: datetime | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """A new image's id and hash fields, every model queued."""
+    fields = {**own_image_fields(url, metadata, external_id),
+              **shared_image_fields(org, models, webhook_url=webhook_url, webhook_events=webhook_events,
+                                    group_id=group_id, deadline=deadline)}
+    return new_id("img", org_hash(org)), fields
+
+
+def own_image_fields(url: str, metadata: dict[str, Any] | None, external_id: str | None) -> dict[str, str]:
+    """The fields of a new image that are its own (``shared_image_fields`` has the rest)."""
+    return {"url": url, "metadata": dumps(metadata), "external_id": external_id or ""}
+
+
+def shared_image_fields(
+    org: str,
+    models: list[str],
+    *,
+    webhook_url: str | None = None,
+    webhook_events: list[EventType] | None = None,
+    group_id: str | None = None,
+    deadline: datetime | None = None,
+) -> dict[str, Any]:
+    """The fields a new image has in common with the other images of its request (its group's):
+    written once per chunk of a group, not once per image."""
     now = utcnow().isoformat()
     fields: dict[str, Any] = {
         "org": org,
-        "url": url,
         "models": json.dumps(models),
-        "metadata": dumps(metadata),
-        "external_id": external_id or "",
         "webhook_url": webhook_url or "",
         "webhook_events": json.dumps(webhook_events),
         "group": group_id or "",
@@ -122,7 +141,7 @@ def new_image_fields(
         "updated_at": now,
     }
     fields.update({MODEL_FIELD + name: ModelResult().to_json() for name in models})
-    return new_id("img", org_hash(org)), fields
+    return fields
 
 
 COUNT_FIELDS = ("complete", "partial", "failed", "canceled")

@@ -3,46 +3,42 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from core.schemas import GroupCreate, GroupImage, GroupImagesAdd, GroupRecord, ModelsAdd
+from core.schemas import GroupCreate, GroupCreateFields, GroupImagesAdd, GroupImagesAddFields, GroupRecord, ModelsAdd
 from core.store.groups import GroupFull, RetryRefused
 from core.store.ratelimit import LimitKind
 from serve_app.auth import Org, charge
-from serve_app.context import ApiContext
+from serve_app.group_body import documented_body, group_body
 from serve_app.lookups import Ctx, FoundGroup
 from serve_app.problems import Problem, invalid, not_found
 from serve_app.routes.validation import check_metadata, check_models, check_urls
 
 log = logging.getLogger("sightwire.api")
 router = APIRouter(prefix="/v1/groups", tags=["groups"])
+# The POST paths whose body is read as a stream (``serve_app.group_body``), and so may take
+# ``max_group_body_bytes`` rather than ``max_body_bytes`` (``serve_app.body_limit``).
+STREAMED_BODIES = re.compile(r"/v1/groups(/[^/]+/images)?")
 RETRY_REFUSED: dict[int | str, dict[str, Any]] = {
     409: {"description": "Nothing to retry: the group is still running, or none of its images failed"}}
 
 
-def check_images(ctx: ApiContext, images: list[GroupImage], already: int = 0) -> None:
-    """The size limit first (so a huge request fails fast), then every image's URL and metadata."""
-    limit = ctx.settings.max_group_images
-    if already + len(images) > limit:
-        raise invalid("images", f"a group holds at most {limit} images; this would make {already + len(images)}")
-    for i, image in enumerate(images):
-        check_urls(ctx, **{f"images.{i}.url": image.url})
-        check_metadata(ctx, image.metadata, f"images.{i}.metadata")
-
-
-@router.post("", status_code=202, response_model=GroupRecord)
-async def create_group(body: GroupCreate, org: Org, ctx: Ctx, request: Request, response: Response) -> GroupRecord:
+@router.post("", status_code=202, response_model=GroupRecord, openapi_extra=documented_body(GroupCreate))
+async def create_group(org: Org, ctx: Ctx, request: Request, response: Response) -> GroupRecord:
     """Queue every image of the group; large groups run as one bulk pipeline. Each image counts
-    against the key's images-per-minute limit."""
-    check_images(ctx, body.images)
-    check_models(ctx, body.models)
-    check_urls(ctx, webhookUrl=body.webhook_url)
-    check_metadata(ctx, body.metadata)
-    await charge(request, response, LimitKind.IMAGES, len(body.images))
-    record = await ctx.store.groups.create(org, body)
-    log.info("group %s queued, %d images", record.id, len(body.images), extra={"org": org, "group_id": record.id})
+    against the key's images-per-minute limit. The body (``GroupCreate``) is read as a stream
+    and written in chunks (``serve_app.group_body``)."""
+    async with group_body(request, ctx, GroupCreateFields) as upload:
+        body = upload.fields
+        check_models(ctx, body.models)
+        check_urls(ctx, webhookUrl=body.webhook_url)
+        check_metadata(ctx, body.metadata)
+        await charge(request, response, LimitKind.IMAGES, upload.count)
+        record = await ctx.store.groups.create_from(org, body, upload.count, upload.chunks())
+    log.info("group %s queued, %d images", record.id, upload.count, extra={"org": org, "group_id": record.id})
     response.headers["Location"] = f"/v1/groups/{record.id}"
     return record
 
@@ -55,16 +51,18 @@ async def get_group(group_id: str, org: Org, ctx: Ctx) -> GroupRecord:
     return record
 
 
-@router.post("/{group_id}/images", status_code=202, response_model=GroupRecord)
-async def add_images(
-    group_id: str, body: GroupImagesAdd, current: FoundGroup, org: Org, ctx: Ctx, request: Request,
-    response: Response,
-) -> GroupRecord:
-    """Grow the group; only the new images run, then the group's webhook fires again."""
-    check_images(ctx, body.images, already=current.counts.total)
-    await charge(request, response, LimitKind.IMAGES, len(body.images))
+@router.post("/{group_id}/images", status_code=202, response_model=GroupRecord,
+             openapi_extra=documented_body(GroupImagesAdd))
+async def add_images(group_id: str, current: FoundGroup, org: Org, ctx: Ctx, request: Request,
+                     response: Response) -> GroupRecord:
+    """Grow the group; only the new images run, then the group's webhook fires again. The body
+    (``GroupImagesAdd``) is read as ``POST /v1/groups`` reads it; the new images are then held
+    to link them under the group's growth check."""
+    async with group_body(request, ctx, GroupImagesAddFields, already=current.counts.total) as upload:
+        await charge(request, response, LimitKind.IMAGES, upload.count)
+        images = [image async for chunk in upload.chunks() for image in chunk]
     try:
-        record = await ctx.store.groups.add_images(group_id, org, body.images, body.deadline)
+        record = await ctx.store.groups.add_images(group_id, org, images, upload.fields.deadline)
     except GroupFull as exc:  # a concurrent add got there first
         raise invalid("images", str(exc)) from exc
     if record is None:
