@@ -177,3 +177,19 @@ async def test_a_large_group_with_an_idempotency_key_runs_once(api: Api) -> None
         assert other.status_code == 422 and other.json()["type"].endswith("idempotency-key-reused")
         listed = (await http.get("/v1/images", params={"limit": 1})).json()
         assert listed["data"][0]["groupId"] == first.json()["id"]
+
+
+async def test_only_the_group_routes_take_the_larger_cap(settings: Settings) -> None:
+    capped = settings.model_copy(update={"key_prefix": new_id("swgb"), "max_group_body_bytes": 2_000_000})
+    async with local_api(capped) as running:
+        key = await running.ctx.store.accounts.create_api_key(new_id("org"))
+        async with httpx.AsyncClient(base_url=running.url, timeout=60,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            within = {"images": images(10_000, url_length=120), "models": MODELS}  # 1.4 MB
+            assert (await http.post("/v1/groups", json=within)).status_code == 202
+            over = {"images": images(20_000, url_length=120), "models": MODELS}  # 2.8 MB
+            assert (await http.post("/v1/groups", json=over)).status_code == 413
+            image = {"url": "https://images.example.com/a.jpg", "models": MODELS, "metadata": {"x": "y" * 1_200_000}}
+            refused = await http.post("/v1/images", json=image)
+            assert refused.status_code == 413
+            assert refused.json()["detail"] == f"the limit is {capped.max_body_bytes} bytes"
