@@ -3,16 +3,19 @@
 For every model of the ``bench`` profile (built locally: real architectures, random weights,
 mid-size shapes) this measures images/s
 
-* bare: ``benchmarks.common.BareLoop`` at the registry's batch size with ``--threads`` torch
-  threads, in this process;
-* served: the model's own deployment (``deployments.serving.bind_model``, one replica with
-  ``--threads`` CPUs, so Ray gives it the same number of torch threads), called exactly as the
-  job processor calls it: each decoded 640x480 / 800x533 photo is ``ray.put`` once and handed to
-  a ``deployments.model_client.ModelClient``, which coalesces concurrent calls into multi-image
-  requests; a closed loop keeps ``3 x max_batch_size`` images in flight (one batch running, one
-  queued at the replica, one gathering in the client: the client's pipeline depth; the engine keeps
-  ``2 x max_batch_size x max_replicas`` in flight per model). ``--per-image-requests``
-  sends one Serve request per image instead (``handle.predict``), to show what coalescing saves.
+* bare: ``benchmarks.common.BareLoop`` at the registry's batch size with as many torch threads
+  as the model's replica has CPUs (the profile's ``resources.num_cpus``), in this process;
+* served: the model's own deployment as the profile ships it (``deployments.serving.bind_model``
+  of the unchanged spec: its replicas, CPUs and ``target_ongoing_requests``; Ray gives the
+  replica as many torch threads as CPUs), on a Ray with every CPU of the machine, called exactly
+  as the job processor calls it: each decoded 640x480 / 800x533 photo is ``ray.put`` once and
+  handed to the processor's own client (``deployments.model_client.model_clients``: requests of
+  up to a batch, two in flight per replica). The load is a closed loop of ``3 x max_batch_size``
+  images: enough to keep that client full (two requests out, a third batch gathering), as the
+  processor does with a backlog (it holds up to ``engine_max_in_flight`` jobs).
+  ``--per-image-requests`` sends one Serve request per image instead (``handle.predict``), to
+  show what coalescing saves. ``--threads N`` gives both sides N CPUs instead of the profile's
+  (not as shipped; for a what-if).
 
 The two alternate in ``--rounds`` short rounds (the machine may be shared; alternating exposes
 both to the same background load) and the medians are compared. ratio = served / bare predict
@@ -23,7 +26,7 @@ Wall-clock rates move with whatever else runs on the machine, so each round also
 seconds this process tree used (driver, Ray's GCS and raylet, the replica): ``ratio_cpu`` is
 served images per CPU-second over bare images per CPU-second, the serving overhead alone.
 
-    .venv/bin/python -m benchmarks.bench_models [--threads 1] [--seconds 4] [--rounds 4] [--models a,b]
+    .venv/bin/python -m benchmarks.bench_models [--seconds 4] [--rounds 4] [--models a,b] [--threads N]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -39,24 +43,26 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from benchmarks.common import BareLoop, bench_registry, decoded_images, machine, median, tree_cpu_seconds
-from core.registry import Autoscaling, ModelSpec, Resources
+from core.registry import ModelSpec, Resources
 from core.settings import RAY_NAMESPACE
-from deployments.model_client import ModelClient
+from deployments.model_client import ModelClient, model_clients
 from imaging import DecodedImage
 
 TARGET = 0.90
 APP = "bench-models"
 
 
-def deploy(spec: ModelSpec, threads: int) -> DeploymentHandle:
+def deploy(spec: ModelSpec) -> DeploymentHandle:
     from deployments.serving import bind_model
 
-    spec = spec.model_copy(update={
-        "resources": Resources(num_cpus=threads, num_gpus=0),
-        "autoscaling": Autoscaling(min_replicas=1, max_replicas=1,
-                                   target_ongoing_requests=2 * spec.batching.max_batch_size),
-    })
     return serve.run(bind_model(spec), name=APP, route_prefix=None)
+
+
+def with_threads(spec: ModelSpec, threads: int | None) -> ModelSpec:
+    """The spec as shipped, or (``--threads``) with that many CPUs for its replica."""
+    if threads is None:
+        return spec
+    return spec.model_copy(update={"resources": Resources(num_cpus=threads, num_gpus=0)})
 
 
 async def served_rate(handle: DeploymentHandle, images: list[DecodedImage], concurrency: int, seconds: float,
@@ -99,10 +105,11 @@ async def batch_stats(handle: DeploymentHandle) -> dict[str, float]:
 
 
 def bench_model(spec: ModelSpec, images: list[DecodedImage], args: argparse.Namespace) -> dict:
-    bare = BareLoop(spec, images, args.threads)
-    handle = deploy(spec, args.threads)
+    spec = with_threads(spec, args.threads)
+    bare = BareLoop(spec, images, int(spec.resources.num_cpus))
+    handle = deploy(spec)
     concurrency = 3 * spec.batching.max_batch_size
-    client = None if args.per_image_requests else ModelClient(handle, spec.batching.max_batch_size, max_in_flight=2)
+    client = None if args.per_image_requests else model_clients({spec.name: spec}, {spec.name: handle})[spec.name]
     predict, forward, served, bare_cpu, served_cpu = [], [], [], [], []
     try:
         for _ in range(args.rounds):
@@ -134,9 +141,9 @@ def bench_model(spec: ModelSpec, images: list[DecodedImage], args: argparse.Name
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for both the bare loop and the replica (default 1: on a shared "
-                             "2-CPU machine, 2 OpenMP threads stall at every barrier when a core is taken)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPUs (torch threads) for both the bare loop and the replica instead of the "
+                             "profile's (a what-if: not as shipped)")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each measuring round")
     parser.add_argument("--rounds", type=int, default=4, help="bare/served rounds per model")
     parser.add_argument("--models", default="", help="comma-separated subset of the bench profile")
@@ -148,7 +155,7 @@ def main() -> None:
     specs = bench_registry()
     names = [n for n in args.models.split(",") if n] or list(specs)
     images = decoded_images(16)
-    ray.init(address="local", num_cpus=args.threads + 1, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              namespace=RAY_NAMESPACE)
     serve.start()
     results = {}
@@ -170,7 +177,7 @@ def main() -> None:
         "target": TARGET,
         "worst_model": worst,
         "ratio_cpu": min(r["ratio_cpu"] for r in results.values()),
-        "threads": args.threads,
+        "threads": args.threads or "the profile's",
         "client": "per-image requests" if args.per_image_requests else "ModelClient (put once, coalesced)",
         "seconds": args.seconds,
         "rounds": args.rounds,
