@@ -23,6 +23,7 @@ _DECODER = json.JSONDecoder()
 KEEP_CHARS = 64 * 1024  # consumed text is dropped once this much has piled up
 SLICE = 16 * 1024  # characters parsed at a time (``Utf8ObjectStream``)
 READ_BLOCK = 64 * 1024  # bytes read from a file at a time (``read_file``)
+STREAMED_MEMBER = "images"  # the member requests carry long arrays in: a group's images
 TRUNCATION_WINDOW = 8  # a failure this close to the end may be a literal or escape cut short
 NUMBER_CHARS = "0123456789.eE+-"
 
@@ -33,6 +34,10 @@ class MalformedJson(ValueError):
 
 class NotAnObject(ValueError):
     """The body is some other JSON value (a 422, as a model's validation would say)."""
+
+
+class EmptyBody(NotAnObject):
+    """The body holds no JSON value at all (a 422: the body is missing)."""
 
 
 class RepeatedArray(ValueError):
@@ -86,20 +91,47 @@ class ObjectStream:
         self._first = True  # no member (or item) read yet: a closing brace (bracket) may come
         self._items = 0
         self.array_seen = False  # the streamed array's member has come (as an array or not)
+        self._top_value = False  # the body is a JSON value other than an object: read, then refused
+        self._dropped = 0  # characters consumed and let go: positions in messages count from the body's start
+        self._later: list[str] = []  # text fed while a value waits for more (joined when it is retried)
+        self._later_chars = 0
+        self._retry_at = 0  # the waiting value is retried once this much of its text is here
 
     def feed(self, text: str) -> list[Field | Item]:
-        """Add text; return every field and item it completed, in order."""
-        if self._pos > KEEP_CHARS:
-            self._text, self._pos = self._text[self._pos:], 0
-        self._text += text
+        """Add text; return every field and item it completed, in order.
+
+        A value whose text has not all come is tried again only once its text has doubled, and
+        the text fed meanwhile is joined only then: the work stays linear in the body's size
+        however its pieces fall (a value retried on every piece made it quadratic)."""
+        self._later.append(text)
+        self._later_chars += len(text)
+        if len(self._text) - self._pos + self._later_chars < self._retry_at:
+            return []
         return self._advance(final=False)
 
     def close(self) -> list[Field | Item]:
-        """The body has ended: return what is left; raise ``MalformedJson`` if it is incomplete."""
+        """The body has ended: return what is left; raise ``MalformedJson`` if it is incomplete,
+        ``NotAnObject`` (``EmptyBody``) if it is some other JSON value (none)."""
         out = self._advance(final=True)
+        if self._at is _At.START:
+            raise EmptyBody("the body is empty")
         if self._at is not _At.END:
             raise MalformedJson("the body ends before the JSON object does")
+        if self._top_value:
+            raise NotAnObject("the body must be a JSON object")
         return out
+
+    def _take_later(self) -> None:
+        """Drop the text consumed (once enough has piled up) and join what was fed since."""
+        if self._pos > KEEP_CHARS:
+            self._dropped += self._pos
+            self._text, self._pos = self._text[self._pos:], 0
+        if self._later:
+            self._text += "".join(self._later)
+            self._later, self._later_chars = [], 0
+
+    def _malformed(self, what: str, pos: int) -> MalformedJson:
+        return MalformedJson(f"{what} at character {self._dropped + pos}")
 
     def _skip_space(self) -> bool:
         """Move past whitespace; whether a character is there to read."""
@@ -111,7 +143,7 @@ class ObjectStream:
 
     def _expect(self, char: str, what: str) -> None:
         if self._text[self._pos] != char:
-            raise MalformedJson(f"expected {what} at character {self._pos}")
+            raise self._malformed(f"expected {what}", self._pos)
         self._pos += 1
 
     def _value(self, final: bool) -> tuple[bool, Any]:
@@ -122,35 +154,50 @@ class ObjectStream:
             value, end = _DECODER.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             if final or not _truncated(exc, len(text)):
-                raise MalformedJson(str(exc)) from None
-            if len(text) - pos > self.max_value_chars:
-                raise ValueTooLong(f"a value is longer than {self.max_value_chars} characters") from None
-            return False, None
+                raise self._malformed(exc.msg, exc.pos) from None
+            return self._wait(len(text) - pos)
         except RecursionError:
-            raise MalformedJson("the JSON is nested too deeply") from None
+            raise self._malformed("nested too deeply", pos) from None
+        except ValueError as exc:  # an integer past Python's digit limit
+            raise self._malformed(str(exc).split(";")[0], pos) from None
         if not final and _number_may_go_on(text, pos, end):
-            return False, None
+            return self._wait(len(text) - pos)
         if end - pos > self.max_value_chars:
             raise ValueTooLong(f"a value is longer than {self.max_value_chars} characters")
-        self._pos = end
+        self._pos, self._retry_at = end, 0
         return True, value
 
+    def _wait(self, pending: int) -> tuple[bool, Any]:
+        """The value at the cursor needs more text: try again when it has twice as much."""
+        if pending > self.max_value_chars:
+            raise ValueTooLong(f"a value is longer than {self.max_value_chars} characters")
+        self._retry_at = 2 * pending
+        return False, None
+
     def _advance(self, final: bool) -> list[Field | Item]:
+        self._take_later()
         out: list[Field | Item] = []
         while self._skip_space():
             at = self._at
             if at is _At.START:
-                if self._text[self._pos] != "{":
-                    raise NotAnObject("the body must be a JSON object")
-                self._pos += 1
-                self._at, self._first = _At.KEY, True
+                if self._text[self._pos] == "[":  # some other value: read it (is it JSON?), refuse it at the end
+                    self._pos += 1
+                    self._at, self._first, self._top_value = _At.ARRAY_START, True, True
+                elif self._text[self._pos] != "{":
+                    done, _ = self._value(final)
+                    if not done:
+                        break
+                    self._at, self._top_value = _At.END, True
+                else:
+                    self._pos += 1
+                    self._at, self._first = _At.KEY, True
             elif at is _At.KEY:
                 if self._first and self._text[self._pos] == "}":
                     self._pos += 1
                     self._at = _At.END
                     continue
                 if self._text[self._pos] != '"':
-                    raise MalformedJson(f"expected a member name at character {self._pos}")
+                    raise self._malformed("expected a member name", self._pos)
                 done, name = self._value(final)
                 if not done:
                     break
@@ -180,17 +227,18 @@ class ObjectStream:
                 elif char == "}":
                     self._at = _At.END
                 else:
-                    raise MalformedJson(f"expected ',' or '}}' at character {self._pos - 1}")
+                    raise self._malformed("expected ',' or '}'", self._pos - 1)
             elif at in (_At.ARRAY_START, _At.ITEM):
                 if at is _At.ARRAY_START and self._text[self._pos] == "]":
                     self._pos += 1
-                    self._at = _At.AFTER_VALUE
+                    self._at = _At.END if self._top_value else _At.AFTER_VALUE
                     continue
                 done, value = self._value(final)
                 if not done:
                     break
-                out.append(Item(self._items, value))
-                self._items += 1
+                if not self._top_value:
+                    out.append(Item(self._items, value))
+                    self._items += 1
                 self._at = _At.AFTER_ITEM
             elif at is _At.AFTER_ITEM:
                 char = self._text[self._pos]
@@ -198,11 +246,11 @@ class ObjectStream:
                 if char == ",":
                     self._at = _At.ITEM
                 elif char == "]":
-                    self._at = _At.AFTER_VALUE
+                    self._at = _At.END if self._top_value else _At.AFTER_VALUE
                 else:
-                    raise MalformedJson(f"expected ',' or ']' at character {self._pos - 1}")
+                    raise self._malformed("expected ',' or ']'", self._pos - 1)
             else:
-                raise MalformedJson(f"extra data after the JSON object at character {self._pos}")
+                raise self._malformed("extra data after the JSON value", self._pos)
         return out
 
 
@@ -253,3 +301,38 @@ def read_file(file: IO[bytes], stream: Utf8ObjectStream) -> Iterator[Field | Ite
     while data := file.read(READ_BLOCK):
         yield from stream.feed(data)
     yield from stream.feed(b"", final=True)
+
+
+class TooManyMembers(ValueError):
+    """More top-level members than a reader keeps."""
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def canonical_parts(file: IO[bytes], array: str, max_members: int, max_value_chars: int) -> Iterator[str]:
+    """The canonical text of the JSON object in ``file`` (``json.dumps(..., sort_keys=True,
+    separators=(",", ":"))``), piece by piece: the file is read once for the members other
+    than ``array`` (at most ``max_members`` are kept), once more for ``array``'s items, each
+    written as it is read. Raises ``ValueError`` for anything else."""
+    members = Utf8ObjectStream(array, max_value_chars)
+    fields: dict[str, Any] = {}
+    for event in read_file(file, members):
+        if isinstance(event, Field):
+            fields[event.name] = event.value
+            if len(fields) > max_members:
+                raise TooManyMembers(f"more than {max_members} members")
+    streamed = members.array_seen and array not in fields
+    yield "{"
+    for n, name in enumerate(sorted([*fields, array] if streamed else fields)):
+        yield ("," if n else "") + json.dumps(name) + ":"
+        if name in fields:
+            yield _canonical(fields[name])
+            continue
+        yield "["
+        items = (e.value for e in read_file(file, Utf8ObjectStream(array, max_value_chars)) if isinstance(e, Item))
+        for i, item in enumerate(items):
+            yield ("," if i else "") + _canonical(item)
+        yield "]"
+    yield "}"

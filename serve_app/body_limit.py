@@ -9,7 +9,8 @@ typically a 400, that nobody must receive). Handling it here rather than in a ro
 route, dependency or framework body parser can read past the cap.
 
 Before answering, the rest of a body that is only somewhat over the cap (up to
-``DRAIN_FACTOR`` times it, for at most ``DRAIN_S``) is read and thrown away, as nginx's
+``DRAIN_FACTOR`` times it, for at most ``DRAIN_S``; past a route's larger cap, as many bytes as
+past the general one) is read and thrown away, as nginx's
 lingering close does: a client that writes its whole body before reading (httpx, requests) gets
 the 413 instead of a reset. A proxy in front (HAProxy) closes the client's connection once the
 answer is sent, and a close while the client is still sending resets it, losing the answer (3 of
@@ -25,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import tempfile
 from collections.abc import Sequence
-from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +34,6 @@ from serve_app.problems import Problem
 
 DRAIN_FACTOR = 4  # a body up to this many times the cap is read to its end before the 413
 DRAIN_S = 5.0  # and for at most this long
-SPOOL_IN_MEMORY = 256 * 1024  # body bytes a spool keeps in memory before it moves to disk
 
 
 class BodyTooLarge(Exception):
@@ -71,12 +69,6 @@ async def drain(receive: Receive, received: int, budget: int) -> None:
                 received += len(message.get("body", b""))
 
 
-def body_spool() -> IO[bytes]:
-    """Where a layer that must read a body more than once keeps it: in memory up to
-    ``SPOOL_IN_MEMORY`` bytes, then in a temporary file (a group's body may be megabytes)."""
-    return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-
-
 class BodyLimit:
     """ASGI middleware: at most ``max_bytes`` of request body reach the app, or for a POST whose
     path matches one of ``larger``'s patterns, its cap (the routes that stream their body)."""
@@ -104,7 +96,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         max_bytes = self.cap(scope)
-        drain_budget = DRAIN_FACTOR * max_bytes
+        drain_budget = max_bytes + (DRAIN_FACTOR - 1) * self.max_bytes  # a larger cap drains no more past it
         problem = too_large(max_bytes)
         length = declared_length(scope)
         if length is not None and length > max_bytes:

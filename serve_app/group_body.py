@@ -4,7 +4,7 @@
 twice, never held whole:
 
 1. as it comes off the wire (``group_body``): its text goes to a spool file (in memory up to
-   ``body_limit.SPOOL_IN_MEMORY``, then on disk) and through ``core.json_stream``; each ``CHUNK`` of images is
+   ``body_spool.SPOOL_IN_MEMORY``, then on disk) and through ``core.json_stream``; each ``CHUNK`` of images is
    validated (the ``GroupImage`` model, the URL policy, the metadata limit) and dropped, and the
    other members are kept and validated at the end. A bad image answers 422 naming
    ``images.<i>.<field>`` as a whole-body validation did;
@@ -28,6 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic import Field as ModelField
 
 from core.json_stream import (
+    EmptyBody,
     Field,
     Item,
     MalformedJson,
@@ -38,7 +39,8 @@ from core.json_stream import (
     read_file,
 )
 from core.schemas import GroupImage
-from serve_app.body_limit import body_spool
+from core.store.groups import chunks
+from serve_app.body_spool import body_spool
 from serve_app.context import ApiContext
 from serve_app.problems import Problem, invalid
 from serve_app.routes.validation import check_metadata, check_urls
@@ -47,6 +49,7 @@ CHUNK = 1_000  # images validated, or written, at a time
 ARRAY = "images"
 IMAGES = TypeAdapter(list[GroupImage])
 NON_EMPTY = TypeAdapter(Annotated[list[GroupImage], ModelField(min_length=1)])
+MAX_ERRORS = 32  # unknown members reported at most (their names are kept for the answer)
 NOT_AN_OBJECT = {"type": "model_attributes_type", "loc": ("body",), "input": None,
                  "msg": "Input should be a valid dictionary or object to extract fields from"}
 
@@ -68,29 +71,36 @@ def _malformed(detail: str) -> Problem:
     return Problem(400, "malformed-json", "Body is not valid JSON", detail)
 
 
-def _validated(items: list[Any], start: int, adapter: TypeAdapter[list[GroupImage]] = IMAGES) -> list[GroupImage]:
-    """``items`` (the ``start``-th image on) as models; a failure names each image by its place
-    in the whole body."""
-    try:
-        return adapter.validate_python(items)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", ARRAY, *(start + p if i == 0 and isinstance(p, int) else p
-                                                 for i, p in enumerate(e["loc"])))}
-                  for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
+def _shape_errors(exc: ValidationError, prefix: tuple[str | int, ...], start: int = 0) -> list[dict[str, Any]]:
+    """A model's errors as a whole-body validation reports them: under ``prefix``, an image's
+    index counted from the start of the body."""
+    return [{**e, "loc": (*prefix, *(start + p if i == 0 and isinstance(p, int) else p
+                                      for i, p in enumerate(e["loc"])))}
+            for e in exc.errors(include_url=False)]
 
 
 def max_value_chars(ctx: ApiContext) -> int:
-    """The longest text one member or one image may take: its metadata and URL at the limits,
-    every character escaped (``\\uXXXX``), and room for the rest."""
-    return 6 * (ctx.settings.max_metadata_bytes + ctx.settings.max_url_length) + 4096
+    """The longest text one member or one image may take before it is decoded: room for its
+    metadata and URL at their limits however they are spelled (escapes, indentation), and at
+    least 1 MiB. What it holds is checked against the real limits once decoded."""
+    return max(1_048_576, 16 * (ctx.settings.max_metadata_bytes + ctx.settings.max_url_length))
+
+
+def _stream(ctx: ApiContext) -> Utf8ObjectStream:
+    return Utf8ObjectStream(ARRAY, max_value_chars(ctx))
+
+
+def _is_json(content_type: str | None) -> bool:
+    """What FastAPI parses a body of: ``application/json`` or ``application/*+json``."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 class _Reader:
     """The body's bytes parsed (``Utf8ObjectStream``), the stream's refusals turned into problems."""
 
     def __init__(self, ctx: ApiContext) -> None:
-        self._stream = Utf8ObjectStream(ARRAY, max_value_chars(ctx))
+        self._stream = _stream(ctx)
 
     @property
     def array_seen(self) -> bool:
@@ -101,6 +111,8 @@ class _Reader:
             yield from self._stream.feed(data, final)
         except MalformedJson as exc:
             raise _malformed(str(exc)) from None
+        except EmptyBody:
+            raise RequestValidationError([{**MISSING, "loc": ("body",)}]) from None
         except NotAnObject:
             raise RequestValidationError([NOT_AN_OBJECT]) from None
         except RepeatedArray:
@@ -109,48 +121,100 @@ class _Reader:
             raise invalid("body", str(exc)) from None
 
 
-class _Checker:
-    """The first read's checks, a chunk at a time, and what it keeps: the other members and the
-    number of images."""
+class _Checker(Generic[M]):
+    """The first read's checks, a chunk of images at a time, in the order a whole-body
+    validation made them: every failure is kept (the first chunk's shape errors, the first URL
+    or metadata refusal) and raised once the body has ended, shape errors first (with the
+    other members'), then the group's size, then the refusal. Past the first failure, or past
+    the size limit, images are only counted."""
 
-    def __init__(self, ctx: ApiContext, already: int) -> None:
+    def __init__(self, ctx: ApiContext, fields_model: type[M], already: int) -> None:
         self._ctx = ctx
+        self._model = fields_model
+        self._names = {name for field_name, info in fields_model.model_fields.items()
+                       for name in (field_name, info.alias) if name}
         self._already = already
         self._pending: list[Any] = []
+        self._kept = 0  # images taken for checking: the first ``_kept`` of the body
+        self._shape: list[dict[str, Any]] = []
+        self._refusal: Problem | None = None
         self.fields: dict[str, Any] = {}
         self.count = 0
 
     def take(self, events: Iterable[Field | Item]) -> None:
         for event in events:
             if isinstance(event, Field):
-                self.fields[event.name] = event.value
+                self._field(event)
                 continue
             self.count += 1
-            if self._already + self.count <= self._ctx.settings.max_group_images:
-                self._pending.append(event.value)  # past the limit: only counted, for the message
+            if self._already + self.count <= self._ctx.settings.max_group_images and not self._failed:
+                self._pending.append(event.value)
+                self._kept += 1
                 if len(self._pending) == CHUNK:
-                    self.check()
+                    self._check()
 
-    def check(self) -> None:
-        start = self.count - len(self._pending)
-        for i, image in enumerate(_validated(self._pending, start), start):
-            check_urls(self._ctx, **{f"{ARRAY}.{i}.url": image.url})
-            check_metadata(self._ctx, image.metadata, f"{ARRAY}.{i}.metadata")
+    @property
+    def _failed(self) -> bool:
+        return bool(self._shape) or self._refusal is not None
+
+    def _field(self, event: Field) -> None:
+        """Keep a member the model knows (or ``images`` sent as something else); an unknown one
+        is an error at once, and its value is not kept (so a body of a million members costs
+        nothing to hold)."""
+        if event.name in self._names or event.name == ARRAY:
+            self.fields[event.name] = event.value
+        elif len(self._shape) < MAX_ERRORS:
+            self._shape.append({"type": "extra_forbidden", "loc": ("body", event.name),
+                                "msg": "Extra inputs are not permitted", "input": None})
+
+    def _check(self) -> None:
+        start, pending = self._kept - len(self._pending), self._pending
         self._pending = []
+        if self._failed or not pending:
+            return
+        try:
+            images = IMAGES.validate_python(pending)
+        except ValidationError as exc:
+            self._shape = _shape_errors(exc, ("body", ARRAY), start)
+            return
+        try:
+            for i, image in enumerate(images, start):
+                check_urls(self._ctx, **{f"{ARRAY}.{i}.url": image.url})
+                check_metadata(self._ctx, image.metadata, f"{ARRAY}.{i}.metadata")
+        except Problem as problem:
+            self._refusal = problem
 
-    def finish(self, array_seen: bool) -> None:
-        """The checks left once the body has ended: the last chunk, the size, and the images as
-        a whole (present, not empty, an array)."""
-        self.check()
+    def finish(self, array_seen: bool) -> M:
+        """The body has ended: the last chunk, then every failure in order (see the class);
+        the other members, validated."""
+        self._check()
+        errors = list(self._shape)
         if ARRAY in self.fields:  # sent as something other than an array: say what it should be
-            _validated(self.fields.pop(ARRAY), 0, NON_EMPTY)
-        if not array_seen:
-            raise RequestValidationError([MISSING])
-        if self.count == 0:
-            _validated([], 0, NON_EMPTY)
+            errors += self._array_errors(self.fields.pop(ARRAY))
+        elif not array_seen:
+            errors.append(MISSING)
+        elif self.count == 0:
+            errors += self._array_errors([])
+        try:
+            fields = self._model.model_validate(self.fields)
+        except ValidationError as exc:
+            errors += _shape_errors(exc, ("body",))
+        if errors:
+            raise RequestValidationError(errors)
         limit = self._ctx.settings.max_group_images
         if self._already + self.count > limit:
             raise invalid(ARRAY, f"a group holds at most {limit} images; this would make {self._already + self.count}")
+        if self._refusal is not None:
+            raise self._refusal
+        return fields
+
+    @staticmethod
+    def _array_errors(value: Any) -> list[dict[str, Any]]:
+        try:
+            NON_EMPTY.validate_python(value)
+        except ValidationError as exc:
+            return _shape_errors(exc, ("body", ARRAY))
+        return []
 
 
 @dataclass
@@ -166,16 +230,9 @@ class GroupUpload(Generic[M]):
     async def chunks(self) -> AsyncIterator[list[GroupImage]]:
         """The images, ``CHUNK`` at a time, parsed again from the spool (the first read checked
         it, so this one cannot fail)."""
-        pending: list[Any] = []
-        done = 0
-        for event in read_file(self._spool, Utf8ObjectStream(ARRAY, max_value_chars(self._ctx))):
-            if isinstance(event, Item):
-                pending.append(event.value)
-                if len(pending) == CHUNK:
-                    yield _validated(pending, done)
-                    done, pending = done + len(pending), []
-        if pending:
-            yield _validated(pending, done)
+        values = (e.value for e in read_file(self._spool, _stream(self._ctx)) if isinstance(e, Item))
+        for chunk in chunks(values, CHUNK):
+            yield IMAGES.validate_python(chunk)
 
 
 @contextlib.asynccontextmanager
@@ -186,18 +243,15 @@ async def group_body(request: Request, ctx: ApiContext, fields_model: type[M],
     read (the cap bounds it), so a client still sending gets the answer rather than a reset."""
     with body_spool() as spool:
         body = request.stream()
-        reader, checker = _Reader(ctx), _Checker(ctx, already)
         try:
+            if not _is_json(request.headers.get("content-type")):
+                raise RequestValidationError([NOT_AN_OBJECT])
+            reader, checker = _Reader(ctx), _Checker(ctx, fields_model, already)
             async for data in body:
                 spool.write(data)
                 checker.take(reader.feed(data))
             checker.take(reader.feed(b"", final=True))
-            checker.finish(reader.array_seen)
-            try:
-                fields = fields_model.model_validate(checker.fields)
-            except ValidationError as exc:
-                raise RequestValidationError(
-                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+            fields = checker.finish(reader.array_seen)
         except (Problem, RequestValidationError):
             async for _ in body:  # the rest of a refused body, unread and unkept
                 pass

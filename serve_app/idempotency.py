@@ -29,7 +29,7 @@ from core.json_stream import READ_BLOCK
 from core.store import Store
 from core.store.idempotency import Begin, StoredResponse, fingerprint
 from serve_app.auth import bearer_key
-from serve_app.body_limit import body_spool
+from serve_app.body_spool import body_spool
 from serve_app.problems import STORE_UNREACHABLE, Problem
 
 HEADER = "idempotency-key"
@@ -89,7 +89,7 @@ class Idempotency:
 
     async def _run_spooled(self, scope: Scope, receive: Receive, send: Send, body: IO[bytes], org: str,
                            key: str) -> None:
-        fp = fingerprint(scope["method"], scope["path"], body)
+        fp = await asyncio.to_thread(fingerprint, scope["method"], scope["path"], body)  # megabytes of JSON
         idem = self.store.idempotency
         deadline = time.monotonic() + self.wait_s
         while (begun := await idem.begin(org, key, fp)).outcome is Begin.IN_PROGRESS:

@@ -127,6 +127,12 @@ async def test_a_bad_image_is_named_by_its_place_and_nothing_is_written(api: Api
 
 @pytest.mark.parametrize(("body", "status", "field"), [
     (b'{"images": [{"url": "https://a.example/1.jpg"}', 400, None),
+    (b'x', 400, None),
+    (b'[1,', 400, None),
+    (b'[{"url": "https://a.example/1.jpg"}], 1', 400, None),
+    (b'{"images": [{"url": "https://a.example/1.jpg", "metadata": {"n": ' + b"1" * 5_000 + b'}}]}', 400, None),
+    (b'', 422, "body"),
+    (b'"a group"', 422, "body"),
     (b'{"images": [{"url": "https://a.example/1.jpg"}], "models": ["object_detection"]} x', 400, None),
     (b'\xff{"images": []}', 400, None),
     (b'[{"url": "https://a.example/1.jpg"}]', 422, "body"),
@@ -193,3 +199,65 @@ async def test_only_the_group_routes_take_the_larger_cap(settings: Settings) -> 
             refused = await http.post("/v1/images", json=image)
             assert refused.status_code == 413
             assert refused.json()["detail"] == f"the limit is {capped.max_body_bytes} bytes"
+
+
+async def test_every_shape_error_is_told_at_once_before_any_url_refusal(api: Api) -> None:
+    """As a whole-body validation did: the body's shape errors together (the images' and the
+    other members'), and only then the URL policy."""
+    async with client(api) as http:
+        both_missing = (await http.post("/v1/groups", json={})).json()
+        assert {e["field"] for e in both_missing["errors"]} == {"images", "models"}
+        shape = (await http.post("/v1/groups", json={"images": [{"url": ""}], "models": []})).json()
+        assert {e["field"] for e in shape["errors"]} == {"images.0.url", "models"}
+        refused_url_and_no_models = {"images": [{"url": "ftp://images.example.com/x.jpg"}], "models": []}
+        first = (await http.post("/v1/groups", json=refused_url_and_no_models)).json()
+        assert [e["field"] for e in first["errors"]] == ["models"]
+        many = {"images": images(1), "models": MODELS, **{f"k{i}": i for i in range(1_000)}}
+        extra = (await http.post("/v1/groups", json=many)).json()
+        assert extra["status"] == 422 and 0 < len(extra["errors"]) <= 32
+        assert {e["type"] for e in extra["errors"]} == {"extra_forbidden"}
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_not_sent_as_json_is_refused_as_fastapi_refused_it(api: Api, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps({"images": images(1), "models": MODELS}).encode()
+    async with client(api) as http:
+        response = await http.post("/v1/groups", content=body, headers=headers)
+        assert "content-type" not in response.request.headers or content_type is not None
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "body", response.text
+    async with client(api) as http:
+        plus_json = await http.post("/v1/groups", content=body, headers={"Content-Type": "application/vnd.x+json"})
+    assert plus_json.status_code == 202
+
+
+async def test_the_size_limit_is_told_before_any_bad_image(settings: Settings) -> None:
+    """The group's size first, as before, also when images past the limit were only counted
+    (the first read stops checking them): never an image named at a wrong place."""
+    small = settings.model_copy(update={"key_prefix": new_id("swgb"), "max_group_images": 1_500})
+    async with local_api(small) as running:
+        key = await running.ctx.store.accounts.create_api_key(new_id("org"))
+        async with httpx.AsyncClient(base_url=running.url, timeout=60,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            group = (await http.post("/v1/groups", json={"images": images(1_000), "models": MODELS})).json()
+            grow = {"images": images(700)}
+            grow["images"][3] = {"url": "ftp://images.example.com/x.jpg"}
+            too_many = (await http.post(f"/v1/groups/{group['id']}/images", json=grow)).json()
+            assert "at most 1500 images; this would make 1700" in too_many["detail"], too_many
+            grow["images"] = grow["images"][:450]
+            bad = (await http.post(f"/v1/groups/{group['id']}/images", json=grow)).json()
+            assert [e["field"] for e in bad["errors"]] == ["images.3.url"], bad
+
+
+async def test_metadata_within_its_limit_is_accepted_however_it_is_spelled(api: Api) -> None:
+    """The bound on a value's text before it is decoded leaves room for indentation and
+    escapes; the metadata limit itself counts the stored JSON."""
+    running = api.running
+    metadata = {"a": {"b": {"c": [0] * 8_000}}}
+    assert len(json.dumps(metadata, separators=(",", ":"))) < running.ctx.settings.max_metadata_bytes
+    body = json.dumps({"images": [{"url": "https://images.example.com/a.jpg", "metadata": metadata}],
+                       "models": MODELS}, indent=8)
+    assert len(body) > 8 * running.ctx.settings.max_metadata_bytes
+    async with client(api) as http:
+        response = await http.post("/v1/groups", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 202, response.text[:300]

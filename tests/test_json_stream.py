@@ -60,7 +60,7 @@ def test_every_split_reads_what_json_loads_reads(body: str) -> None:
 
 
 @pytest.mark.parametrize("body", [
-    '', '{"images": [1, 2}', '{"a" 1}', '{"a": 1,}', '{"a": 1} x', '{"a": tru}', '{"a": 01}',
+    '{"images": [1, 2}', '{"a" 1}', '{"a": 1,}', '{"a": 1} x', '{"a": tru}', '{"a": 01}',
     '{"images": [1,, 2]}', '{"images": [1 2]}', '{"a": "\x01"}', '{"a": "\\x"}', '{"images": [1]', '{"a": 1',
     '{"a": [' + '[' * 100_000 + ']' * 100_000 + ']}', '{a: 1}', '{"a": 1 "b": 2}',
 ])
@@ -76,10 +76,63 @@ def test_what_json_loads_refuses_is_malformed_in_any_pieces(body: str) -> None:
             stream.close()
 
 
-@pytest.mark.parametrize("body", ['[1, 2]', '"x"', '3', 'null'])
-def test_json_that_is_not_an_object_is_told_apart(body: str) -> None:
-    with pytest.raises(NotAnObject):
-        ObjectStream("images", max_value_chars=100).feed(body)
+@pytest.mark.parametrize("body", ['[1, 2]', '[]', ' "x" ', '3', 'null', '[{"images": [1]}]', ''])
+def test_json_that_is_not_an_object_is_told_apart_from_what_is_not_json(body: str) -> None:
+    for pieces in [[body], list(body)]:
+        stream = ObjectStream("images", max_value_chars=100)
+        with pytest.raises(NotAnObject):
+            for piece in pieces:
+                assert stream.feed(piece) == []
+            stream.close()
+
+
+@pytest.mark.parametrize("body", ['[1, 2', 'x', '[1,]', '"open', '3 4', '[1] 2'])
+def test_what_is_neither_is_malformed(body: str) -> None:
+    stream = ObjectStream("images", max_value_chars=100)
+    with pytest.raises(MalformedJson):
+        stream.feed(body)
+        stream.close()
+
+
+@pytest.mark.parametrize("body", ['{"images": [0' + "0" * 200_000 + "]}", '{"a": "' + "x" * 200_000 + '"}',
+                                  '{"images": [' + "[" * 5 + "1," * 100_000 + "1" + "]" * 5 + "]}"])
+def test_a_long_value_costs_linear_work_however_it_is_cut(body: str) -> None:
+    """Fed 100 characters at a time, a 200,000-character value that is never complete (or is
+    refused) is not decoded again on every piece: the text must double between tries."""
+    stream = ObjectStream("images", max_value_chars=150_000)
+    calls = 0
+    real = json.JSONDecoder.raw_decode
+
+    def counted(self, text, idx=0):
+        nonlocal calls
+        calls += 1
+        return real(self, text, idx)
+
+    json.JSONDecoder.raw_decode = counted
+    try:
+        with pytest.raises((ValueTooLong, MalformedJson)):
+            for start in range(0, len(body), 100):
+                stream.feed(body[start:start + 100])
+            stream.close()
+    finally:
+        json.JSONDecoder.raw_decode = real
+    assert calls < 40, calls
+
+
+def test_an_integer_past_the_digit_limit_is_malformed_not_an_error() -> None:
+    with pytest.raises(MalformedJson):
+        stream = ObjectStream("images", max_value_chars=100_000)
+        stream.feed('{"images": [' + "1" * 5_000 + "]}")
+        stream.close()
+
+
+def test_positions_count_from_the_start_of_the_body() -> None:
+    stream = ObjectStream("images", max_value_chars=1_000)
+    item = '{"url": "' + "u" * 90 + '"}, '
+    stream.feed('{"images": [' + item * 2_000)
+    with pytest.raises(MalformedJson, match=f"at character {12 + 2_000 * len(item)}"):
+        stream.feed("x]}")
+        stream.close()
 
 
 def test_numbers_split_anywhere_keep_their_digits() -> None:

@@ -7,8 +7,9 @@ and appends their ids to the group's image list, where nothing can see them yet
 (``lua/write_group_images.lua``: the fields the images share are sent once per chunk). Then one
 script makes the group real (``lua/link_group.lua``): the group hash, its images' place in the
 org's listing (read from the image list in Redis), the job(s) and the deadline. A crash before
-that leaves only unreachable keys, never half a group. What the API still holds grows with the
-group only by its image ids (a bulk job lists them; a small group has a job per image).
+that leaves only unreachable keys, never half a group. The API holds a small group's image ids
+(fewer than ``bulk_threshold``: a job each); a bulk group's job lists its images from the image
+list in Redis, so for a large group the API holds a chunk at a time.
 Groups at or above ``bulk_threshold`` get one bulk job (a Ray Data pipeline) instead of one
 job per image.
 

@@ -13,21 +13,24 @@ import base64
 import hashlib
 import json
 import secrets
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import IO, Any
+from typing import IO
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from core.json_stream import READ_BLOCK, Field, Item, Utf8ObjectStream, read_file
+from core.json_stream import READ_BLOCK, STREAMED_MEMBER, canonical_parts
 from core.keys import Keys
 from core.store.transactions import watched
 
 DEFAULT_TTL_S = 24 * 3600
 DEFAULT_LEASE_S = 120  # longer than any request runs (``Prefer: wait`` holds one up to 60 s)
+# A body past these is hashed by its bytes: no route accepts so many members, and the largest
+# value a route takes (metadata) is far shorter; bounded, the canonical reading stays cheap.
+MAX_MEMBERS = 64
+MAX_VALUE_CHARS = 4 * 1_048_576
 
 
 class EntryState(StrEnum):
@@ -66,51 +69,28 @@ class Begun:
     response: StoredResponse | None = None  # with REPLAY
 
 
-STREAMED = "images"  # the member read item by item: a group's images
-
-
 def fingerprint(method: str, path: str, body: IO[bytes]) -> str:
     """What "the same request" means: method, path and body (a JSON object compared by value, so
     key order and whitespace do not make a retry "another body"; any other body by its bytes).
 
     The body is read from a file, a block at a time, never whole (a group may carry 10,000
-    images): once for its members other than ``images``, once more for the images, hashing the
-    canonical text in key order as it goes. That text is exactly
-    ``json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))``."""
+    images; ``core.json_stream.canonical_parts``). For a JSON object that names ``images`` at
+    most once, with at most ``MAX_MEMBERS`` members and no value over ``MAX_VALUE_CHARS``, the
+    hash is the one the whole-body formula gave: ``json.dumps(json.loads(body),
+    sort_keys=True, separators=(",", ":"))``. Any other body (refused by every route anyway)
+    is hashed by its bytes. CPU-bound over up to ``max_group_body_bytes``: call it off the
+    event loop."""
     start = method.encode() + b" " + path.encode() + b"\n"
     try:
         digest = hashlib.sha256(start)
-        for part in _canonical_parts(body):
+        for part in canonical_parts(body, STREAMED_MEMBER, MAX_MEMBERS, MAX_VALUE_CHARS):
             digest.update(part.encode())
-    except (ValueError, RecursionError):  # not a JSON object: its bytes
+    except (ValueError, RecursionError):  # not such an object: its bytes
         digest = hashlib.sha256(start)
         body.seek(0)
         while block := body.read(READ_BLOCK):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _canonical_parts(body: IO[bytes]) -> Iterator[str]:
-    """The canonical text of the JSON object in ``body``, piece by piece."""
-    members = Utf8ObjectStream(STREAMED, sys.maxsize)
-    fields = {e.name: e.value for e in read_file(body, members) if isinstance(e, Field)}
-    names = sorted([*fields, STREAMED] if members.array_seen and STREAMED not in fields else fields)
-    yield "{"
-    for n, name in enumerate(names):
-        yield ("," if n else "") + json.dumps(name) + ":"
-        if name in fields:
-            yield _canonical(fields[name])
-            continue
-        items = (e.value for e in read_file(body, Utf8ObjectStream(STREAMED, sys.maxsize)) if isinstance(e, Item))
-        yield "["
-        for i, item in enumerate(items):
-            yield ("," if i else "") + _canonical(item)
-        yield "]"
-    yield "}"
 
 
 class IdempotencyStore:

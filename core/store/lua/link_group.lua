@@ -1,7 +1,10 @@
 -- A new group made real in one step (composed on the fair queue's library), once its image
 -- records and image list are written (write_group_images.lua): the group hash, its images' place
 -- in the org's listing and, for a bulk group, its job's list of images, both read from the image
--- list here (so the API never holds a large group's ids), its job(s) and its deadline.
+-- list here (so the API never holds a large group's ids), its deadline and its job(s). Like the
+-- transaction it replaced, a command that fails part way (Redis undoes neither) leaves what came
+-- before it: the group hash comes first and the jobs last, so what is left is at worst a visible
+-- group without work (a cancel settles it), never work for a group that is not there.
 -- KEYS: the group, its image list, the org's listing, the org's queue, the ring, the wake list,
 -- the deadline sweep.
 -- A: base (the queue's), org, id, fields ([field, value, ...]), score (the first image's place
@@ -20,11 +23,11 @@ for start = 0, total - 1, 1000 do
   end
   redis.call('ZADD', KEYS[3], unpack(entries))
 end
+if A.deadline then redis.call('ZADD', KEYS[7], A.deadline, A.id) end
 if A.bulk then
   local payload = cjson.encode({group = A.id, images = all, models = A.bulk.models})
   enqueue(KEYS[4], KEYS[5], KEYS[6], A.org, {{A.bulk.job, payload}})
 else
   for _, jobs in ipairs(A.job_chunks) do enqueue(KEYS[4], KEYS[5], KEYS[6], A.org, jobs) end
 end
-if A.deadline then redis.call('ZADD', KEYS[7], A.deadline, A.id) end
 return total
