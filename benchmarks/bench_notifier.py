@@ -1,18 +1,22 @@
-"""Webhook delivery throughput and latency (SPEC §8: >= 70 % of a bare client, p99 <= 20 ms).
+"""Webhook delivery throughput and latency (SPEC §8: >= 85 % of a bare client, p99 <= 20 ms).
 
-1. **Limit**: a bare ``httpx.AsyncClient`` posts pre-signed bodies to a fast local receiver at
-   the notifier's per-endpoint concurrency (the limit it holds itself to), as fast as it can.
+1. **Limits**: a bare ``httpx.AsyncClient``, and a bare httpcore connection pool (the HTTP engine
+   the notifier itself sends with), post pre-signed bodies to a fast local receiver at the
+   notifier's per-endpoint concurrency (the limit it holds itself to), as fast as they can.
 2. **Notifier**: the same number of deliveries, queued in the Redis outbox beforehand, sent by the
    notifier's ``DeliveryLoop`` (claim with lease, sign, POST, record the attempt and the breaker
    in Redis) at the same concurrency; timed until every delivery is *recorded* delivered.
-   ``ratio`` = notifier deliveries/s ÷ bare posts/s (median of the repeats).
+   ``ratio`` = notifier deliveries/s ÷ the faster limit's posts/s (the strictest; median of the
+   repeats' own ratios, the spread printed); the ratio to each limit is printed too.
 3. **Latency**: a separate process queues deliveries the way the processor does (one
    transaction each) at half of the notifier's measured peak; the receiver measures enqueue →
    receipt (the enqueue time travels in the payload).
 
 The receiver is a raw asyncio (uvloop) HTTP/1.1 server in its own process; Redis is a private
-``redis-server`` with AOF on (as deployed). The loop runs in this process on the default asyncio
-event loop, as in the notifier actor, without the actor around it. Last line: one JSON object.
+``redis-server`` with AOF on (as deployed). The notifier runs as shipped: every setting at its
+default, its ``DeliveryLoop`` in this process on the default asyncio event loop, as in the
+notifier actor, with a local Ray started so that its metrics are recorded through Ray's metrics
+API as in the actor (without the actor's own call layer). Last line: one JSON object.
 
     .venv/bin/python benchmarks/bench_notifier.py [--n 3000] [--repeats 5] [--latency-s 5] [--latency-rate R]
 """
@@ -34,6 +38,7 @@ from typing import Any
 
 import httpcore
 import httpx
+import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
@@ -47,7 +52,7 @@ from notifier.loop import DeliveryLoop
 from notifier.signing import signature_headers
 from serve_app.local import RedisServer, free_port
 
-RATIO_TARGET = 0.70
+RATIO_TARGET = 0.85
 P99_TARGET_MS = 20.0
 ORG = "org_bench"
 EVENTS = Events()  # the default payload cap, as the store would apply it
@@ -298,6 +303,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     concurrency = args.concurrency or Settings().endpoint_concurrency
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     redis = RedisServer().start()
     global REDIS_PID
     REDIS_PID = redis._process.pid  # type: ignore[union-attr]
@@ -308,10 +314,7 @@ async def main() -> None:
     receiver.start()
     ready.wait(10)
     url = f"http://127.0.0.1:{port}/hook"
-    settings = Settings(
-        redis_url=redis.url, allow_private_cidrs="127.0.0.0/8",
-        endpoint_concurrency=concurrency, notifier_max_in_flight=max(concurrency, 64),
-    )
+    settings = Settings(redis_url=redis.url, allow_private_cidrs="127.0.0.0/8", endpoint_concurrency=concurrency)
     try:
         await bare(url, min(args.n, 500), concurrency, args.payload_bytes, new_webhook_secret())  # warm up
         bares, engines, notifiers = [], [], []
@@ -324,16 +327,20 @@ async def main() -> None:
                   f"httpcore pool {e.per_s:6.0f}/s ({e.cpu_s * 1e6:4.0f} us)   "
                   f"notifier {d.per_s:6.0f}/s ({d.cpu_s * 1e6:4.0f} us + redis {d.redis_cpu_s * 1e6:3.0f} us)   "
                   f"ratios {d.per_s / b.per_s:.2f} / {d.per_s / e.per_s:.2f}", flush=True)
-        ratio = statistics.median(d.per_s / b.per_s for b, d in zip(bares, notifiers, strict=True))
-        engine_ratio = statistics.median(d.per_s / e.per_s for e, d in zip(engines, notifiers, strict=True))
+        ratios = [d.per_s / b.per_s for b, d in zip(bares, notifiers, strict=True)]
+        engine_ratios = [d.per_s / e.per_s for e, d in zip(engines, notifiers, strict=True)]
+        ratio, engine_ratio = statistics.median(ratios), statistics.median(engine_ratios)
+        headline = min(ratio, engine_ratio)
         cpu_ratio = statistics.median(b.cpu_s / d.cpu_s for b, d in zip(bares, notifiers, strict=True))
         engine_cpu_ratio = statistics.median(e.cpu_s / d.cpu_s for e, d in zip(engines, notifiers, strict=True))
         bare_rate = statistics.median(r.per_s for r in bares)
         engine_rate = statistics.median(r.per_s for r in engines)
         done_rate = statistics.median(r.per_s for r in notifiers)
         lat = await latency(settings, url, args.latency_rate or done_rate / 2, args.latency_s, args.payload_bytes)
-        print(f"ratio {ratio:.2f} vs the httpx client (target {RATIO_TARGET}), {engine_ratio:.2f} vs a bare "
-              f"httpcore pool; CPU-time ratios {cpu_ratio:.2f} / {engine_cpu_ratio:.2f}; "
+        print(f"ratio {headline:.2f} (target {RATIO_TARGET}): {ratio:.2f} vs the httpx client "
+              f"({min(ratios):.2f}-{max(ratios):.2f}), {engine_ratio:.2f} vs a bare httpcore pool "
+              f"({min(engine_ratios):.2f}-{max(engine_ratios):.2f}); CPU-time ratios {cpu_ratio:.2f} / "
+              f"{engine_cpu_ratio:.2f}; "
               f"at {lat['offered_per_s']}/s (half of peak): "
               f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (target {P99_TARGET_MS}), max {lat['max_ms']} ms")
         print(json.dumps({
@@ -341,7 +348,9 @@ async def main() -> None:
             "payload_bytes": args.payload_bytes,
             "bare_per_s": round(bare_rate, 1), "bare_engine_per_s": round(engine_rate, 1),
             "notifier_per_s": round(done_rate, 1),
-            "ratio": round(ratio, 3), "target": RATIO_TARGET, "ratio_vs_engine": round(engine_ratio, 3),
+            "ratio": round(headline, 3), "target": RATIO_TARGET, "ratio_vs_httpx": round(ratio, 3),
+            "ratio_vs_engine": round(engine_ratio, 3), "ratios_vs_httpx": [round(r, 3) for r in ratios],
+            "ratios_vs_engine": [round(r, 3) for r in engine_ratios],
             "cpu_ratio": round(cpu_ratio, 3), "cpu_ratio_vs_engine": round(engine_cpu_ratio, 3),
             "bare_cpu_us": round(statistics.median(r.cpu_s for r in bares) * 1e6, 1),
             "bare_engine_cpu_us": round(statistics.median(r.cpu_s for r in engines) * 1e6, 1),
@@ -356,6 +365,7 @@ async def main() -> None:
     finally:
         receiver.terminate()
         redis.cleanup()
+        ray.shutdown()
 
 
 if __name__ == "__main__":
