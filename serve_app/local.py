@@ -7,6 +7,7 @@ import (no Ray, no torch), so the store commands of the CLI start in a second.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -26,14 +27,33 @@ def runtime_file(settings: Settings) -> Path:
     return Path(settings.data_dir).expanduser() / RUNTIME_FILE
 
 
+# Ports ``free_port`` hands out: above Ray's worker ports (10002-19999) and below the kernel's
+# ephemeral range, so no outgoing connection, and no server that binds port 0, can be given one
+# between the moment it is chosen and the moment its server binds it.
+QUIET_PORTS_FROM = 20_000
+
+
+def _ephemeral_from() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
-    """A TCP port that is free on loopback now (never 6379, which a system Redis may hold)."""
+    """A TCP port free on every interface now, outside the ranges the kernel and Ray hand out
+    on their own (``QUIET_PORTS_FROM``). A port the kernel picked (bind to port 0) is one it may
+    give the next process that asks: HAProxy, told its metrics port before Ray started its
+    workers, once found it taken by one of them."""
+    top = _ephemeral_from()
     while True:
+        port = random.randrange(QUIET_PORTS_FROM, top)
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port != 6379:
-            return port
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
 
 
 class RedisServer:

@@ -38,6 +38,9 @@ def serve_env(settings: Settings) -> dict[str, str]:
         # explicit, so an inherited RAY_SERVE_* variable cannot switch the mode silently
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", **drain_env(settings)}
     folder = Path(tempfile.mkdtemp(prefix="sw-haproxy-"))
+    stats_port = free_port()
+    while (metrics_port := free_port()) == stats_port:
+        pass
     return {
         **drain_env(settings),
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -47,8 +50,8 @@ def serve_env(settings: Settings) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
     }
 
 

@@ -16,6 +16,7 @@ import ray
 
 from benchmarks.common import descendants, process_table
 from core.settings import ServeIngress, Settings
+from serve_app.local import free_port
 from serve_app.serve_env import serve_env
 from serve_app.stack import LocalStack
 
@@ -60,3 +61,14 @@ def test_a_ray_started_here_drains_its_ingress_for_the_setting_not_serves_30_s(r
         return constants.PROXY_MIN_DRAINING_PERIOD_S, constants.RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
 
     assert ray.get(drain_periods.remote()) == (Settings().serve_drain_s,) * 2
+
+
+def test_the_ports_handed_out_are_none_the_kernel_or_ray_hand_out_themselves() -> None:
+    """HAProxy's metrics port is chosen before Ray starts its workers and bound only later: a
+    port the kernel had picked (bind to port 0) was once given to one of those workers meanwhile,
+    and HAProxy could not start ("Address already in use"). Ray's workers take 10002-19999."""
+    ephemeral_from = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [int(port) for _ in range(50)
+             for name, port in serve_env(Settings()).items() if name.endswith("_PORT")]
+    ports += [free_port() for _ in range(200)]
+    assert all(19_999 < port < ephemeral_from for port in ports), sorted(ports)[:5]
