@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,13 +43,15 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from benchmarks.common import (
+    cpu_by_process,
+    cpu_delta,
     create_api_key,
     interleaved,
     machine,
     run_child,
+    spread,
     spread_of,
     start_not_found_host,
-    tree_cpu_seconds,
 )
 from benchmarks.loadgen import build_request, run_load
 from core.settings import ServeIngress, Settings
@@ -80,18 +83,22 @@ class BareIngest:
 
 
 def measure(port: int, path: str, body_for: object, headers: dict[str, str], connections: int,
-            seconds: float) -> tuple[float, float]:
-    """Requests/s, and CPU milliseconds of the whole process tree per request."""
+            seconds: float) -> tuple[float, float, dict[str, float]]:
+    """Requests/s, CPU milliseconds of the whole process tree per request, and the same split by
+    process role (the API replica, the processor, Redis, HAProxy, this process...)."""
     def make(i: int) -> bytes:
         return build_request(HOST, port, path, body_for(i), headers)  # type: ignore[operator]
 
-    cpu = tree_cpu_seconds()
+    before = cpu_by_process()
     result = asyncio.run(run_load(HOST, port, make, connections, seconds, warmup_s=0.0))
-    cpu = tree_cpu_seconds() - cpu
+    used = cpu_delta(before, cpu_by_process())
     bad = {code: n for code, n in result.statuses.items() if code != 202}
     if bad:
         raise RuntimeError(f"non-202 answers: {bad}")
-    return result.rate, cpu * 1000 / result.requests
+    if result.closed:
+        print(f"{path}: {result.closed} connection(s) closed by the server, reopened", file=sys.stderr)
+    per_request = {role: round(s * 1000 / result.requests, 3) for role, s in sorted(used.items())}
+    return result.rate, sum(used.values()) * 1000 / result.requests, per_request
 
 
 def trial(args: argparse.Namespace, ingress: ServeIngress) -> dict[str, float]:
@@ -122,8 +129,9 @@ def trial(args: argparse.Namespace, ingress: ServeIngress) -> dict[str, float]:
             for path in paths.values():  # warm-up: connections, replicas, caches
                 measure(port, path, body, auth, args.connections, 1.0)
             for name, path in paths.items():
-                out[f"{name}_rps"], out[f"{name}_cpu_ms"] = measure(port, path, body, auth, args.connections,
-                                                                    args.seconds)
+                out[f"{name}_rps"], out[f"{name}_cpu_ms"], by_role = measure(
+                    port, path, body, auth, args.connections, args.seconds)
+            out.update({f"sightwire_cpu_ms[{role}]": ms for role, ms in by_role.items()})  # the last: Sightwire's
             serve.delete("bare-ingest")
         finally:
             stack.stop()
@@ -159,6 +167,11 @@ def main() -> None:
                        lambda mode: run_child("benchmarks.bench_ingest", [*child_args, "--serve-ingress", mode]))
     per_mode = {mode: {k: spread_of([r["round"] for r in results], k) for k in FIGURES}
                 for mode, results in runs.items()}
+    for mode, results in runs.items():  # where Sightwire's CPU per request went, by process
+        roles = sorted({k for r in results for k in r["round"] if k.startswith("sightwire_cpu_ms[")})
+        split = {k[len("sightwire_cpu_ms["):-1]: spread([r["round"].get(k, 0.0) for r in results])["median"]
+                 for k in roles}
+        print(f"{mode}: Sightwire CPU ms per request by process (medians): {json.dumps(split)}")
     for mode, figures in per_mode.items():
         print(f"{mode}: " + ", ".join(f"{k} {v['median']} ({v['min']}-{v['max']})" for k, v in figures.items()))
     headline = per_mode.get(shipped, per_mode[modes[0]])

@@ -21,6 +21,7 @@ class LoadResult:
     seconds: float
     statuses: Counter[int] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    closed: int = 0  # connections the server closed before answering (reopened; the request is not counted)
 
     @property
     def rate(self) -> float:
@@ -57,16 +58,21 @@ async def run_load(host: str, port: int, make_request: Callable[[int], bytes], c
     stop = start + seconds
 
     async def connection() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while (now := time.perf_counter()) < stop:
-                status = await _exchange(reader, writer, make_request(next(counter)))
-                if now >= start:
-                    result.requests += 1
-                    result.statuses[status] += 1
-                    result.latencies_s.append(time.perf_counter() - now)
-        finally:
-            writer.close()
+        """One keep-alive connection; one the server closes (HAProxy drops its idle keep-alive
+        connections when it reloads for a new deployment) is reopened, as a client pool does."""
+        while time.perf_counter() < stop:
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                while (now := time.perf_counter()) < stop:
+                    status = await _exchange(reader, writer, make_request(next(counter)))
+                    if now >= start:
+                        result.requests += 1
+                        result.statuses[status] += 1
+                        result.latencies_s.append(time.perf_counter() - now)
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                result.closed += 1
+            finally:
+                writer.close()
 
     await asyncio.gather(*(connection() for _ in range(connections)))
     result.seconds = time.perf_counter() - start  # requests in flight at ``stop`` finished since
