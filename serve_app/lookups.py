@@ -6,14 +6,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from core.schemas import Delivery, GroupRecord, ImageRecord
 from serve_app.auth import Org
 from serve_app.context import ApiContext, context
 from serve_app.problems import not_found
 
-Ctx = Annotated[ApiContext, Depends(context)]
+
+
+async def replica_context(request: Request) -> ApiContext:
+    """``context`` as a dependency: ``async``, so FastAPI calls it on the event loop (a plain
+    function it sends to its thread pool, on every request: ~19 % of the API replica's request
+    path in a py-spy profile under load)."""
+    return context(request)
+
+
+Ctx = Annotated[ApiContext, Depends(replica_context)]
 
 
 async def image_or_404(image_id: str, org: Org, ctx: Ctx) -> ImageRecord:
