@@ -3,11 +3,11 @@
 ``POST /v1/groups`` (and ``…/images``) may carry ``max_group_images`` images. The body is read
 twice, never held whole:
 
-1. as it comes off the wire (``group_body``): its text goes to a spool file (in memory up to
-   ``body_spool.SPOOL_IN_MEMORY``, then on disk) and through ``core.json_stream``; each ``CHUNK`` of images is
-   validated (the ``GroupImage`` model, the URL policy, the metadata limit) and dropped, and the
-   other members are kept and validated at the end. A bad image answers 422 naming
-   ``images.<i>.<field>`` as a whole-body validation did;
+1. as it comes off the wire (``group_body``): its text goes to a spool (in memory up to
+   ``body_spool.SPOOL_IN_MEMORY``, then on disk) and through ``core.json_stream``; each
+   ``CHUNK`` of images is validated (the ``GroupImage`` model, the URL policy, the metadata
+   limit) and dropped, and the other members are kept and validated at the end. Refusals come
+   as a whole-body validation gave them (``_Checker``), a bad image named ``images.<i>.<field>``;
 2. once every check has passed and the images are charged, from the spool
    (``GroupUpload.chunks``), chunk by chunk, to the store (``GroupStore.create_from``).
 
@@ -28,6 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic import Field as ModelField
 
 from core.json_stream import (
+    STREAMED_MEMBER,
     EmptyBody,
     Field,
     Item,
@@ -46,13 +47,12 @@ from serve_app.problems import Problem, invalid
 from serve_app.routes.validation import check_metadata, check_urls
 
 CHUNK = 1_000  # images validated, or written, at a time
-ARRAY = "images"
+ARRAY = STREAMED_MEMBER
 IMAGES = TypeAdapter(list[GroupImage])
 NON_EMPTY = TypeAdapter(Annotated[list[GroupImage], ModelField(min_length=1)])
-MAX_ERRORS = 32  # unknown members reported at most (their names are kept for the answer)
+MAX_ERRORS = 32  # unknown members reported at most (their values are never kept)
 NOT_AN_OBJECT = {"type": "model_attributes_type", "loc": ("body",), "input": None,
                  "msg": "Input should be a valid dictionary or object to extract fields from"}
-
 MISSING = {"type": "missing", "loc": ("body", ARRAY), "msg": "Field required", "input": None}
 
 M = TypeVar("M", bound=BaseModel)

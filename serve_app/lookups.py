@@ -14,7 +14,6 @@ from serve_app.context import ApiContext, context
 from serve_app.problems import not_found
 
 
-
 async def replica_context(request: Request) -> ApiContext:
     """``context`` as a dependency: ``async``, so FastAPI calls it on the event loop (a plain
     function it sends to its thread pool, on every request: ~19 % of the API replica's request
