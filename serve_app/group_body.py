@@ -140,18 +140,34 @@ class _Checker(Generic[M]):
         self._refusal: Problem | None = None
         self.fields: dict[str, Any] = {}
         self.count = 0
+        self._ended = False  # the whole body was parsed (else the count is a lower bound)
 
     def take(self, events: Iterable[Field | Item]) -> None:
+        """Take what the parser completed; stops (``decided``) once the answer is known."""
         for event in events:
             if isinstance(event, Field):
                 self._field(event)
                 continue
             self.count += 1
-            if self._already + self.count <= self._ctx.settings.max_group_images and not self._failed:
+            if self.decided:
+                return
+            if not self._failed:
                 self._pending.append(event.value)
                 self._kept += 1
                 if len(self._pending) == CHUNK:
                     self._check()
+
+    @property
+    def _over(self) -> bool:
+        return self._already + self.count > self._ctx.settings.max_group_images
+
+    @property
+    def decided(self) -> bool:
+        """Whether the rest of the body can change nothing: a shape error is the answer (the
+        first failing chunk's), and so is the size once it is passed. The rest is then not
+        parsed: parsing costs per item, so a hostile body of many tiny items costs at most
+        ``max_group_images`` items' work, not its size's."""
+        return bool(self._shape) or self._over
 
     @property
     def _failed(self) -> bool:
@@ -187,6 +203,7 @@ class _Checker(Generic[M]):
     def finish(self, array_seen: bool) -> M:
         """The body has ended: the last chunk, then every failure in order (see the class);
         the other members, validated."""
+        self._ended = True
         self._check()
         errors = list(self._shape)
         if ARRAY in self.fields:  # sent as something other than an array: say what it should be
@@ -201,12 +218,24 @@ class _Checker(Generic[M]):
             errors += _shape_errors(exc, ("body",))
         if errors:
             raise RequestValidationError(errors)
-        limit = self._ctx.settings.max_group_images
-        if self._already + self.count > limit:
-            raise invalid(ARRAY, f"a group holds at most {limit} images; this would make {self._already + self.count}")
+        self._raise_if_over()
         if self._refusal is not None:
             raise self._refusal
         return fields
+
+    def refuse_early(self) -> None:
+        """The body was left unparsed once ``decided``: raise the answer (the other members
+        may not have come, so they are not judged)."""
+        self._check()
+        if self._shape:
+            raise RequestValidationError(self._shape)
+        self._raise_if_over()
+
+    def _raise_if_over(self) -> None:
+        if self._over:
+            limit = self._ctx.settings.max_group_images
+            raise invalid(ARRAY, f"a group holds at most {limit} images; this would make "
+                                 f"{self._already + self.count}{'' if self._ended else ' or more'}")
 
     @staticmethod
     def _array_errors(value: Any) -> list[dict[str, Any]]:
@@ -250,6 +279,8 @@ async def group_body(request: Request, ctx: ApiContext, fields_model: type[M],
             async for data in body:
                 spool.write(data)
                 checker.take(reader.feed(data))
+                if checker.decided:
+                    checker.refuse_early()
             checker.take(reader.feed(b"", final=True))
             fields = checker.finish(reader.array_seen)
         except (Problem, RequestValidationError):
