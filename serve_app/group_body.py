@@ -125,8 +125,9 @@ class _Checker(Generic[M]):
     """The first read's checks, a chunk of images at a time, in the order a whole-body
     validation made them: every failure is kept (the first chunk's shape errors, the first URL
     or metadata refusal) and raised once the body has ended, shape errors first (with the
-    other members'), then the group's size, then the refusal. Past the first failure, or past
-    the size limit, images are only counted."""
+    other members'), then the group's size, then the refusal. Past a URL or metadata refusal,
+    images are only counted; once a shape error is found or the size is passed (``decided``),
+    the answer is raised at once (``refuse_early``) and the rest is not parsed."""
 
     def __init__(self, ctx: ApiContext, fields_model: type[M], already: int) -> None:
         self._ctx = ctx
