@@ -23,7 +23,7 @@ from core.keys import Keys
 from core.schemas import ErrorCode
 from core.settings import Settings
 from core.store.fair_queue import ShardedDeadLetters, ShardedQueue
-from core.store.fair_queue.queue import ENQUEUE_CHUNK, EnqueueStep
+from core.store.fair_queue.queue import EnqueueStep
 
 
 class QueueName(StrEnum):
@@ -88,10 +88,7 @@ class Jobs:
     def group_steps(self, org: str, image_ids: list[str], models: list[str]) -> list[EnqueueStep]:
         """A new small group's jobs, one per image, in steps of at most ``ENQUEUE_CHUNK``, for
         its link script (``lua/link_group.lua``). Every step names the same queue keys."""
-        queue = self.online.of_org(org)
-        payloads = [Job(models=models, image_id=i).payload() for i in image_ids]
-        return [queue.enqueue_step(org, payloads[start:start + ENQUEUE_CHUNK])
-                for start in range(0, len(payloads), ENQUEUE_CHUNK)]
+        return self.online.of_org(org).enqueue_steps(org, (Job(models=models, image_id=i).payload() for i in image_ids))
 
     def bulk_group_step(self, org: str) -> EnqueueStep:
         """The queue keys and the job id of a new bulk group's job, whose payload its link

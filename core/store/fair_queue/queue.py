@@ -129,12 +129,16 @@ class FairQueue:
         """Queue many jobs of one org inside the caller's transaction (a group's images): one
         script call per ``ENQUEUE_CHUNK`` jobs; returns their ids, in order."""
         ids: list[str] = []
-        batch = list(payloads)
-        for start in range(0, len(batch), ENQUEUE_CHUNK):
-            step = self.enqueue_step(org, batch[start:start + ENQUEUE_CHUNK])
+        for step in self.enqueue_steps(org, payloads):
             Scripts.queue(pipe, "enqueue", step.keys, **step.args)
             ids += step.job_ids
         return ids
+
+    def enqueue_steps(self, org: str, payloads: Iterable[Mapping[str, Any]]) -> list[EnqueueStep]:
+        """``payloads`` as enqueue steps of at most ``ENQUEUE_CHUNK`` jobs each, in order."""
+        batch = list(payloads)
+        return [self.enqueue_step(org, batch[start:start + ENQUEUE_CHUNK])
+                for start in range(0, len(batch), ENQUEUE_CHUNK)]
 
     def enqueue_step(self, org: str, payloads: Sequence[Mapping[str, Any]]) -> EnqueueStep:
         """The keys and named arguments of an ``enqueue(...)`` of ``payloads`` (at most
